@@ -1,0 +1,160 @@
+"""Run records: one JSON file per run, named by a hash of the run's complete config.
+
+A record has the keys `run_id`, `config`, `status` (`ok` | `diverged` | `failed`), `metrics`,
+`params`, `flops`, `wall_time_s` and `provenance`. Records and checkpoints are written atomically
+(temporary file + rename), so a kill never leaves half a file behind.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import __version__
+from .errors import GradpathError
+
+STATUSES = ("ok", "diverged", "failed")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_id(config: dict[str, Any]) -> str:
+    """A stable id for a config: its model name, seed and a hash of the canonical JSON."""
+    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"))
+    digest = hashlib.sha256(canonical.encode()).hexdigest()[:12]
+    return f"{config.get('model', 'run')}-s{config.get('seed', 0)}-{digest}"
+
+
+def runs_dir(results_dir: str | Path, scale: str) -> Path:
+    """Where the records of `scale` live: `<results_dir>/<scale>/runs/`."""
+    return Path(results_dir) / scale / "runs"
+
+
+def record_path(results_dir: str | Path, config: dict[str, Any]) -> Path:
+    """The record file of `config` (which must name its `scale`)."""
+    return runs_dir(results_dir, config["scale"]) / f"{run_id(config)}.json"
+
+
+def checkpoint_path(results_dir: str | Path, config: dict[str, Any]) -> Path:
+    """The resumable checkpoint of `config` (git-ignored)."""
+    return Path(results_dir) / config["scale"] / "checkpoints" / f"{run_id(config)}.pt"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file in the same folder and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_record(path: Path, record: dict[str, Any]) -> None:
+    """Atomically write a run record (keys sorted, so diffs stay readable)."""
+    if record.get("status") not in STATUSES:
+        raise GradpathError(f"record status {record.get('status')!r} is not one of {STATUSES}")
+    atomic_write_bytes(path, (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
+
+
+def load_record(path: str | Path) -> dict[str, Any]:
+    """Read a record, or raise an error naming the file if it is unreadable or incomplete."""
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise GradpathError(
+            f"corrupted run record {path}: {err}. Move it away (it is kept, never overwritten "
+            "silently) or rerun with --force, which keeps it as <name>.corrupt"
+        ) from err
+    missing = {"run_id", "config", "status", "metrics"} - set(record) if isinstance(record, dict) else {"all keys"}
+    if missing:
+        raise GradpathError(f"corrupted run record {path}: missing {sorted(missing)}")
+    return record
+
+
+def iter_records(results_dir: str | Path, scale: str) -> list[dict[str, Any]]:
+    """Every record of `scale` (a corrupted one raises an error naming it)."""
+    folder = runs_dir(results_dir, scale)
+    return [load_record(p) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Atomically save a training state with torch.save."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: Path) -> dict[str, Any] | None:
+    """The saved state at `path` (weights only), None if there is none, or a clear error."""
+    if not path.exists():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a damaged file
+        raise GradpathError(
+            f"corrupted checkpoint {path}: {err}. Delete it to restart that run from scratch"
+        ) from err
+
+
+def git_commit() -> str:
+    """The library's git commit (with '+dirty' for uncommitted changes), or 'unknown'."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", "gradpath_lib"],
+            cwd=REPO_ROOT, capture_output=True, text=True, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
+def device_name(device: torch.device) -> str:
+    """A human-readable name of the device a run used."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def provenance(device: torch.device, dataset_sha256: str | None) -> dict[str, Any]:
+    """Where and with what a run was made (the end time is added by the runner)."""
+    return {
+        "library_version": __version__,
+        "git_commit": git_commit(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "device": device.type,
+        "device_name": device_name(device),
+        "dataset_sha256": dataset_sha256,
+        "hostname": platform.node(),
+        "start_time": now_iso(),
+    }
+
+
+def now_iso() -> str:
+    """The current UTC time, ISO 8601."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")

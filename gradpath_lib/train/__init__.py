@@ -1,0 +1,1 @@
+"""Trainers: classification, detection and the extension procedures."""
