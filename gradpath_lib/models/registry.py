@@ -26,6 +26,7 @@ class ModelEntry:
     task: str = "classify"
     presets: dict[str, dict[str, Any]] = field(default_factory=dict)
     description: str = ""
+    base: str | None = None  # the network this variant is compared with (e.g. csp-resnet -> resnet)
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
@@ -39,11 +40,15 @@ def register(
     task: str = "classify",
     presets: dict[str, dict[str, Any]] | None = None,
     description: str = "",
+    base: str | None = None,
 ) -> None:
-    """Register `factory` under `name`; `presets[scale]` are its keyword arguments at that scale."""
+    """Register `factory` under `name`; `presets[scale]` are its keyword arguments at that scale.
+
+    `base` names the registered network this one is a variant of (its cost is reported relative to it).
+    """
     if name in _REGISTRY:
         raise GradpathError(f"model {name!r} is registered twice")
-    _REGISTRY[name] = ModelEntry(name, factory, family, task, dict(presets or {}), description)
+    _REGISTRY[name] = ModelEntry(name, factory, family, task, dict(presets or {}), description, base)
 
 
 def _load_all() -> None:

@@ -1,1 +1,4 @@
 """Importing this module registers every built-in task with `gradpath_lib.runs.register_task`."""
+from . import classify  # noqa: F401
+from . import lwdna  # noqa: F401
+from . import detect  # noqa: F401

@@ -1,0 +1,155 @@
+"""Channel bookkeeping: which producer channels each channel of a traced tensor comes from.
+
+A `ChannelMap` describes the channel axis (dim 1) of one tensor as consecutive `Piece`s. Every
+channel of a piece depends on one channel of each of the piece's `Source`s: channel `c` of the
+piece [start, stop) comes from channel `offset + step * (c - start)` of the source's producer
+(step 1 maps channel to channel; step 0 is one producer channel broadcast over the piece).
+A producer is a weighted-layer position (an int >= 0) or the network input (`INPUT`).
+A source marked not `live` is a forward dependency through `.detach()`: it carries no gradient.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from ..errors import GradpathError
+
+INPUT = -1  # producer id of the network's input tensor
+
+
+@dataclass(frozen=True)
+class Source:
+    """One producer of a piece: producer channel of the piece's first channel, and its step."""
+
+    producer: int
+    offset: int
+    step: int = 1
+    live: bool = True
+
+    def shifted(self, by: int) -> Source:
+        """The same source seen from `by` channels further into the piece."""
+        return replace(self, offset=self.offset + self.step * by)
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Channels [start, stop) of a tensor and the producer channels they come from."""
+
+    start: int
+    stop: int
+    sources: frozenset[Source]
+
+
+@dataclass(frozen=True)
+class ChannelMap:
+    """The channel axis of one tensor; `unit` > 1 once it was flattened (features per channel)."""
+
+    channels: int
+    pieces: tuple[Piece, ...]
+    unit: int = 1
+
+    def sources_from(self, start: int, stop: int) -> frozenset[Source]:
+        """The sources of channels [start, stop), which must lie inside one piece."""
+        for piece in self.pieces:
+            if piece.start <= start and stop <= piece.stop:
+                return frozenset(s.shifted(start - piece.start) for s in piece.sources)
+        raise AssertionError(f"channels [{start}, {stop}) cross a piece boundary")
+
+    def boundaries(self) -> set[int]:
+        """Every channel index where a piece starts or ends."""
+        return {p.start for p in self.pieces} | {self.channels}
+
+
+def fresh(producer: int, channels: int) -> ChannelMap:
+    """The output of a producer: channel c is the producer's channel c."""
+    return ChannelMap(channels, (Piece(0, channels, frozenset({Source(producer, 0)})),))
+
+
+def _from_boundaries(channels: int, cuts: set[int], sources_of, unit: int) -> ChannelMap:
+    points = sorted(c for c in cuts | {0, channels} if 0 <= c <= channels)
+    pieces = tuple(Piece(a, b, sources_of(a, b)) for a, b in zip(points, points[1:]) if b > a)
+    return ChannelMap(channels, pieces, unit)
+
+
+def _check_unflattened(m: ChannelMap, what: str) -> None:
+    if m.unit != 1:
+        raise GradpathError(f"{what} of a flattened tensor is not supported by gradient path analysis")
+
+
+def slice_channels(m: ChannelMap, start: int, stop: int) -> ChannelMap:
+    """Channels [start, stop) of `m`, renumbered from 0."""
+    _check_unflattened(m, "channel slicing")
+    stop = max(start, stop)
+    cuts = {b - start for b in m.boundaries() if start < b < stop}
+    return _from_boundaries(stop - start, cuts, lambda a, b: m.sources_from(a + start, b + start), 1)
+
+
+def concat(maps: list[ChannelMap]) -> ChannelMap:
+    """Concatenation along the channel axis."""
+    pieces: list[Piece] = []
+    base = 0
+    for m in maps:
+        _check_unflattened(m, "channel concatenation")
+        pieces += [Piece(p.start + base, p.stop + base, p.sources) for p in m.pieces]
+        base += m.channels
+    return ChannelMap(base, tuple(pieces))
+
+
+def broadcast(m: ChannelMap, channels: int) -> ChannelMap:
+    """A one-channel map broadcast to `channels` channels (as elementwise ops do)."""
+    if m.channels == channels:
+        return m
+    if m.channels != 1:
+        raise GradpathError(f"cannot broadcast {m.channels} channels to {channels}")
+    sources = frozenset(replace(s, step=0) for s in m.pieces[0].sources)
+    return ChannelMap(channels, (Piece(0, channels, sources),), m.unit)
+
+
+def merge(maps: list[ChannelMap]) -> ChannelMap:
+    """Elementwise combination (add, mul, ...): every channel depends on that channel of each map."""
+    channels = maps[0].channels
+    units = {m.unit for m in maps}
+    if len(units) != 1 or any(m.channels != channels for m in maps):
+        raise GradpathError("elementwise op on tensors whose channels do not line up")
+    cuts = set().union(*(m.boundaries() for m in maps))
+    return _from_boundaries(
+        channels, cuts, lambda a, b: frozenset().union(*(m.sources_from(a, b) for m in maps)), units.pop()
+    )
+
+
+def detach(m: ChannelMap) -> ChannelMap:
+    """`.detach()`: the forward dependencies stay, the gradient edges are cut."""
+    pieces = tuple(
+        Piece(p.start, p.stop, frozenset(replace(s, live=False) for s in p.sources)) for p in m.pieces
+    )
+    return ChannelMap(m.channels, pieces, m.unit)
+
+
+def zero_channels(m: ChannelMap, zero: list[bool]) -> ChannelMap:
+    """Multiplication by a constant that is zero on the channels where `zero` is True."""
+    cuts = {c for c in range(1, m.channels) if zero[c] != zero[c - 1]}
+    return _from_boundaries(
+        m.channels, cuts | m.boundaries(),
+        lambda a, b: frozenset() if zero[a] else m.sources_from(a, b), m.unit,
+    )
+
+
+def with_unit(m: ChannelMap, unit: int) -> ChannelMap:
+    """The same channels after flattening `unit` features per channel."""
+    return replace(m, unit=m.unit * unit)
+
+
+def consumed_ranges(m: ChannelMap) -> list[tuple[int, int, int]]:
+    """(producer, lo, hi) producer channel ranges whose gradient flows back through `m`."""
+    ranges = []
+    for p in m.pieces:
+        for s in p.sources:
+            if s.live and s.producer != INPUT:
+                last = s.offset + s.step * (p.stop - p.start - 1)
+                ranges.append((s.producer, min(s.offset, last), max(s.offset, last) + 1))
+    return ranges
+
+
+def producers(m: ChannelMap) -> set[int]:
+    """Every producer `m` depends on in the forward pass (detached ones and the input included)."""
+    return {s.producer for p in m.pieces for s in p.sources}

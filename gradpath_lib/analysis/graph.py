@@ -1,0 +1,363 @@
+"""Trace a model into the DAG of its weighted layers at channel granularity.
+
+`torch.fx.symbolic_trace` gives the model's graph; running it once on a small input (in eval
+mode, without gradients) gives every tensor's shape, and a `ChannelMap` per tensor records
+which producer channels it carries. Weighted layers are the modules in `WEIGHTED_MODULES`
+(convolutions and linear layers); each call of one is a *position* (a module called at two places
+shares its weights but has two positions). BatchNorm, activations, pooling, upsampling, dropout,
+identity and flattening pass channels through. Channel slices, `torch.cat`, `split`/`chunk`
+along dim 1, elementwise `+ - * /` (including partial adds built from slices and a cat) and
+multiplication by a constant channel mask are tracked; `.detach()` cuts the gradient edge.
+A grouped convolution is treated as dense (every output channel depends on every input channel),
+which over-counts its connections inside the layer but changes no timestamp of whole groups.
+Anything else that may move gradient between channels raises `GradpathError` naming it.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from ..errors import GradpathError
+from .channels import (
+    INPUT,
+    ChannelMap,
+    broadcast,
+    concat,
+    consumed_ranges,
+    detach,
+    fresh,
+    merge,
+    producers,
+    slice_channels,
+    with_unit,
+    zero_channels,
+)
+
+LOSS = -2  # consumer id of the model's output (the loss)
+TRACE_BATCH = 1  # batch size of the shape-propagation run (in eval mode, so BatchNorm accepts 1)
+
+WEIGHTED_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
+                    nn.ConvTranspose3d, nn.Linear)
+CHANNELWISE_MODULES = (
+    nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm,
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.SiLU, nn.GELU, nn.Mish, nn.Hardswish,
+    nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.ELU, nn.SELU, nn.CELU, nn.Softplus, nn.Hardtanh,
+    nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.Upsample, nn.ZeroPad2d, nn.ConstantPad2d,
+    nn.ReflectionPad2d, nn.ReplicationPad2d,
+)
+CHANNELWISE_FUNCTIONS = {
+    F.relu, F.relu6, F.leaky_relu, F.silu, F.gelu, F.mish, F.hardswish, F.hardsigmoid, F.elu,
+    F.sigmoid, F.tanh, torch.relu, torch.sigmoid, torch.tanh, F.dropout, F.dropout2d,
+    F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
+    F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_max_pool1d, F.adaptive_max_pool2d,
+    F.interpolate,
+}
+CHANNELWISE_METHODS = {"relu", "sigmoid", "tanh", "contiguous", "clone", "float", "relu_",
+                       "sigmoid_"}
+ELEMENTWISE_FUNCTIONS = {operator.add, operator.iadd, operator.sub, operator.mul, operator.imul,
+                         operator.truediv, torch.add, torch.sub, torch.mul}
+ELEMENTWISE_METHODS = {"add", "add_", "sub", "mul", "mul_", "div"}
+MULTIPLY = {operator.mul, operator.imul, torch.mul, "mul", "mul_"}
+REDUCTIONS = {torch.mean, torch.amax, torch.sum, "mean", "amax", "sum"}
+RESHAPES = {torch.flatten, "flatten", "view", "reshape"}
+SPLITS = {torch.split, torch.chunk, "split", "chunk"}
+CONCATS = {torch.cat, torch.concat}
+SUPPORTED = (
+    "weighted layers (Conv1d/2d/3d, ConvTranspose, Linear); channel-wise modules and functions "
+    "(BatchNorm, InstanceNorm, activations, pooling, upsampling/interpolate, dropout, padding, "
+    "Identity, Flatten); channel slices x[:, a:b], torch.cat, split/chunk, elementwise + - * /, "
+    "reductions over spatial dims, flatten/view/reshape to (N, features), and .detach()"
+)
+
+
+@dataclass(frozen=True)
+class Position:
+    """One call of a weighted module: its id, module name, call index and output channels."""
+
+    id: int
+    module: str
+    call: int
+    out_channels: int
+    kind: str
+
+    @property
+    def name(self) -> str:
+        """`module` for its first call, `module@k` for its (k+1)-th call."""
+        return self.module if self.call == 0 else f"{self.module}@{self.call}"
+
+
+@dataclass
+class LayerGraph:
+    """Weighted-layer positions, the channel ranges each consumer takes from each producer, and
+    the distinct producers each position aggregates in its input (forward view)."""
+
+    positions: list[Position] = field(default_factory=list)
+    edges: list[tuple[int, int, int, int]] = field(default_factory=list)  # (consumer, producer, lo, hi)
+    aggregated: dict[int, int] = field(default_factory=dict)  # position id -> producers in its input
+
+
+class _Constant:
+    """A tensor that does not depend on the input (a buffer, a parameter used as a tensor)."""
+
+    def __init__(self, value: torch.Tensor):
+        self.value = value
+
+
+def _unsupported(node: fx.Node, what: str) -> GradpathError:
+    return GradpathError(
+        f"gradient path analysis does not support {what} (graph node {node.name!r}); supported: {SUPPORTED}"
+    )
+
+
+def _has_tensor(value: Any) -> bool:
+    if isinstance(value, torch.Tensor):
+        return True
+    if isinstance(value, (tuple, list)):
+        return any(_has_tensor(v) for v in value)
+    if isinstance(value, dict):
+        return any(_has_tensor(v) for v in value.values())
+    return False
+
+
+def _dim_arg(node: fx.Node, index: int, default: Any) -> Any:
+    if len(node.args) > index:
+        return node.args[index]
+    return node.kwargs.get("dim", default)
+
+
+def _normalize_dims(dims: Any, ndim: int) -> set[int] | None:
+    if dims is None:
+        return None
+    dims = dims if isinstance(dims, (tuple, list)) else (dims,)
+    return {d % ndim for d in dims}
+
+
+class _ChannelTracer(fx.Interpreter):
+    """Runs the traced graph and builds a `LayerGraph` from the channel maps of its tensors."""
+
+    def __init__(self, gm: fx.GraphModule):
+        super().__init__(gm)
+        self.extra_traceback = False  # our errors are complete; fx's extra context is slow to build
+        self.values: dict[fx.Node, Any] = {}
+        self.layer_graph = LayerGraph()
+        self.calls: Counter[str] = Counter()
+        self.shapes: dict[fx.Node, torch.Size] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        result = super().run_node(n)
+        if isinstance(result, torch.Tensor):
+            self.shapes[n] = result.shape
+        if n.op == "output":
+            self._consume(LOSS, n.args[0], n)
+        elif not _has_tensor(result):
+            self.values[n] = None
+        else:
+            self.values[n] = self._channels(n, result)
+        return result
+
+    # --- helpers ---------------------------------------------------------------------------
+    def _value(self, arg: Any) -> Any:
+        if isinstance(arg, fx.Node):
+            return self.values[arg]
+        if isinstance(arg, (tuple, list)):
+            return type(arg)(self._value(a) for a in arg)
+        return arg
+
+    def _input_map(self, n: fx.Node) -> ChannelMap:
+        value = self._value(n.args[0])
+        if not isinstance(value, ChannelMap):
+            raise _unsupported(n, f"{n.target} applied to something other than a traced tensor")
+        return value
+
+    def _consume(self, consumer: int, arg: Any, n: fx.Node) -> None:
+        value = self._value(arg)
+        maps = _flatten_maps(value)
+        for m in maps:
+            self.layer_graph.edges += [(consumer, *r) for r in consumed_ranges(m)]
+        if consumer != LOSS:
+            self.layer_graph.aggregated[consumer] = len(set().union(*(producers(m) for m in maps)))
+
+    # --- dispatch --------------------------------------------------------------------------
+    def _channels(self, n: fx.Node, result: Any) -> Any:
+        if n.op == "placeholder":
+            if not isinstance(result, torch.Tensor) or result.ndim < 2:
+                raise _unsupported(n, "an input that is not a (N, C, ...) tensor")
+            return fresh(INPUT, result.shape[1])
+        if n.op == "get_attr":
+            return _Constant(result)
+        if n.op == "call_module":
+            return self._module(n, self.module.get_submodule(n.target), result)
+        target = n.target if n.op == "call_function" else str(n.target)
+        if target == operator.getitem:
+            return self._getitem(n, result)
+        if target in ELEMENTWISE_FUNCTIONS or target in ELEMENTWISE_METHODS:
+            return self._elementwise(n, target, result)
+        if target in CONCATS:
+            return self._concat(n, result)
+        if target in SPLITS:
+            return self._split(n, result)
+        if target in RESHAPES:
+            return self._reshape(n, result)
+        if target in REDUCTIONS:
+            return self._reduce(n, result)
+        if target == "detach":
+            return detach(self._input_map(n))
+        if target in CHANNELWISE_FUNCTIONS or target in CHANNELWISE_METHODS:
+            return self._channelwise(n, result)
+        name = getattr(target, "__name__", str(target))
+        raise _unsupported(n, f"the {n.op.replace('_', ' ')} {name!r}")
+
+    def _module(self, n: fx.Node, module: nn.Module, result: Any) -> Any:
+        if isinstance(module, WEIGHTED_MODULES):
+            return self._weighted(n, module, result)
+        if isinstance(module, CHANNELWISE_MODULES):
+            return self._channelwise(n, result)
+        if isinstance(module, nn.Flatten):
+            return self._reshape(n, result)
+        raise _unsupported(n, f"the module {n.target!r} of type {type(module).__name__}")
+
+    def _weighted(self, n: fx.Node, module: nn.Module, result: torch.Tensor) -> ChannelMap:
+        if isinstance(module, nn.Linear) and result.ndim != 2:
+            raise _unsupported(n, f"Linear {n.target!r} applied to a {result.ndim}-d tensor")
+        pos = Position(len(self.layer_graph.positions), n.target, self.calls[n.target], result.shape[1],
+                       type(module).__name__)
+        self.calls[n.target] += 1
+        self.layer_graph.positions.append(pos)
+        self._consume(pos.id, n.args[0], n)
+        return fresh(pos.id, pos.out_channels)
+
+    def _channelwise(self, n: fx.Node, result: torch.Tensor) -> ChannelMap:
+        m = self._input_map(n)
+        if result.shape[1] != m.channels:
+            raise _unsupported(n, f"{n.target} changing the channel count")
+        return m
+
+    def _getitem(self, n: fx.Node, result: Any) -> Any:
+        container, index = self._value(n.args[0]), n.args[1]
+        if not isinstance(container, ChannelMap):
+            return container[index]
+        ndim = len(self.shapes[n.args[0]])
+        index = index if isinstance(index, tuple) else (index,)
+        if Ellipsis in index:
+            at = index.index(Ellipsis)
+            index = index[:at] + (slice(None),) * (ndim - len(index) + 1) + index[at + 1:]
+        if len(index) < 2:
+            index = index + (slice(None),) * (2 - len(index))
+        batch, chan = index[0], index[1]
+        if not isinstance(batch, slice) or not isinstance(chan, slice):
+            raise _unsupported(n, f"indexing with {index!r} (only slices on the batch and channel dims)")
+        start, stop, step = chan.indices(container.channels)
+        if step != 1:
+            raise _unsupported(n, f"a channel slice with step {step}")
+        return slice_channels(container, start, stop)
+
+    def _operands(self, n: fx.Node) -> list[Any]:
+        return [self._value(a) for a in n.args] + [self._value(v) for v in n.kwargs.values()]
+
+    def _elementwise(self, n: fx.Node, target: Any, result: torch.Tensor) -> Any:
+        operands = self._operands(n)
+        maps = [v for v in operands if isinstance(v, ChannelMap)]
+        if not maps:
+            return _Constant(result)
+        for v, a in zip(operands, list(n.args) + list(n.kwargs.values())):
+            if isinstance(v, ChannelMap) and len(self.shapes[a]) != result.ndim:
+                raise _unsupported(n, "an elementwise op broadcasting tensors of different ranks")
+        channels = result.shape[1]
+        merged = merge([broadcast(m, channels) for m in maps])
+        if target in MULTIPLY:
+            for v in operands:
+                if isinstance(v, _Constant) and v.value.ndim == result.ndim:
+                    mask = v.value.expand_as(result).transpose(0, 1).reshape(channels, -1)
+                    merged = zero_channels(merged, (mask == 0).all(dim=1).tolist())
+        return merged
+
+    def _concat(self, n: fx.Node, result: torch.Tensor) -> ChannelMap:
+        parts = self._value(n.args[0])
+        if not all(isinstance(p, ChannelMap) for p in parts):
+            raise _unsupported(n, "concatenating a constant with traced tensors")
+        dim = _dim_arg(n, 1, 0) % result.ndim
+        return concat(list(parts)) if dim == 1 else merge(list(parts))
+
+    def _split(self, n: fx.Node, result: tuple) -> tuple:
+        m = self._input_map(n)
+        dim = _dim_arg(n, 2, 0) % result[0].ndim
+        if dim != 1:
+            return tuple(m for _ in result)
+        starts = [0]
+        for part in result:
+            starts.append(starts[-1] + part.shape[1])
+        return tuple(slice_channels(m, a, b) for a, b in zip(starts, starts[1:]))
+
+    def _reshape(self, n: fx.Node, result: torch.Tensor) -> ChannelMap:
+        m = self._input_map(n)
+        before = self.shapes[n.args[0]]
+        if result.shape[0] != before[0] or result.ndim < 2:
+            raise _unsupported(n, f"a reshape from {tuple(before)} to {tuple(result.shape)}")
+        if result.shape[1] == before[1]:
+            return m
+        spatial = before[2:].numel()
+        if result.ndim == 2 and result.shape[1] == before[1] * spatial:
+            return with_unit(m, spatial)
+        raise _unsupported(n, f"a reshape from {tuple(before)} to {tuple(result.shape)} that moves channels")
+
+    def _reduce(self, n: fx.Node, result: torch.Tensor) -> ChannelMap:
+        m = self._input_map(n)
+        ndim = len(self.shapes[n.args[0]])
+        dims = _normalize_dims(_dim_arg(n, 1, None), ndim)
+        if dims is None or dims & {0, 1}:
+            raise _unsupported(n, f"{n.target} over the batch or channel dimension")
+        return m
+
+
+def _flatten_maps(value: Any) -> list[ChannelMap]:
+    if isinstance(value, ChannelMap):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [m for v in value for m in _flatten_maps(v)]
+    if isinstance(value, dict):
+        return [m for v in value.values() for m in _flatten_maps(v)]
+    return []
+
+
+def _symbolic_trace(model: nn.Module) -> fx.GraphModule:
+    try:
+        return fx.symbolic_trace(model)
+    except Exception as err:  # fx raises many types; all mean "cannot be traced statically"
+        raise GradpathError(
+            f"torch.fx cannot trace {type(model).__name__} ({type(err).__name__}: {err}); gradient path "
+            "analysis needs a model without data-dependent control flow"
+        ) from err
+
+
+def trace_layers(model: nn.Module, input_shape: tuple[int, ...] = (3, 32, 32)) -> LayerGraph:
+    """The weighted-layer DAG of `model` for one input of shape `input_shape` (without batch)."""
+    if not input_shape or not all(isinstance(d, int) and d > 0 for d in input_shape):
+        raise GradpathError(f"input shape {input_shape!r} must be positive ints such as (3, 32, 32)")
+    gm = _symbolic_trace(model)
+    device = next(model.parameters(), torch.empty(0)).device
+    tracer = _ChannelTracer(gm)
+    modes = {m: m.training for m in gm.modules()}
+    gm.eval()
+    try:
+        with torch.no_grad():
+            tracer.run(torch.randn(TRACE_BATCH, *input_shape, device=device))
+    except GradpathError:
+        raise
+    except Exception as err:  # the model itself rejects the input
+        raise GradpathError(f"{type(model).__name__} cannot run on an input of shape {input_shape}: {err}") from err
+    finally:
+        for m, training in modes.items():
+            m.training = training
+    if not tracer.layer_graph.positions:
+        raise GradpathError(f"{type(model).__name__} has no weighted layer ({SUPPORTED})")
+    return tracer.layer_graph

@@ -1,0 +1,186 @@
+"""Gradient timestamps, sources and path lengths of every weighted layer and channel group.
+
+Definitions (the counting convention of the whole library):
+
+- A *weighted layer* is a convolution or linear layer; BatchNorm (its affine parameters
+  included), activations, pooling, upsampling and dropout are not weighted layers.
+- A *gradient path* of a layer runs from its output to the loss; its *length* is the number of
+  weighted layers on it, the layer itself included. The layer producing the logits has a path
+  of length 1: it receives gradient at *timestamp* 1 (the first backward step).
+- The *gradient timestamps* of a layer (or of a channel group of its output) are the set of the
+  lengths of all its gradient paths; its *shortest* and *longest gradient path* are their min
+  and max. Each backward step is one breadth-first level from the loss.
+- The *gradient sources* at timestamp t are the downstream weighted-layer positions (or `loss`)
+  that consume the group and themselves receive gradient at timestamp t - 1 (the loss at 0).
+- The *gradient combination* of a group is the set of its (timestamp, source) pairs; its size
+  is the number of pairs. The *number of paths* counts distinct sequences of weighted-layer
+  positions from the group to the loss (an exact Python int).
+- *Channel groups* of a layer's output are the coarsest partition of its channels in which all
+  channels of a group have the same consumers; it is induced by the downstream slicing, splits,
+  concatenations and partial adds (PRN's masked and unmasked channels are separate groups).
+- A module called at several places is one parameter with several *positions*; each position
+  is reported, and `GradientPathReport.parameters` aggregates them (timestamps = union).
+- Network level: the *longest shortest path* is the largest shortest path over all positions,
+  the *longest path* the largest timestamp of any; *aggregated features* of a position is the
+  number of distinct producers (weighted layers or the network input) whose outputs are
+  concatenated or added into its input, detached ones included.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import pandas as pd
+from torch import nn
+
+from .graph import LOSS, LayerGraph, Position, trace_layers
+
+LOSS_NAME = "loss"
+
+
+def _bits(mask: int) -> tuple[int, ...]:
+    """The set bits of `mask` as sorted ints (timestamp sets are stored as bit masks)."""
+    return tuple(i for i in range(mask.bit_length()) if mask >> i & 1)
+
+
+@dataclass(frozen=True)
+class GroupPaths:
+    """The gradient paths of channels [start, stop) of one weighted-layer position."""
+
+    position: Position
+    start: int
+    stop: int
+    timestamps: tuple[int, ...]
+    sources: dict[int, tuple[str, ...]]  # timestamp -> names of source positions ("loss")
+    n_paths: int
+
+    @property
+    def shortest(self) -> int | None:
+        """Fewest weighted layers between this group and the loss (None if it gets no gradient)."""
+        return self.timestamps[0] if self.timestamps else None
+
+    @property
+    def longest(self) -> int | None:
+        """Most weighted layers between this group and the loss (None if it gets no gradient)."""
+        return self.timestamps[-1] if self.timestamps else None
+
+    @property
+    def combination(self) -> frozenset[tuple[int, str]]:
+        """The gradient combination: every (timestamp, source) pair."""
+        return frozenset((t, s) for t, names in self.sources.items() for s in names)
+
+
+@dataclass
+class GradientPathReport:
+    """Structural gradient paths of one model: per group rows, per parameter and per network."""
+
+    graph: LayerGraph
+    groups: list[GroupPaths]
+
+    @cached_property
+    def layers(self) -> pd.DataFrame:
+        """One row per (position, channel group)."""
+        rows = [
+            {
+                "layer": g.position.name, "module": g.position.module, "position": g.position.call,
+                "kind": g.position.kind, "group_start": g.start, "group_stop": g.stop,
+                "channels": g.stop - g.start, "timestamps": g.timestamps, "shortest": g.shortest,
+                "longest": g.longest, "n_paths": g.n_paths, "combination_size": len(g.combination),
+                "sources_at_first": g.sources.get(g.shortest, ()),
+                "aggregated_features": self.graph.aggregated[g.position.id],
+            }
+            for g in self.groups
+        ]
+        frame = pd.DataFrame(rows)
+        frame["n_paths"] = frame["n_paths"].astype(object)  # exact ints, never float
+        return frame
+
+    @cached_property
+    def parameters(self) -> pd.DataFrame:
+        """One row per weighted module, its positions aggregated (timestamps = union)."""
+        rows = []
+        for module, frame in self.layers.groupby("module", sort=False):
+            groups = [g for g in self.groups if g.position.module == module]
+            stamps = sorted(set().union(*(g.timestamps for g in groups)))
+            rows.append({
+                "module": module, "positions": frame["position"].nunique(), "timestamps": tuple(stamps),
+                "shortest": stamps[0] if stamps else None, "longest": stamps[-1] if stamps else None,
+                "n_paths": sum(g.n_paths for g in groups),
+                "combination_size": len(frozenset().union(*(g.combination for g in groups))),
+            })
+        return pd.DataFrame(rows)
+
+    @cached_property
+    def network(self) -> dict[str, Any]:
+        """Network-level metrics (Table 1 and the paper's network-level criterion)."""
+        per_position: dict[int, set[int]] = {}
+        for g in self.groups:
+            per_position.setdefault(g.position.id, set()).update(g.timestamps)
+        reached = [stamps for stamps in per_position.values() if stamps]
+        channels = sum(g.stop - g.start for g in self.groups)
+        aggregated = list(self.graph.aggregated.values())
+        return {
+            "n_weighted_layers": len({p.module for p in self.graph.positions}),
+            "n_positions": len(self.graph.positions),
+            "n_groups": len(self.groups),
+            "longest_shortest_path": max(min(s) for s in reached),
+            "longest_path": max(max(s) for s in reached),
+            "aggregated_features_mean": sum(aggregated) / len(aggregated),
+            "aggregated_features_max": max(aggregated),
+            # every output channel (one filter) counts once: the mean over the network's filters
+            "combination_size_mean": sum((g.stop - g.start) * len(g.combination) for g in self.groups) / channels,
+        }
+
+
+def _groups_of(graph: LayerGraph) -> dict[int, list[tuple[int, int, frozenset[int]]]]:
+    """Per producer: its channel groups (start, stop, consumer ids), coarsest equal-consumer split."""
+    consumers: dict[int, list[tuple[int, int, int]]] = {p.id: [] for p in graph.positions}
+    for consumer, producer, lo, hi in graph.edges:
+        consumers[producer].append((consumer, lo, hi))
+    groups = {}
+    for pos in graph.positions:
+        cuts = sorted({0, pos.out_channels} | {c for _, lo, hi in consumers[pos.id] for c in (lo, hi)})
+        merged: list[tuple[int, int, frozenset[int]]] = []
+        for a, b in zip(cuts, cuts[1:]):
+            users = frozenset(q for q, lo, hi in consumers[pos.id] if lo <= a and b <= hi)
+            if merged and merged[-1][2] == users:
+                merged[-1] = (merged[-1][0], b, users)
+            else:
+                merged.append((a, b, users))
+        groups[pos.id] = merged
+    return groups
+
+
+def gradient_paths(graph: LayerGraph) -> GradientPathReport:
+    """Breadth-first from the loss over the weighted-layer DAG: every group's paths."""
+    groups = _groups_of(graph)
+    stamps: dict[int, int] = {LOSS: 1}  # bit t set <=> gradient arrives at timestamp t
+    n_paths: dict[int, int] = {LOSS: 1}
+    names = {p.id: p.name for p in graph.positions} | {LOSS: LOSS_NAME}
+    for pos in reversed(graph.positions):  # consumers always come after their producers
+        successors = set().union(*(users for _, _, users in groups[pos.id]))
+        stamps[pos.id] = _reach(successors, stamps)
+        n_paths[pos.id] = sum(n_paths[q] for q in successors)
+    rows = []
+    for pos in graph.positions:
+        for start, stop, users in groups[pos.id]:
+            timestamps = _bits(_reach(users, stamps))
+            sources = {
+                t: tuple(sorted(names[q] for q in users if stamps[q] >> (t - 1) & 1)) for t in timestamps
+            }
+            rows.append(GroupPaths(pos, start, stop, timestamps, sources, sum(n_paths[q] for q in users)))
+    return GradientPathReport(graph, rows)
+
+
+def _reach(users: set[int] | frozenset[int], stamps: dict[int, int]) -> int:
+    mask = 0
+    for q in users:
+        mask |= stamps[q] << 1
+    return mask
+
+
+def analyze_model(model: nn.Module, input_shape: tuple[int, ...] = (3, 32, 32)) -> GradientPathReport:
+    """Structural gradient path analysis of `model` for one input of `input_shape` (no batch)."""
+    return gradient_paths(trace_layers(model, tuple(input_shape)))

@@ -1,0 +1,246 @@
+"""`gradpath bench train`: our training step against the loop a typical user writes, side by side.
+
+Both loops train the same model at the same batch size on the same images:
+- "gradpath": the trainer's own epoch (`train.classify.train_epoch`): data resident on the device
+  as uint8, augmentation on the device, bf16 autocast + channels-last + fused SGD on CUDA, one
+  host sync per pass, optional torch.compile.
+- "reference": `torch.utils.data.DataLoader` over the uint8 arrays with per-image augmentation on
+  the CPU (pad-crop + flip in numpy), fp32, NCHW, the default SGD, `loss.item()` every step.
+
+Each repeat is one pass of `steps` batches; the first pass (warm-up, compilation) is not timed;
+images/s is the median over repeats, timed with CUDA events on GPU. Training FLOPs per image are
+taken as 3 x the forward FLOPs of one image (torch's FLOP counter, FLOPs = 2 x MACs): forward plus
+a backward costing about twice the forward. The peak is measured in the same process: a large
+bf16 matmul on GPU, an fp32 one on CPU.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from .data import dataset_for_scale, load_classification
+from .errors import GradpathError
+from .models.cost import count_flops
+from .models.registry import create_model, get_entry
+from .runs import resolve_device
+from .store import device_name
+from .train.batches import DeviceImages, epoch_generator
+from .train.classify import make_optimizer, prepare_model, train_epoch
+from .train.recipes import Recipe, recipe_for
+
+TRAIN_FLOPS_PER_FORWARD = 3  # forward + backward (about 2 x forward)
+MATMUL_SIZE = {"cuda": 8192, "cpu": 1024}
+MATMUL_DTYPE = {"cuda": torch.bfloat16, "cpu": torch.float32}
+MATMUL_REPEATS = 10
+SYNTHETIC_CLASSES = 10
+IMAGE_SHAPE = (32, 32, 3)
+
+
+def timed(fn: Callable[[], Any], device: torch.device) -> float:
+    """Seconds `fn()` takes on `device` (CUDA events on GPU, a wall clock elsewhere)."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1000.0
+    begin = time.perf_counter()
+    fn()
+    return time.perf_counter() - begin
+
+
+def matmul_peak(device: torch.device) -> float:
+    """Measured FLOP/s of a large square matmul (bf16 on CUDA, fp32 on CPU), median of repeats."""
+    n = MATMUL_SIZE[device.type]
+    a = torch.randn(n, n, device=device, dtype=MATMUL_DTYPE[device.type])
+    b = torch.randn(n, n, device=device, dtype=MATMUL_DTYPE[device.type])
+    timed(lambda: a @ b, device)  # warm-up
+    seconds = statistics.median(timed(lambda: a @ b, device) for _ in range(MATMUL_REPEATS))
+    return 2 * n**3 / seconds
+
+
+def bench_images(scale: str, count: int, seed: int) -> tuple[np.ndarray, np.ndarray, str]:
+    """`count` training images of the scale's dataset, or synthetic ones if it is unavailable."""
+    name = dataset_for_scale(scale)
+    try:
+        data = load_classification(name, "train")
+    except GradpathError as err:
+        rng = np.random.default_rng(seed)
+        images = rng.integers(0, 256, (count, *IMAGE_SHAPE), dtype=np.uint8)
+        labels = rng.integers(0, SYNTHETIC_CLASSES, count).astype(np.int64)
+        return images, labels, f"synthetic random images ({name} unavailable: {err})"
+    reps = -(-count // len(data.labels))  # repeat a small dataset to fill the passes
+    images = np.concatenate([data.images] * reps)[:count]
+    labels = np.concatenate([data.labels] * reps)[:count]
+    return images, labels, f"{name}: {data.source}"
+
+
+class AugmentedArrays(Dataset):
+    """What a typical user writes: per-image pad-crop and flip on the CPU, then normalize."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, recipe: Recipe, stats: DeviceImages):
+        self.images, self.labels, self.pad, self.flip = images, labels, recipe.crop_padding, recipe.flip
+        self.mean = stats.mean.cpu().view(-1, 1, 1)
+        self.std = stats.std.cpu().view(-1, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        img = np.pad(self.images[i], ((self.pad, self.pad), (self.pad, self.pad), (0, 0)))
+        dy, dx = torch.randint(0, 2 * self.pad + 1, (2,)).tolist()
+        img = img[dy : dy + IMAGE_SHAPE[0], dx : dx + IMAGE_SHAPE[1]]
+        if self.flip and torch.rand(()) < 0.5:
+            img = img[:, ::-1]
+        x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float() / 255.0
+        return (x - self.mean) / self.std, int(self.labels[i])
+
+
+def reference_pass(
+    model: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader, recipe: Recipe,
+    device: torch.device,
+) -> float:
+    """One pass of the reference loop; returns the summed loss (read every step, as users do)."""
+    model.train()
+    running = 0.0
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        loss = F.cross_entropy(model(x), y, label_smoothing=recipe.label_smoothing)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        running += loss.item()
+    return running
+
+
+def loop_result(name: str, seconds: list[float], images: int, train_flops: int, peak: float,
+                peak_memory: int | None) -> dict[str, Any]:
+    """One row of the bench: median images/s, achieved FLOP/s and its fraction of the peak."""
+    images_per_s = images / statistics.median(seconds)
+    return {
+        "loop": name,
+        "images_per_s": images_per_s,
+        "train_flops_per_s": images_per_s * train_flops,
+        "fraction_of_peak": images_per_s * train_flops / peak,
+        "peak_memory_bytes": peak_memory,
+    }
+
+
+def measure_loop(run_pass: Callable[[int], Any], device: torch.device, repeats: int) -> tuple[list[float], int | None]:
+    """Seconds of `repeats` timed passes after one warm-up pass, and the peak GPU memory."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    run_pass(0)
+    seconds = [timed(lambda r=r: run_pass(r), device) for r in range(1, repeats + 1)]
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    return seconds, peak
+
+
+def bench_train(
+    model: str,
+    scale: str = "mini",
+    *,
+    batch_size: int | None = None,
+    steps: int = 20,
+    repeats: int = 5,
+    device: str = "auto",
+    compile: bool = False,
+    workers: int = 4,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Time our training step and the reference loop on `model`; returns the bench as a dict."""
+    if steps < 1 or repeats < 1:
+        raise GradpathError(f"bench steps and repeats must be >= 1, got steps={steps}, repeats={repeats}")
+    if get_entry(model).task != "classify":
+        raise GradpathError(f"bench train times classifiers; {model!r} is a {get_entry(model).task!r} model")
+    dev = resolve_device(device)
+    overrides = {"compile": compile} | ({"batch_size": batch_size} if batch_size else {})
+    recipe = Recipe(**recipe_for(scale, **overrides))
+    count = recipe.batch_size * steps
+    images, labels, data_note = bench_images(scale, count, seed)
+    data = DeviceImages.from_arrays(images, labels, dev)
+    torch.manual_seed(seed)
+    forward_flops = count_flops(create_model(model, scale), (3, *IMAGE_SHAPE[:2]))
+    train_flops = TRAIN_FLOPS_PER_FORWARD * forward_flops
+    peak = matmul_peak(dev)
+
+    torch.manual_seed(seed)
+    ours = prepare_model(create_model(model, scale), dev)
+    forward = torch.compile(ours) if recipe.compile else ours
+    optimizer = make_optimizer(ours, recipe, dev)
+    ours_seconds, ours_memory = measure_loop(
+        lambda r: train_epoch(ours, forward, optimizer, data, recipe, epoch_generator(seed, r), 0, steps),
+        dev, repeats,
+    )
+    del ours, forward, optimizer
+
+    torch.manual_seed(seed)
+    reference = create_model(model, scale).to(dev)
+    ref_optimizer = torch.optim.SGD(reference.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+                                    nesterov=recipe.nesterov, weight_decay=recipe.weight_decay)
+    loader = DataLoader(
+        AugmentedArrays(images, labels, recipe, data), batch_size=recipe.batch_size, shuffle=True,
+        drop_last=True, num_workers=workers, pin_memory=dev.type == "cuda",
+        persistent_workers=workers > 0,
+    )
+    ref_seconds, ref_memory = measure_loop(
+        lambda r: reference_pass(reference, ref_optimizer, loader, recipe, dev), dev, repeats
+    )
+    rows = [
+        loop_result("gradpath", ours_seconds, count, train_flops, peak, ours_memory),
+        loop_result("reference", ref_seconds, count, train_flops, peak, ref_memory),
+    ]
+    return {
+        "model": model,
+        "scale": scale,
+        "device": device_name(dev),
+        "torch": torch.__version__,
+        "batch_size": recipe.batch_size,
+        "steps": steps,
+        "repeats": repeats,
+        "compile": recipe.compile,
+        "reference_workers": workers,
+        "data": data_note,
+        "forward_flops_per_image": forward_flops,
+        "train_flops_per_image": train_flops,
+        "peak_flops_per_s": peak,
+        "peak_dtype": str(MATMUL_DTYPE[dev.type]).removeprefix("torch."),
+        "speedup": rows[0]["images_per_s"] / rows[1]["images_per_s"],
+        "loops": rows,
+    }
+
+
+def format_bench(result: dict[str, Any]) -> str:
+    """The bench as a readable table with its context lines."""
+    rows = [{
+        "loop": row["loop"],
+        "images_per_s": row["images_per_s"],
+        "train_TFLOP/s": row["train_flops_per_s"] / 1e12,
+        "fraction_of_peak": row["fraction_of_peak"],
+        "peak_mem_GiB": "n/a" if row["peak_memory_bytes"] is None else row["peak_memory_bytes"] / 2**30,
+    } for row in result["loops"]]
+    table = pd.DataFrame(rows).set_index("loop")
+    lines = [
+        f"model {result['model']} ({result['scale']}), batch {result['batch_size']}, "
+        f"{result['steps']} steps x {result['repeats']} timed passes (median), "
+        f"compile={result['compile']}, device: {result['device']}, torch {result['torch']}",
+        f"data: {result['data']}",
+        f"training FLOPs/image = 3 x forward = {result['train_flops_per_image'] / 1e9:.3f} GFLOP "
+        f"(torch FLOP counter, FLOPs = 2 x MACs); measured {result['peak_dtype']} matmul peak "
+        f"{result['peak_flops_per_s'] / 1e12:.3g} TFLOP/s",
+        table.to_string(float_format=lambda v: f"{v:.4g}"),
+        f"speedup gradpath / reference: {result['speedup']:.2f}x",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,90 @@
+"""`gradpath analyze MODEL`: gradient timestamps, sources and path lengths of a model's layers."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+from torch import nn
+
+from ..errors import GradpathError
+from ..scales import SCALES
+
+FORMATS = ("table", "csv", "json")
+LIST_COLUMNS = ("timestamps", "sources_at_first")  # tuple cells, written space-separated in CSV
+TABLE_COLUMNS = ["layer", "group_start", "group_stop", "timestamps", "shortest", "longest", "n_paths",
+                 "combination_size", "sources_at_first", "aggregated_features"]
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register `gradpath analyze`."""
+    parser = subparsers.add_parser("analyze", help="structural gradient path analysis of a model")
+    parser.add_argument("model", metavar="MODEL",
+                        help="a registered model name, or package.module:factory returning an nn.Module")
+    parser.add_argument("--input", default="3x32x32", help="input shape without batch, e.g. 3x32x32")
+    parser.add_argument("--scale", default="mini", choices=SCALES, help="size preset of a registered model")
+    parser.add_argument("--format", default="table", choices=FORMATS)
+    parser.set_defaults(func=run)
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """'3x32x32' -> (3, 32, 32)."""
+    try:
+        shape = tuple(int(part) for part in text.lower().split("x"))
+    except ValueError:
+        shape = ()
+    if not shape or min(shape) <= 0:
+        raise GradpathError(f"input shape {text!r} is not like 3x32x32 (positive ints joined by 'x')")
+    return shape
+
+
+def resolve_model(spec: str, scale: str = "mini") -> nn.Module:
+    """A registry name built at `scale`, or `package.module:factory` called without arguments."""
+    if ":" not in spec:
+        from ..models import create_model
+
+        return create_model(spec, scale)
+    module_name, _, factory_name = spec.partition(":")
+    sys.path.insert(0, str(Path.cwd()))  # a user's own module next to where they run the command
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise GradpathError(f"cannot import {module_name!r} from {spec!r}: {err}") from err
+    finally:
+        sys.path.pop(0)
+    factory = getattr(module, factory_name, None)
+    if not callable(factory):
+        raise GradpathError(f"{module_name!r} has no callable {factory_name!r} (MODEL is package.module:factory)")
+    model = factory()
+    if not isinstance(model, nn.Module):
+        raise GradpathError(f"{spec} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def _cell(value: object) -> object:
+    return " ".join(map(str, value)) if isinstance(value, tuple) else value
+
+
+def run(args: argparse.Namespace) -> int:
+    """Analyse the model and print its layers (and network metrics) in the chosen format."""
+    from ..analysis import analyze_model
+
+    report = analyze_model(resolve_model(args.model, args.scale), parse_shape(args.input))
+    layers = report.layers
+    if args.format == "json":
+        payload = {"model": args.model, "input": args.input, "network": report.network,
+                   "layers": layers.to_dict(orient="records")}
+        print(json.dumps(payload, indent=1, default=lambda v: v.item() if hasattr(v, "item") else str(v)))
+    elif args.format == "csv":
+        frame = layers.assign(**{c: layers[c].map(_cell) for c in LIST_COLUMNS})
+        print(frame.to_csv(index=False), end="")
+    else:
+        for key, value in report.network.items():
+            print(f"{key:>26}: {value:.3f}" if isinstance(value, float) else f"{key:>26}: {value}")
+        with pd.option_context("display.max_rows", None, "display.width", 200, "display.max_colwidth", 40):
+            print(layers[TABLE_COLUMNS].assign(**{c: layers[c].map(_cell) for c in LIST_COLUMNS}).to_string(index=False))
+    return 0

@@ -1,0 +1,40 @@
+"""`gradpath reproduce`: train the runs of the book's chapters and execute their notebooks."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..scales import SCALES
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register `gradpath reproduce`."""
+    parser = subparsers.add_parser(
+        "reproduce", help="train the chapters' runs and execute their notebooks (papermill)",
+        description="Train (or reuse) every run the selected chapters need, then execute their notebooks "
+                    "in dependency order into <results-dir>/<scale>/notebooks/. Resumable; a failing "
+                    "notebook does not stop the others; exits 1 if any notebook or run failed.")
+    parser.add_argument("--scale", required=True, help=f"one of {', '.join(SCALES)}")
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="these chapters (and what they depend on)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs trained / notebooks executed in parallel")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--no-train", action="store_true", help="never train: render recorded runs only")
+    parser.add_argument("--runs-only", action="store_true",
+                        help="train the runs only, without Jupyter (render later with --no-train)")
+    parser.add_argument("--results-dir", default="results", help="where records, tables and pages go")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Reproduce, print the summary table, and return 0 only if everything succeeded."""
+    from ..errors import GradpathError
+    from ..runner import reproduce, succeeded, summary_frame
+
+    if args.jobs < 1:
+        raise GradpathError(f"--jobs must be >= 1, got {args.jobs}")
+    if args.no_train and args.runs_only:
+        raise GradpathError("--no-train and --runs-only exclude each other (runs-only only trains)")
+    reports = reproduce(args.scale, only=args.only, jobs=args.jobs, device=args.device,
+                        train=not args.no_train, runs_only=args.runs_only, results_dir=args.results_dir)
+    print(summary_frame(reports).to_string(index=False))
+    return 0 if succeeded(reports) else 1

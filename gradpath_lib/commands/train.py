@@ -1,0 +1,50 @@
+"""`gradpath train`: train one classification run, or return its cached record at once."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..runs import cached_record, ensure_run
+from ..scales import SCALES
+from ..store import record_path
+from ..train.classify import classify_config
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register `gradpath train`."""
+    parser = subparsers.add_parser("train", help="train one classifier run (cached if recorded)")
+    parser.add_argument("--model", required=True, help="registered model name (see `gradpath models`)")
+    parser.add_argument("--scale", default="smoke", choices=SCALES)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, help="override the scale's recipe epochs")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--force", action="store_true", help="retrain even if a record exists")
+    parser.add_argument("--results-dir", default="results")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.set_defaults(func=run)
+
+
+def summary(record: dict) -> str:
+    """One line: run id, status, accuracy, epochs, throughput and wall time."""
+    m = record["metrics"]
+    acc = "n/a" if m.get("test_acc") is None else f"{m['test_acc']:.4f}"
+    best = "n/a" if m.get("best_test_acc") is None else f"{m['best_test_acc']:.4f}"
+    line = (f"{record['run_id']}: {record['status']}, test_acc {acc} (best {best}), "
+            f"{m.get('epochs_done')} epochs, {m.get('images_per_s')} img/s, "
+            f"{record['wall_time_s']} s on {record['provenance']['device_name']}")
+    if record["status"] == "diverged":
+        line += f", diverged at step {record['diverged_at_step']} (epoch {record['diverged_at_epoch']})"
+    return line
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train (or look up) the run and print its record path and a summary line (a diverged run is
+    a result, so it exits 0 too)."""
+    overrides = {"epochs": args.epochs} if args.epochs is not None else {}
+    config = classify_config(args.model, args.scale, args.seed, **overrides)
+    cached = not args.force and cached_record(config, args.results_dir) is not None
+    record = ensure_run(config, results_dir=args.results_dir, force=args.force,
+                        device=args.device, progress=not args.no_progress)
+    print(record_path(args.results_dir, record["config"]))
+    print(summary(record) + (" [cached]" if cached else ""))
+    return 0

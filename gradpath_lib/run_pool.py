@@ -1,0 +1,102 @@
+"""Ensure many runs at once: reuse recorded ones, train the missing ones (in parallel across a
+process pool when `jobs > 1`), and say for each where its record came from.
+
+Needs only torch-level dependencies, so GPU machines without Jupyter can train every run of a
+chapter (`gradpath reproduce --runs-only`).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from .errors import GradpathError
+from .runs import ensure_run, normalize_config
+from .store import load_record, record_path, run_id
+
+CACHED, TRAINED, MISSING, FAILED = "cached", "trained", "missing", "failed"
+
+
+@dataclass
+class RunOutcome:
+    """One run of a batch: its config, its record (None if missing) and where that came from."""
+
+    config: dict[str, Any]
+    record: dict[str, Any] | None
+    source: str  # CACHED | TRAINED | MISSING | FAILED
+    error: str | None = None
+
+
+def recorded(config: dict[str, Any], results_dir: str | Path) -> dict[str, Any] | None:
+    """The record of `config` whatever its status (ok, diverged or failed), or None."""
+    path = record_path(results_dir, normalize_config(config))
+    return load_record(path) if path.exists() else None
+
+
+def ensure_runs(
+    configs: list[dict[str, Any]],
+    *,
+    results_dir: str | Path = "results",
+    allow_train: bool = False,
+    device: str = "auto",
+    jobs: int = 1,
+    progress: bool = True,
+) -> list[RunOutcome]:
+    """The outcome of every config, in order; duplicates are trained once.
+
+    Recorded runs (ok or diverged) are reused. Without `allow_train` the others are `missing`
+    (or `failed`, with the failed record). With it they are trained, `jobs` at a time; a run that
+    raises is `failed` and the others go on.
+    """
+    unique = {run_id(normalize_config(c)): c for c in configs}
+    outcomes: dict[str, RunOutcome] = {}
+    to_train = []
+    for key, config in unique.items():
+        record = recorded(config, results_dir)
+        if record is not None and record["status"] in ("ok", "diverged"):
+            outcomes[key] = RunOutcome(config, record, CACHED)
+        elif allow_train:
+            to_train.append(key)
+        else:
+            outcomes[key] = RunOutcome(config, record, FAILED if record else MISSING,
+                                       record.get("error") if record else None)
+    bar = tqdm(total=len(to_train), desc="training runs", unit="run", disable=not (progress and to_train))
+    if jobs <= 1 or len(to_train) <= 1:
+        for key in to_train:
+            outcomes[key] = _train(unique[key], str(results_dir), device, progress)
+            bar.update()
+    else:
+        context = multiprocessing.get_context("spawn")  # fork + torch threads can deadlock
+        with ProcessPoolExecutor(jobs, mp_context=context, initializer=_share_cpu, initargs=(jobs,)) as pool:
+            futures = {pool.submit(_train, unique[k], str(results_dir), device, False): k for k in to_train}
+            for future in as_completed(futures):
+                outcomes[futures[future]] = future.result()
+                bar.update()
+    bar.close()
+    return [outcomes[run_id(normalize_config(c))] for c in configs]
+
+
+def _train(config: dict[str, Any], results_dir: str, device: str, progress: bool) -> RunOutcome:
+    """Train one run; a failure becomes a FAILED outcome with the error, never an exception."""
+    try:
+        record = ensure_run(config, results_dir=results_dir, allow_train=True, device=device, progress=progress)
+    except Exception as err:  # ensure_run recorded it as failed (unless the config itself is bad)
+        try:
+            failed = recorded(config, results_dir)
+        except GradpathError:
+            failed = None
+        return RunOutcome(config, failed, FAILED, f"{type(err).__name__}: {err}")
+    return RunOutcome(config, record, TRAINED)
+
+
+def _share_cpu(jobs: int) -> None:
+    """Give each of `jobs` worker processes its share of the CPU threads."""
+    import torch
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // jobs))

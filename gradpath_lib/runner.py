@@ -1,0 +1,254 @@
+"""The batch reproduction behind `gradpath reproduce`: train what the chapters need, then execute
+their notebooks with papermill in dependency order, and summarise.
+
+1. **Runs.** Every run the selected chapters need is ensured first (`run_pool.ensure_runs`: cached
+   records reused, missing ones trained `jobs` at a time across processes). `--runs-only` stops
+   here, so a GPU machine with only PyTorch can train everything (papermill is imported only in
+   step 2).
+2. **Notebooks.** `notebooks/<name>.ipynb` is executed with `allow_train=False` (its runs are
+   recorded by then) into `<results_dir>/<scale>/notebooks/<name>.ipynb`; notebooks whose
+   dependencies are done run in parallel (`jobs` processes). A notebook that fails does not stop
+   the others (those that depend on it are skipped); the summary names its failing cell.
+
+**Resuming.** An executed notebook is written under a temporary name and renamed when it
+succeeds; beside it, `<name>.inputs.json` holds a fingerprint (sha256) of everything it was made
+from: the source notebook, its parameters, the record files of its runs (or their absence), the
+executed notebooks of the chapters it depends on, and the library's source code. A chapter
+counts as done when its executed notebook exists and its recorded fingerprint equals the current
+one, so a rerun after a kill (or after new runs were recorded) redoes exactly what is missing or
+stale.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from .errors import GradpathError
+from .experiments import Chapter, chapter, chapters, default_seeds
+from .run_pool import CACHED, FAILED, MISSING, TRAINED, ensure_runs
+from .runs import normalize_config
+from .scales import check_scale
+from .store import REPO_ROOT, atomic_write_bytes, record_path, run_id
+from .tables import output_dir
+
+NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
+LIBRARY_DIR = REPO_ROOT / "gradpath_lib"
+KERNEL = "python3"
+DONE, UP_TO_DATE, FAILED_NB, SKIPPED, RUNS_ONLY = "executed", "up to date", "failed", "skipped", "runs only"
+
+
+@dataclass
+class ChapterReport:
+    """One line of the summary: a chapter's notebook status, its runs and its time."""
+
+    name: str
+    status: str = ""
+    runs: dict[str, int] = field(default_factory=dict)  # cached / trained / missing / failed counts
+    seconds: float = 0.0
+    error: str = ""
+
+
+def source_notebook(name: str) -> Path:
+    """`notebooks/<name>.ipynb`, the source of chapter `name`."""
+    return NOTEBOOKS_DIR / f"{name}.ipynb"
+
+
+def executed_notebook(results_dir: str | Path, scale: str, name: str) -> Path:
+    """`<results_dir>/<scale>/notebooks/<name>.ipynb`, the executed page of chapter `name`."""
+    return Path(results_dir) / scale / "notebooks" / f"{name}.ipynb"
+
+
+def select_chapters(only: Sequence[str] | None = None) -> list[Chapter]:
+    """The chapters with a notebook, in book order: all, or `only` plus what they depend on."""
+    available = [c for c in chapters() if source_notebook(c.name).exists()]
+    if not only:
+        return available
+    wanted: set[str] = set()
+    stack = list(only)
+    while stack:
+        name = stack.pop()
+        if name not in wanted:
+            wanted.add(name)
+            stack += chapter(name).depends_on  # chapter() rejects unknown names, listing the valid ones
+    lacking = sorted(wanted - {c.name for c in available})
+    if lacking:
+        raise GradpathError(f"chapter(s) {lacking} have no notebook yet; chapters with a notebook: "
+                            f"{', '.join(c.name for c in available)}")
+    return [c for c in available if c.name in wanted]
+
+
+def reproduce(
+    scale: str,
+    *,
+    only: Sequence[str] | None = None,
+    jobs: int = 1,
+    device: str = "auto",
+    train: bool = True,
+    runs_only: bool = False,
+    results_dir: str | Path = "results",
+    progress: bool = True,
+) -> list[ChapterReport]:
+    """Ensure the runs of the selected chapters, then (unless `runs_only`) execute their notebooks."""
+    check_scale(scale)
+    selected = select_chapters(only)
+    seeds = default_seeds(scale)
+    reports = {c.name: ChapterReport(c.name) for c in selected}
+    configs = {c.name: c.runs(scale, seeds) for c in selected}
+    outcomes = ensure_runs([cfg for c in selected for cfg in configs[c.name]], results_dir=results_dir,
+                           allow_train=train, device=device, jobs=jobs, progress=progress)
+    by_id = {_run_id(o.config): o for o in outcomes}
+    for c in selected:
+        sources = [by_id[_run_id(cfg)].source for cfg in configs[c.name]]
+        reports[c.name].runs = {s: sources.count(s) for s in (CACHED, TRAINED, MISSING, FAILED)}
+    if runs_only:
+        for report in reports.values():
+            report.status = RUNS_ONLY
+    else:
+        _execute_all(selected, scale, seeds, device, jobs, Path(results_dir), reports, progress)
+    return [reports[c.name] for c in selected]
+
+
+def _run_id(config: dict[str, Any]) -> str:
+    return run_id(normalize_config(config))
+
+
+def fingerprint(chap: Chapter, scale: str, seeds: list[int], results_dir: Path, parameters: dict[str, Any]) -> str:
+    """sha256 of everything an executed notebook is made from (see the module docstring)."""
+    digest = hashlib.sha256()
+
+    def add(label: str, data: bytes) -> None:
+        digest.update(f"{label}:{len(data)}:".encode())
+        digest.update(data)
+
+    add("source", source_notebook(chap.name).read_bytes())
+    add("parameters", json.dumps(parameters, sort_keys=True).encode())
+    for config in chap.runs(scale, seeds):
+        path = record_path(results_dir, normalize_config(config))
+        add(f"record {path.name}", path.read_bytes() if path.exists() else b"absent")
+    for dep in chap.depends_on:
+        path = executed_notebook(results_dir, scale, dep)
+        add(f"dependency {dep}", path.read_bytes() if path.exists() else b"absent")
+    for path in sorted(LIBRARY_DIR.rglob("*.py")):
+        add(f"library {path.relative_to(LIBRARY_DIR).as_posix()}", path.read_bytes())
+    return digest.hexdigest()
+
+
+def _inputs_file(results_dir: Path, scale: str, name: str) -> Path:
+    return executed_notebook(results_dir, scale, name).with_suffix(".inputs.json")
+
+
+def is_done(chap: Chapter, scale: str, seeds: list[int], results_dir: Path, parameters: dict[str, Any]) -> bool:
+    """True when the executed notebook exists and was made from exactly the current inputs."""
+    inputs = _inputs_file(results_dir, scale, chap.name)
+    if not (executed_notebook(results_dir, scale, chap.name).exists() and inputs.exists()):
+        return False
+    try:
+        recorded = json.loads(inputs.read_text())["fingerprint"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False  # a damaged fingerprint file only means: execute again
+    return recorded == fingerprint(chap, scale, seeds, results_dir, parameters)
+
+
+def notebook_parameters(scale: str, seeds: list[int], device: str, results_dir: Path) -> dict[str, Any]:
+    """The papermill parameters of a batch execution: render recorded runs only."""
+    return {"scale": scale, "seeds": seeds, "device": device, "allow_train": False, "jobs": 1,
+            "results_dir": os.path.relpath(results_dir.resolve(), REPO_ROOT)}
+
+
+def _execute_all(selected: list[Chapter], scale: str, seeds: list[int], device: str, jobs: int,
+                 results_dir: Path, reports: dict[str, ChapterReport], progress: bool) -> None:
+    """Execute the notebooks in dependency order, `jobs` at a time, recording each outcome."""
+    import multiprocessing
+
+    parameters = notebook_parameters(scale, seeds, device, results_dir)
+    output_dir(results_dir, scale, "notebooks")
+    pending = {c.name: c for c in selected}
+    running: dict[Future, Chapter] = {}
+    bar = tqdm(total=len(selected), desc="notebooks", unit="nb", disable=not progress)
+
+    def finish(name: str, status: str, error: str = "", seconds: float = 0.0) -> None:
+        reports[name].status, reports[name].error, reports[name].seconds = status, error, seconds
+        bar.update()
+
+    with ProcessPoolExecutor(max(1, jobs), mp_context=multiprocessing.get_context("spawn")) as pool:
+        while pending or running:
+            for name, chap in list(pending.items()):
+                deps = [reports[d].status if d in reports else SKIPPED for d in chap.depends_on]
+                if "" in deps:  # a dependency has not finished yet
+                    continue
+                del pending[name]
+                if any(d in (FAILED_NB, SKIPPED) for d in deps):
+                    finish(name, SKIPPED, "a chapter it depends on failed")
+                elif is_done(chap, scale, seeds, results_dir, parameters):
+                    finish(name, UP_TO_DATE)
+                else:
+                    running[pool.submit(execute_notebook, name, scale, parameters, str(results_dir))] = chap
+            if not running:
+                if pending:
+                    raise GradpathError(f"chapters {sorted(pending)} depend on each other in a cycle")
+                break
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                chap = running.pop(future)
+                status, error, seconds = future.result()
+                if status == DONE:
+                    _write_inputs(chap, scale, seeds, results_dir, parameters)
+                finish(chap.name, status, error, seconds)
+    bar.close()
+
+
+def _write_inputs(chap: Chapter, scale: str, seeds: list[int], results_dir: Path, parameters: dict[str, Any]) -> None:
+    fp = fingerprint(chap, scale, seeds, results_dir, parameters)
+    atomic_write_bytes(_inputs_file(results_dir, scale, chap.name), json.dumps({"fingerprint": fp}).encode())
+
+
+def execute_notebook(name: str, scale: str, parameters: dict[str, Any], results_dir: str) -> tuple[str, str, float]:
+    """Execute one chapter notebook with papermill: (status, failing cell and error, seconds)."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    final = executed_notebook(results_dir, scale, name)
+    partial = final.with_name(f".{name}.partial.ipynb")
+    failed = final.with_name(f"{name}.failed.ipynb")
+    start = time.perf_counter()
+    try:
+        papermill.execute_notebook(str(source_notebook(name)), str(partial), parameters=parameters,
+                                   kernel_name=KERNEL, cwd=str(REPO_ROOT), progress_bar=False)
+    except PapermillExecutionError as err:
+        os.replace(partial, failed)
+        final.unlink(missing_ok=True)
+        return FAILED_NB, f"cell {err.cell_index} (exec {err.exec_count}): {err.ename}: {err.evalue} -> {failed}", \
+            time.perf_counter() - start
+    except Exception as err:  # the kernel died or could not start: still a failed notebook
+        partial.unlink(missing_ok=True)
+        final.unlink(missing_ok=True)
+        return FAILED_NB, f"{type(err).__name__}: {err}", time.perf_counter() - start
+    os.replace(partial, final)
+    failed.unlink(missing_ok=True)
+    return DONE, "", time.perf_counter() - start
+
+
+def summary_frame(reports: Sequence[ChapterReport]) -> Any:
+    """The summary table (a DataFrame): chapter, status, runs trained/cached/missing/failed, time."""
+    import pandas as pd
+
+    return pd.DataFrame([{
+        "chapter": r.name, "status": r.status,
+        **{k: r.runs.get(k, 0) for k in (TRAINED, CACHED, MISSING, FAILED)},
+        "time (s)": round(r.seconds, 1), "error": r.error,
+    } for r in reports])
+
+
+def succeeded(reports: Sequence[ChapterReport]) -> bool:
+    """True when no notebook failed or was skipped and no run failed."""
+    return all(r.status in (DONE, UP_TO_DATE, RUNS_ONLY) and not r.runs.get(FAILED) for r in reports)

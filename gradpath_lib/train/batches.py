@@ -1,0 +1,91 @@
+"""The whole image set resident on the training device, augmented there with batched tensor ops.
+
+Images stay uint8 (N, H, W, 3) on the device; each epoch draws its order, crop offsets and flips
+from a CPU `torch.Generator` seeded by (seed, epoch), so an epoch is the same on every device and
+a resumed run replays exactly the epochs an uninterrupted one would. Batches come out NCHW with
+channels-last memory (the fast layout for convolutions on GPUs), normalized by the training set's
+per-channel mean and standard deviation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+# Seeds of different epochs of one run are this far apart, so (seed, epoch) pairs never collide.
+EPOCH_SEED_STRIDE = 1 << 20
+PIXEL_MAX = 255.0
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The CPU generator of all randomness of one epoch's data (order, crops, flips)."""
+    return torch.Generator().manual_seed(seed * EPOCH_SEED_STRIDE + epoch)
+
+
+@dataclass
+class DeviceImages:
+    """Images (uint8, NHWC) and labels on `device`, with the normalization of the training set."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    mean: torch.Tensor  # (1, 3, 1, 1) float32, in [0, 1] pixel units
+    std: torch.Tensor
+
+    @classmethod
+    def from_arrays(
+        cls,
+        images: np.ndarray,
+        labels: np.ndarray,
+        device: torch.device,
+        stats_from: np.ndarray | None = None,
+    ) -> DeviceImages:
+        """Move uint8 (N, H, W, 3) images to `device`; normalize with `stats_from`'s statistics."""
+        ref = images if stats_from is None else stats_from
+        pixels = ref.reshape(-1, ref.shape[-1]).astype(np.float64) / PIXEL_MAX
+        mean = torch.tensor(pixels.mean(0), dtype=torch.float32).view(1, -1, 1, 1)
+        std = torch.tensor(pixels.std(0), dtype=torch.float32).view(1, -1, 1, 1)
+        return cls(
+            images=torch.from_numpy(np.ascontiguousarray(images)).to(device),
+            labels=torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device),
+            mean=mean.to(device),
+            std=std.to(device),
+        )
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def normalize(self, batch: torch.Tensor) -> torch.Tensor:
+        """uint8 NHWC -> normalized float32 NCHW (channels-last memory)."""
+        x = batch.permute(0, 3, 1, 2).float().div_(PIXEL_MAX)
+        return (x - self.mean) / self.std
+
+    def eval_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The images in order, unaugmented, in batches of at most `batch_size`."""
+        for start in range(0, len(self), batch_size):
+            stop = start + batch_size
+            yield self.normalize(self.images[start:stop]), self.labels[start:stop]
+
+    def train_batches(
+        self, batch_size: int, generator: torch.Generator, crop_padding: int, flip: bool
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One epoch of shuffled, randomly cropped and flipped full batches (the rest is dropped)."""
+        n, height, width, _ = self.images.shape
+        order = torch.randperm(n, generator=generator)
+        shifts = torch.randint(0, 2 * crop_padding + 1, (2, n), generator=generator)
+        flips = torch.randint(0, 2, (n,), generator=generator, dtype=torch.bool)
+        device = self.images.device
+        order, shifts, flips = order.to(device), shifts.to(device), (flips & flip).to(device)
+        padded = F.pad(self.images, (0, 0, crop_padding, crop_padding, crop_padding, crop_padding))
+        rows = torch.arange(height, device=device)
+        cols = torch.arange(width, device=device)
+        for start in range(0, n - batch_size + 1, batch_size):
+            idx = order[start:start + batch_size]
+            dy, dx = shifts[0, idx], shifts[1, idx]
+            cols_b = cols + dx[:, None]
+            cols_b = torch.where(flips[idx, None], cols_b.flip(1), cols_b)
+            crop = padded[idx[:, None, None], (rows + dy[:, None])[:, :, None], cols_b[:, None, :]]
+            yield self.normalize(crop), self.labels[idx]

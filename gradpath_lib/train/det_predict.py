@@ -1,0 +1,120 @@
+"""From detector outputs to detections: score filter, class-aware NMS, prototype masks, COCO records."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .boxes import decode_ltrb, pairwise_iou
+from .coco_eval import masks_to_rle
+
+SCORE_THRESHOLD = 0.001  # COCO evaluation keeps low-score detections: AP integrates over recall
+NMS_IOU = 0.6  # YOLOv5/v8 validation setting
+MAX_CANDIDATES = 1000  # top-scoring (point, class) pairs per image that enter NMS
+MAX_DETECTIONS = 100  # COCO's maxDets
+MASK_THRESHOLD = 0.5  # sigmoid probability above which a prototype-mask pixel is foreground
+
+
+@dataclass
+class Detections:
+    """The detections of one image, best first."""
+
+    boxes: Tensor  # (D, 4) xyxy pixels
+    scores: Tensor  # (D,)
+    labels: Tensor  # (D,) int64, 0-based
+    masks: Tensor | None  # (D, H, W) bool at input resolution, None when not asked for
+
+
+def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
+    """Indices of the boxes greedy NMS keeps, best first (exact, vectorised).
+
+    Greedy NMS keeps box j iff no kept box with a higher score overlaps it by more than the
+    threshold. With boxes sorted by score that is the fixed point of
+    `keep = ~any_i(keep[i] & overlap[i, j], i < j)`, which the loop reaches in at most as many
+    passes as there are suppression steps in a chain (usually a handful).
+    """
+    order = scores.argsort(descending=True)
+    boxes = boxes[order]
+    overlap = (pairwise_iou(boxes, boxes) > iou_threshold).triu(diagonal=1)
+    keep = torch.ones(len(order), dtype=torch.bool, device=boxes.device)
+    while True:
+        updated = ~(overlap & keep[:, None]).any(0)
+        if torch.equal(updated, keep):
+            return order[keep]
+        keep = updated
+
+
+def batched_nms(boxes: Tensor, scores: Tensor, labels: Tensor, iou_threshold: float) -> Tensor:
+    """Class-aware NMS: boxes of different labels never suppress each other (offset trick)."""
+    if boxes.numel() == 0:
+        return torch.zeros(0, dtype=torch.long, device=boxes.device)
+    offsets = labels.to(boxes.dtype)[:, None] * (boxes.max() + 1)
+    return nms(boxes + offsets, scores, iou_threshold)
+
+
+def crop_masks(masks: Tensor, boxes: Tensor) -> Tensor:
+    """Zero mask pixels (D, H, W) whose centres lie outside their box (D, 4) in pixels."""
+    height, width = masks.shape[-2:]
+    xs = torch.arange(width, device=masks.device, dtype=torch.float32) + 0.5
+    ys = torch.arange(height, device=masks.device, dtype=torch.float32) + 0.5
+    inside = (
+        (xs[None, None, :] >= boxes[:, 0, None, None]) & (xs[None, None, :] < boxes[:, 2, None, None])
+        & (ys[None, :, None] >= boxes[:, 1, None, None]) & (ys[None, :, None] < boxes[:, 3, None, None])
+    )
+    return masks * inside
+
+
+@torch.no_grad()
+def postprocess(
+    outputs: dict[str, Tensor], points: Tensor, strides: Tensor, image_size: tuple[int, int], with_masks: bool = True
+) -> list[Detections]:
+    """Detections per image: top candidates above the score threshold, class-aware NMS, cropped masks."""
+    height, width = image_size
+    boxes_all = decode_ltrb(outputs["box"], points, strides)
+    boxes_all[..., 0::2] = boxes_all[..., 0::2].clamp(0, width)
+    boxes_all[..., 1::2] = boxes_all[..., 1::2].clamp(0, height)
+    scores_all = outputs["cls"].float().sigmoid()
+    num_classes = scores_all.shape[-1]
+    results = []
+    for image in range(scores_all.shape[0]):
+        flat = scores_all[image].flatten()
+        top = flat.topk(min(MAX_CANDIDATES, flat.numel()))
+        chosen = top.values > SCORE_THRESHOLD
+        scores, index = top.values[chosen], top.indices[chosen]
+        point, labels = index // num_classes, index % num_classes
+        boxes = boxes_all[image, point]
+        keep = batched_nms(boxes, scores, labels, NMS_IOU)[:MAX_DETECTIONS]
+        point, boxes = point[keep], boxes[keep]
+        masks = instance_masks(outputs["coef"][image, point], outputs["protos"][image], boxes, image_size) if with_masks else None
+        results.append(Detections(boxes, scores[keep], labels[keep], masks))
+    return results
+
+
+def instance_masks(coeffs: Tensor, protos: Tensor, boxes: Tensor, image_size: tuple[int, int]) -> Tensor:
+    """Binary masks (D, H, W): sigmoid(coeffs (D, k) @ protos (k, h, w)) upsampled, cropped to boxes, thresholded."""
+    logits = torch.einsum("dk,khw->dhw", coeffs.float(), protos.float())
+    probs = F.interpolate(logits[None], size=image_size, mode="bilinear", align_corners=False)[0].sigmoid()
+    return crop_masks(probs, boxes) > MASK_THRESHOLD
+
+
+def coco_predictions(detections: list[Detections], image_ids: list[int], category_ids: list[int]) -> list[dict[str, Any]]:
+    """COCO result records (bbox [x, y, w, h] px, plus the RLE mask at canvas resolution when present)."""
+    records = []
+    for found, image_id in zip(detections, image_ids):
+        boxes = found.boxes.cpu().numpy().astype(np.float64)
+        xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
+        rles = masks_to_rle(found.masks.cpu().numpy()) if found.masks is not None else [None] * len(boxes)
+        for box, score, label, rle in zip(xywh, found.scores.tolist(), found.labels.tolist(), rles):
+            record = {
+                "image_id": int(image_id),
+                "category_id": int(category_ids[label]),
+                "score": round(float(score), 5),
+                "bbox": [round(float(v), 2) for v in box],
+            }
+            records.append(record if rle is None else {**record, "segmentation": rle})
+    return records

@@ -1,0 +1,366 @@
+"""The detection trainer: task "detect", one YOLOR-mini run on CIFAR-Det (COCO at the paper scale).
+
+A config (build it with `detect_config`) names the detector and its overrides, the dataset, the
+scale, the seed and the full recipe (`DetectRecipe`, one per scale below). Training keeps the
+whole set on the device (`DeviceDetections`, flip + scale-jitter augmentation on the device),
+checkpoints every epoch and resumes from the checkpoint, so a killed run ends with the same
+metrics as an uninterrupted one (exactly, on CPU). On CUDA: bf16 autocast, channels-last, fused
+AdamW, and the loss sums and first non-finite step stay on the device until the epoch ends (the
+assignment itself syncs once per step to pack the positives' masks).
+
+Assignment and loss: `gradpath_lib.train.det_loss` (task-aligned assignment, CIoU + BCE + cropped
+mask BCE). Weights are averaged by an exponential moving average (EMA); every evaluation uses the
+EMA weights. Evaluation is pycocotools' COCOeval (`evaluate_coco`) of COCO-format predictions:
+boxes [x, y, w, h] px and RLE masks at canvas resolution after class-aware NMS
+(`gradpath_lib.train.det_predict`). Final metrics: `bbox_AP`, `bbox_AP50`, `bbox_AP75`,
+`bbox_APs`, `bbox_APm`, `bbox_APl` and the same six `segm_*` (None where COCOeval leaves a number
+undefined); the history has the box AP of every `eval_every`-th epoch and of the last one.
+
+A non-finite training loss stops the run at the end of that epoch with status "diverged" and the
+1-based global step and 0-based epoch where it first happened (a result, not a crash).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..data.cifar_det import load_cifar_det
+from ..data.detection import DetectionDataset
+from ..errors import GradpathError, check_choice
+from ..models.cost import count_flops, count_params
+from ..models.registry import create_model, get_entry
+from ..runs import TaskContext, TaskResult, register_task
+from ..scales import check_scale
+from ..store import load_checkpoint, save_checkpoint
+from .batches import epoch_generator
+from .boxes import anchor_points
+from .classify import autocast, finite_or_none, rng_state, set_rng_state
+from .coco_eval import SUMMARY_NAMES, evaluate_coco
+from .det_data import DeviceDetections
+from .det_loss import detection_loss
+from .det_predict import Detections, coco_predictions, postprocess
+from .recipes import SCHEDULES, lr_at
+
+TASK = "detect"
+DATASETS = {"smoke": "cifar-det", "mini": "cifar-det", "paper": "coco"}
+LOSS_PARTS = ("box", "cls", "mask")
+TIMING_KEYS = ("epoch_s", "train_s", "images_per_s")
+
+
+@dataclass(frozen=True)
+class DetectRecipe:
+    """How a detector is trained; every field says why it has its value."""
+
+    # Passes over the training canvases.
+    epochs: int
+    # Canvases per optimizer step.
+    batch_size: int
+    # Peak AdamW learning rate: AdamW converges faster than SGD on short from-scratch schedules.
+    lr: float
+    # Decoupled weight decay on conv weights only (BN scales and biases are not decayed).
+    weight_decay: float = 0.05
+    # Fraction of all steps spent warming the learning rate up linearly from zero.
+    warmup_fraction: float = 0.05
+    # Decay after warm-up, per step down to zero: "linear" or "cosine".
+    schedule: str = "cosine"
+    # Random horizontal flips (CIFAR-Det and COCO objects are mirror-symmetric classes).
+    flip: bool = True
+    # Canvases are zoomed by a factor uniform in [1 - s, 1 + s] about the centre (YOLO's "scale").
+    scale_jitter: float = 0.25
+    # Gradient-norm clipping: keeps the first steps stable while the assignment is still random.
+    grad_clip: float = 10.0
+    # EMA of the weights: decay * (1 - exp(-updates / ema_tau)) (YOLOv5's ramp, so early EMA tracks).
+    ema_decay: float = 0.9998
+    ema_tau: float = 2000.0
+    # Evaluate box AP after every eval_every-th epoch (and always after the last one).
+    eval_every: int = 1
+    # Canvases per evaluation step.
+    eval_batch_size: int = 64
+    # torch.compile the model: off until measured.
+    compile: bool = False
+
+
+RECIPES: dict[str, DetectRecipe] = {
+    # Seconds on a CPU: 64 smoke canvases of 64x64, batch 16.
+    "smoke": DetectRecipe(epochs=3, batch_size=16, lr=2e-3, warmup_fraction=0.1, ema_tau=50.0),
+    # One GPU, 10 000 CIFAR-Det canvases of 192x192: 30 epochs of batch 64 = 4 680 steps (not yet
+    # measured on a GPU: about two H100-minutes is the target); box AP every 5 epochs because
+    # COCOeval on 1 000 canvases costs seconds of CPU time.
+    "mini": DetectRecipe(epochs=30, batch_size=64, lr=2e-3, ema_tau=500.0, eval_every=5, eval_batch_size=128),
+    # The paper's COCO setting (documentation; COCO is not resident-on-device sized): 300 epochs,
+    # batch 64 at 640x640 (YOLOR / YOLOv7 train with SGD lr 0.01; AdamW here for one optimizer).
+    "paper": DetectRecipe(epochs=300, batch_size=64, lr=1e-3, scale_jitter=0.5, eval_every=10, eval_batch_size=32),
+}
+
+
+def detect_recipe_for(scale: str, **overrides: Any) -> dict[str, Any]:
+    """The detection recipe of `scale` as a dict, with `overrides` (field names of `DetectRecipe`) applied."""
+    check_scale(scale)
+    valid = [f.name for f in fields(DetectRecipe)]
+    unknown = sorted(set(overrides) - set(valid))
+    if unknown:
+        raise GradpathError(f"unknown detection recipe field(s) {unknown}; valid fields: {', '.join(valid)}")
+    recipe = replace(RECIPES[scale], **overrides)
+    check_detect_recipe(recipe)
+    return asdict(recipe)
+
+
+def check_detect_recipe(recipe: DetectRecipe) -> None:
+    """Raise GradpathError if a recipe's values cannot be trained."""
+    check_choice("recipe schedule", recipe.schedule, SCHEDULES)
+    if min(recipe.epochs, recipe.batch_size, recipe.eval_batch_size, recipe.eval_every) < 1:
+        raise GradpathError(f"recipe epochs, batch sizes and eval_every must be >= 1, got {recipe}")
+    if not 0.0 <= recipe.warmup_fraction < 1.0 or not 0.0 <= recipe.scale_jitter < 1.0:
+        raise GradpathError(f"recipe warmup_fraction and scale_jitter must be in [0, 1), got {recipe}")
+
+
+def detect_recipe_from_config(recipe: dict[str, Any]) -> DetectRecipe:
+    """The `DetectRecipe` stored (as a dict) in a run config, checked."""
+    valid = {f.name for f in fields(DetectRecipe)}
+    if set(recipe) != valid:
+        raise GradpathError(f"run config recipe must have exactly the fields {sorted(valid)}; got {sorted(recipe)}")
+    result = DetectRecipe(**recipe)
+    check_detect_recipe(result)
+    return result
+
+
+def detect_config(
+    model: str, scale: str = "mini", seed: int = 0, *, model_kwargs: dict[str, Any] | None = None,
+    **recipe_overrides: Any,
+) -> dict[str, Any]:
+    """The complete run config of detector `model` at `scale` (recipe fields may be overridden by name)."""
+    check_scale(scale)
+    entry = get_entry(model)
+    if entry.task != TASK:
+        raise GradpathError(f"model {model!r} is a {entry.task!r} model, not a detector; detectors: "
+                            "see gradpath_lib.models.model_names('detect')")
+    return {
+        "task": TASK,
+        "model": model,
+        "scale": scale,
+        "seed": int(seed),
+        "model_kwargs": dict(model_kwargs or {}),
+        "data": DATASETS[scale],
+        "recipe": detect_recipe_for(scale, **recipe_overrides),
+    }
+
+
+class ModelEMA:
+    """Exponential moving average of a model's floating-point state (YOLOv5's ramped decay)."""
+
+    def __init__(self, model: nn.Module, decay: float, tau: float) -> None:
+        self.module = copy.deepcopy(model).eval().requires_grad_(False)
+        self.decay, self.tau, self.updates = decay, tau, 0
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        """Move the average towards `model`'s current weights and buffers."""
+        self.updates += 1
+        decay = self.decay * (1 - math.exp(-self.updates / self.tau))
+        averaged, current = self.module.state_dict(), model.state_dict()
+        floats = [k for k, v in averaged.items() if v.is_floating_point()]
+        torch._foreach_lerp_([averaged[k] for k in floats], [current[k].detach() for k in floats], 1 - decay)
+        for key in averaged.keys() - set(floats):
+            averaged[key].copy_(current[key])
+
+    def state_dict(self) -> dict[str, Any]:
+        """Averaged weights and the update count (for checkpoints)."""
+        return {"module": self.module.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` saved."""
+        self.module.load_state_dict(state["module"])
+        self.updates = state["updates"]
+
+
+def make_optimizer(model: nn.Module, recipe: DetectRecipe, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with weight decay on conv weights only, fused on CUDA."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=recipe.lr, fused=device.type == "cuda")
+
+
+@dataclass
+class EpochStats:
+    """What one training epoch measured."""
+
+    losses: dict[str, float]  # mean of each loss part over the epoch's steps
+    lr: float
+    seconds: float
+    first_nonfinite_step: int | None  # 1-based global step of the first NaN/inf loss
+
+
+def train_epoch(
+    model: nn.Module, forward: nn.Module, ema: ModelEMA, optimizer: torch.optim.Optimizer, data: DeviceDetections,
+    recipe: DetectRecipe, generator: torch.Generator, first_step: int, total_steps: int,
+) -> EpochStats:
+    """One pass over `data`; reads device values once, at the end."""
+    device = data.images.device
+    points, strides = anchor_points(*data.image_size, model.strides, device)
+    model.train()
+    start = time.perf_counter()
+    loss_sums = torch.zeros(len(LOSS_PARTS), device=device)
+    step = torch.full((), first_step, dtype=torch.int64, device=device)
+    first_bad = torch.full((), -1, dtype=torch.int64, device=device)
+    steps, lr = 0, 0.0
+    for images, targets in data.train_batches(recipe.batch_size, generator, recipe.flip, recipe.scale_jitter,
+                                              model.proto_stride):
+        lr = lr_at(recipe, first_step + steps, total_steps)  # DetectRecipe has the fields lr_at reads
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        with autocast(device):
+            outputs = forward(images)
+        loss, parts = detection_loss(outputs, targets, points, strides, model.proto_stride)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
+        optimizer.step()
+        ema.update(model)
+        step += 1
+        steps += 1
+        bad = (first_bad < 0) & ~torch.isfinite(loss.detach())
+        first_bad = torch.where(bad, step, first_bad)
+        loss_sums += parts
+    first = int(first_bad.item())
+    means = (loss_sums / max(steps, 1)).tolist()
+    return EpochStats(dict(zip(LOSS_PARTS, means)), lr, time.perf_counter() - start, first if first >= 0 else None)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: torch.Tensor, with_masks: bool = True) -> list[Detections]:
+    """Detections (after NMS, optionally with masks) of a batch of float images (B, 3, H, W), model in eval mode."""
+    model.eval()
+    image_size = (images.shape[2], images.shape[3])
+    points, strides = anchor_points(*image_size, model.strides, images.device)
+    with autocast(images.device):
+        outputs = model(images.contiguous(memory_format=torch.channels_last))
+    return postprocess(outputs, points, strides, image_size, with_masks)
+
+
+def evaluate_detector(
+    model: nn.Module, data: DeviceDetections, dataset: DetectionDataset, batch_size: int, masks: bool = True
+) -> dict[str, float | None]:
+    """COCOeval of `model` on `dataset` (on the device as `data`): {"bbox_AP", ..., "segm_APl"} (segm if masks)."""
+    category_ids = [dataset.category_id(label) for label in range(len(dataset.categories))]
+    predictions: list[dict[str, Any]] = []
+    for start, images in zip(range(0, len(data), batch_size), data.eval_batches(batch_size)):
+        detections = predict(model, images, with_masks=masks)
+        predictions += coco_predictions(detections, dataset.image_ids[start:start + len(detections)], category_ids)
+    summary = evaluate_coco(dataset.annotation_file, predictions, ("bbox", "segm") if masks else ("bbox",))
+    return {f"{iou_type}_{name}": finite_or_none(values[name]) for iou_type, values in summary.items()
+            for name in SUMMARY_NAMES}
+
+
+@dataclass
+class FitResult:
+    """What `fit_detector` returns: status, final metrics (with history) and record extras."""
+
+    status: str
+    metrics: dict[str, Any]
+    extra: dict[str, Any]
+
+
+def fit_detector(
+    model: nn.Module, train_set: DetectionDataset, val_set: DetectionDataset, recipe: DetectRecipe,
+    device: torch.device, seed: int, checkpoint: Any = None, progress: bool = False,
+) -> FitResult:
+    """Train `model` (its initial weights already drawn) on `train_set`, evaluate its EMA on `val_set`.
+
+    With `checkpoint` (a path) the state is saved every epoch and resumed from when present.
+    """
+    train_data = DeviceDetections.from_dataset(train_set, device)
+    val_data = DeviceDetections.from_dataset(val_set, device)
+    steps_per_epoch = len(train_data) // recipe.batch_size
+    if steps_per_epoch == 0:
+        raise GradpathError(f"recipe batch_size {recipe.batch_size} exceeds the {len(train_data)} training canvases; "
+                            "use a smaller batch_size")
+    total_steps = steps_per_epoch * recipe.epochs
+    model.to(device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, recipe, device)
+    ema = ModelEMA(model, recipe.ema_decay, recipe.ema_tau)
+    history: list[dict[str, Any]] = []
+    state = load_checkpoint(checkpoint) if checkpoint is not None else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        history = state["history"]
+        set_rng_state(state["rng"], device)
+    forward = torch.compile(model) if recipe.compile else model
+    status, extra = "ok", {}
+    bar = tqdm(total=recipe.epochs, initial=len(history), unit="epoch", disable=not progress)
+    for epoch in range(len(history), recipe.epochs):
+        stats = train_epoch(model, forward, ema, optimizer, train_data, recipe, epoch_generator(seed, epoch),
+                            epoch * steps_per_epoch, total_steps)
+        if stats.first_nonfinite_step is not None:
+            status = "diverged"
+            extra.update(diverged_at_step=stats.first_nonfinite_step, diverged_at_epoch=epoch)
+            break
+        eval_start = time.perf_counter()
+        last = epoch + 1 == recipe.epochs
+        box_ap = None
+        if last or (epoch + 1) % recipe.eval_every == 0:
+            box_ap = evaluate_detector(ema.module, val_data, val_set, recipe.eval_batch_size, masks=False)["bbox_AP"]
+        history.append({
+            "epoch": epoch + 1,
+            **{f"train_{part}_loss": value for part, value in stats.losses.items()},
+            "bbox_AP": box_ap,
+            "lr": stats.lr,
+            "train_images": steps_per_epoch * recipe.batch_size,
+            "train_s": round(stats.seconds, 3),
+            "epoch_s": round(stats.seconds + time.perf_counter() - eval_start, 3),
+        })
+        if checkpoint is not None:
+            save_checkpoint(checkpoint, {"model": model.state_dict(), "ema": ema.state_dict(),
+                                         "optimizer": optimizer.state_dict(), "history": history,
+                                         "rng": rng_state(device)})
+        bar.update(1)
+        bar.set_postfix(loss=f"{sum(stats.losses.values()):.3f}", box_ap=box_ap)
+    bar.close()
+    final = evaluate_detector(ema.module, val_data, val_set, recipe.eval_batch_size) if status == "ok" else {}
+    train_seconds = sum(epoch["train_s"] for epoch in history)
+    metrics = {
+        **final,
+        "epochs_done": len(history),
+        "images_per_s": round(sum(e["train_images"] for e in history) / train_seconds, 1) if train_seconds else None,
+        "history": history,
+    }
+    return FitResult(status, metrics, extra)
+
+
+def load_detection_data(name: str, scale: str) -> tuple[DetectionDataset, DetectionDataset]:
+    """(train, val) of the detection dataset `name` at `scale`."""
+    check_choice("detection dataset", name, ("cifar-det",) if scale != "paper" else ("coco",))
+    if name == "coco":
+        raise GradpathError("paper-scale detection (COCO 2017 at 640) is documented, not trainable here: the "
+                            "trainer keeps every canvas on the device, which COCO does not fit; use scale mini")
+    return load_cifar_det(scale, "train"), load_cifar_det(scale, "val")
+
+
+def train_detect(config: dict[str, Any], ctx: TaskContext) -> TaskResult:
+    """Train (or resume) the run `config` on `ctx.device`; the trainer of task "detect"."""
+    recipe = detect_recipe_from_config(config["recipe"])
+    train_set, val_set = load_detection_data(config["data"], config["scale"])
+    torch.manual_seed(config["seed"])
+    model = create_model(config["model"], config["scale"], **config.get("model_kwargs", {}))
+    height, width = train_set.images.shape[1:3]
+    params, flops = count_params(model), count_flops(model, (3, height, width))
+    result = fit_detector(model, train_set, val_set, recipe, ctx.device, config["seed"], ctx.checkpoint, ctx.progress)
+    dataset = {"name": config["data"], "source": train_set.source, "sha256": train_set.sha256}
+    return TaskResult(status=result.status, metrics=result.metrics, params=params, flops=flops,
+                      dataset_sha256=train_set.sha256, extra={"dataset": dataset, **result.extra})
+
+
+register_task(TASK, train_detect)

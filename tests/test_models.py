@@ -1,0 +1,110 @@
+"""The classification registry: every network runs, variants are fair and cheaper, the CLI lists them."""
+
+import pytest
+import torch
+from torch import nn
+
+from gradpath_lib.cli import main
+from gradpath_lib.errors import GradpathError
+from gradpath_lib.models import create_model, get_entry, model_names
+from gradpath_lib.models.blocks import OSAModule
+from gradpath_lib.models.cost import count_flops, count_params
+
+CLASSIFIERS = model_names("classify")
+PAPER_NAMES = [
+    "plain", "resnet", "resnext", "prn", "prn-asym", "darknet", "densenet", "sparsenet",
+    "csp-resnet", "csp-resnext", "csp-darknet", "csp-densenet", "csp-darknet-first", "csp-resnet-last",
+    "vovnet", "vovnet-deep", "vovnet-deep-planned", "vovnet-deep-planned-csp", "elan",
+    "resnet-sg-identity", "resnet-sg-block", "plain-deep", "resnet-deep",
+]
+
+
+def test_the_paper_networks_are_registered():
+    assert set(PAPER_NAMES) <= set(CLASSIFIERS)
+
+
+@pytest.mark.parametrize("name", CLASSIFIERS)
+def test_every_classifier_trains_at_smoke_size(name):
+    torch.manual_seed(0)
+    model = create_model(name, "smoke")
+    logits = model(torch.randn(2, 3, 32, 32))
+    assert logits.shape == (2, 10)
+    logits.sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_number_of_classes_is_a_constructor_argument():
+    assert create_model("elan", "smoke", num_classes=100)(torch.randn(1, 3, 32, 32)).shape == (1, 100)
+
+
+def test_same_seed_builds_the_same_network():
+    outputs = []
+    for _ in range(2):
+        torch.manual_seed(3)
+        outputs.append(create_model("csp-densenet", "smoke")(torch.randn(2, 3, 32, 32)))
+    assert torch.equal(*outputs)
+
+
+def _csp_names() -> list[str]:
+    return [n for n in CLASSIFIERS if n.startswith("csp-")]
+
+
+@pytest.mark.parametrize("name", _csp_names())
+def test_csp_variants_cost_less_than_their_base_at_mini_size(name):
+    base = get_entry(name).base
+    variant, reference = create_model(name, "mini"), create_model(base, "mini")
+    assert count_params(variant) < count_params(reference)
+    assert count_flops(variant, (3, 32, 32)) < count_flops(reference, (3, 32, 32))
+
+
+def _stage_widths(model: nn.Module) -> list[int]:
+    return [stage.out_channels for stage in model.stages]
+
+
+@pytest.mark.parametrize("name", [n for n in CLASSIFIERS if get_entry(n).base and get_entry(n).family != "vovnet"])
+def test_variants_share_their_base_stage_widths(name):
+    base = get_entry(name).base
+    assert len(create_model(name, "smoke").stages) == len(create_model(base, "smoke").stages)
+    if name != "sparsenet":  # SparseNet aggregates fewer features, so its stage widths differ by design
+        assert _stage_widths(create_model(name, "smoke")) == _stage_widths(create_model(base, "smoke"))
+
+
+def _transitions_per_stage(model: nn.Module) -> list[int]:
+    return [
+        sum(isinstance(m, OSAModule) and not isinstance(m.transition, nn.Identity) for m in stage.modules())
+        for stage in model.stages
+    ]
+
+
+def test_deep_vovnet_stacks_transitions_and_planning_keeps_one_per_stage():
+    assert _transitions_per_stage(create_model("vovnet", "mini")) == [1, 1, 1]
+    deep = _transitions_per_stage(create_model("vovnet-deep", "mini"))
+    assert sum(deep) >= 3 * 3 and deep[-1] > 1
+    assert _transitions_per_stage(create_model("vovnet-deep-planned", "mini")) == [1, 1, 1]
+
+
+def test_prn_masks_half_of_every_shortcut():
+    model = create_model("prn", "smoke")
+    blocks = [m for m in model.modules() if hasattr(m, "shortcut_channels")]
+    assert blocks and all(b.shortcut_channels * 2 == b.out_channels for b in blocks)
+
+
+def test_unknown_model_name_lists_the_valid_names():
+    with pytest.raises(GradpathError, match="unknown model 'resnet-9000'.*csp-resnet"):
+        create_model("resnet-9000")
+
+
+def test_models_command_prints_costs_and_ratios(capsys):
+    assert main(["models", "--scale", "smoke", "--task", "classify", "--format", "csv"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "model,family,task,params,flops,base,flops_vs_base,params_vs_base"
+    rows = {line.split(",")[0]: line.split(",") for line in lines[1:]}
+    assert set(CLASSIFIERS) == set(rows)
+    csp = rows["csp-darknet"]
+    assert csp[5] == "darknet" and 0 < float(csp[6]) < 1
+    assert int(rows["resnet"][3]) == count_params(create_model("resnet", "smoke"))
+
+
+def test_models_command_rejects_an_unknown_scale():
+    with pytest.raises(SystemExit):
+        main(["models", "--scale", "huge"])

@@ -1,0 +1,75 @@
+"""Run records and checkpoints: ids, atomic writes, clear errors for damaged files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from gradpath_lib.errors import GradpathError
+from gradpath_lib.store import (
+    iter_records,
+    load_checkpoint,
+    load_record,
+    record_path,
+    run_id,
+    save_checkpoint,
+    write_record,
+)
+
+CONFIG = {"task": "classify", "model": "resnet", "scale": "smoke", "seed": 1, "recipe": {"lr": 0.1}}
+
+
+def record_of(config: dict, status: str = "ok") -> dict:
+    return {"run_id": run_id(config), "config": config, "status": status, "metrics": {"test_acc": 0.5}}
+
+
+def test_run_id_depends_on_the_whole_config_not_on_key_order():
+    reordered = dict(reversed(list(CONFIG.items())))
+    assert run_id(reordered) == run_id(CONFIG)
+    assert run_id(CONFIG).startswith("resnet-s1-")
+    assert run_id({**CONFIG, "recipe": {"lr": 0.2}}) != run_id(CONFIG)
+    assert run_id({**CONFIG, "seed": 2}) != run_id(CONFIG)
+
+
+def test_records_round_trip_and_leave_no_temporary_files(tmp_path):
+    path = record_path(tmp_path, CONFIG)
+    write_record(path, record_of(CONFIG))
+    assert load_record(path) == record_of(CONFIG)
+    assert [p.name for p in path.parent.iterdir()] == [path.name]
+    other = {**CONFIG, "seed": 7}
+    write_record(record_path(tmp_path, other), record_of(other, "diverged"))
+    assert {r["config"]["seed"] for r in iter_records(tmp_path, "smoke")} == {1, 7}
+    assert iter_records(tmp_path, "mini") == []
+
+
+def test_invalid_status_is_refused_and_nothing_is_written(tmp_path):
+    path = record_path(tmp_path, CONFIG)
+    with pytest.raises(GradpathError, match="status"):
+        write_record(path, record_of(CONFIG, "great"))
+    assert not path.exists()
+
+
+@pytest.mark.parametrize("content", ["{\"run_id\": ", "[1, 2]", json.dumps({"run_id": "x"})])
+def test_damaged_record_names_the_file(tmp_path, content):
+    path = record_path(tmp_path, CONFIG)
+    path.parent.mkdir(parents=True)
+    path.write_text(content)
+    with pytest.raises(GradpathError, match=f"corrupted run record .*{path.name}"):
+        load_record(path)
+    with pytest.raises(GradpathError, match=path.name):
+        iter_records(tmp_path, "smoke")
+
+
+def test_checkpoints_round_trip_and_damaged_ones_give_a_clear_error(tmp_path):
+    path = tmp_path / "ckpt" / "run.pt"
+    assert load_checkpoint(path) is None
+    state = {"weights": torch.arange(4.0), "history": [{"epoch": 1, "loss": 0.5}], "rng": torch.get_rng_state()}
+    save_checkpoint(path, state)
+    loaded = load_checkpoint(path)
+    assert torch.equal(loaded["weights"], state["weights"]) and loaded["history"] == state["history"]
+    assert [p.name for p in path.parent.iterdir()] == ["run.pt"]
+    path.write_bytes(path.read_bytes()[:20])
+    with pytest.raises(GradpathError, match="corrupted checkpoint .*run.pt"):
+        load_checkpoint(path)
