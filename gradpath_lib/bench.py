@@ -4,8 +4,10 @@ Both loops train the same model at the same batch size on the same images:
 - "gradpath": the trainer's own epoch (`train.classify.train_epoch`): data resident on the device
   as uint8, augmentation on the device, bf16 autocast + channels-last + fused SGD on CUDA, one
   host sync per pass, optional torch.compile.
-- "reference": `torch.utils.data.DataLoader` over the uint8 arrays with per-image augmentation on
-  the CPU (pad-crop + flip in numpy), fp32, NCHW, the default SGD, `loss.item()` every step.
+- "reference": `torch.utils.data.DataLoader` (4 workers by default, pinned memory on GPU) over
+  the uint8 arrays with per-image augmentation on the CPU (pad-crop + flip in numpy), fp32, NCHW,
+  the default SGD, `loss.item()` every step. cuDNN autotuning, switched on for our loop, stays on
+  for it (in its favour).
 
 Each repeat is one pass of `steps` batches; the first pass (warm-up, compilation) is not timed;
 images/s is the median over repeats, timed with CUDA events on GPU. Training FLOPs per image are

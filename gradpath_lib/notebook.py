@@ -13,6 +13,7 @@ which scale, hardware and code the numbers come from, and whether they are smoke
 from __future__ import annotations
 
 import datetime as _dt
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,6 +104,8 @@ def setup(
     )
     for name, (value, valid) in (choices or {}).items():
         check_choice(f"value for parameter {name}", value, valid)
+    # Pages are static: tqdm's missing-widget warning would only print a local path into them.
+    warnings.filterwarnings("ignore", message="IProgress not found")
     show_markdown(banner(ctx))
     return ctx
 
@@ -187,14 +190,36 @@ def _distinct(items: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(items))
 
 
-def show_markdown(text: str) -> None:
-    """Display Markdown in a notebook (plain text elsewhere)."""
+VERDICT_COLOURS = {"reproduced": "#d8f0d8", "not reproduced": "#f6d5d5", "inconclusive": "#eeeeee"}
+
+
+def show_table(table: Any) -> None:
+    """Display a DataFrame without its index; a `verdict` column is coloured by verdict."""
+    if not _in_notebook():
+        print(table.to_string(index=False))
+        return
+    from IPython.display import display
+
+    styled = table.style.hide(axis="index")
+    if "verdict" in table.columns:
+        styled = styled.map(lambda v: f"background-color: {VERDICT_COLOURS.get(v, 'transparent')}",
+                            subset=["verdict"])
+    display(styled)
+
+
+def _in_notebook() -> bool:
     try:
         from IPython import get_ipython
-        from IPython.display import Markdown, display
     except ImportError:
-        get_ipython = None
-    if get_ipython is not None and get_ipython() is not None:
+        return False
+    return get_ipython() is not None
+
+
+def show_markdown(text: str) -> None:
+    """Display Markdown in a notebook (plain text elsewhere)."""
+    if _in_notebook():
+        from IPython.display import Markdown, display
+
         display(Markdown(text))
     else:
         print(text)

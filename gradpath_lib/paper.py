@@ -134,8 +134,10 @@ def _table2_claims() -> list[Claim]:
         base = {r.metric: r.value for r in REFERENCES if r.table == "table2" and r.ours == baseline
                 and r.paper_model == name}
         claims += _cost_claims("table2", subject, baseline,
-                               f"{ours['params_m']:g} vs {base['params_m']:g} M",
-                               f"{ours['bflops']:g} vs {base['bflops']:g} BFLOPs", CSPNET_README)
+                               f"{ours['params_m']:g} vs {base['params_m']:g} M "
+                               f"({ours['params_m'] / base['params_m'] - 1:+.1%})",
+                               f"{ours['bflops']:g} vs {base['bflops']:g} BFLOPs "
+                               f"({ours['bflops'] / base['bflops'] - 1:+.1%})", CSPNET_README)
         same = ours["top1"] == base["top1"]
         claims.append(Claim(
             f"table2-{subject}-top1", "table2",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,7 +77,11 @@ def ensure_runs(
         with ProcessPoolExecutor(jobs, mp_context=context, initializer=_share_cpu, initargs=(jobs,)) as pool:
             futures = {pool.submit(_train, unique[k], str(results_dir), device, False): k for k in to_train}
             for future in as_completed(futures):
-                outcomes[futures[future]] = future.result()
+                key = futures[future]
+                try:
+                    outcomes[key] = future.result()
+                except BrokenProcessPool as err:  # a worker died (killed, out of memory, crashed)
+                    outcomes[key] = RunOutcome(unique[key], None, FAILED, f"worker process died: {err}")
                 bar.update()
     bar.close()
     return [outcomes[run_id(normalize_config(c))] for c in configs]

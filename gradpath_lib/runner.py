@@ -220,6 +220,7 @@ def execute_notebook(name: str, scale: str, parameters: dict[str, Any], results_
     final = executed_notebook(results_dir, scale, name)
     partial = final.with_name(f".{name}.partial.ipynb")
     failed = final.with_name(f"{name}.failed.ipynb")
+    final.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     try:
         papermill.execute_notebook(str(source_notebook(name)), str(partial), parameters=parameters,

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from . import NUMERICS_VERSION
+from .distributed import barrier, is_main
 from .errors import GradpathError, check_choice
 from .scales import check_scale
 from .store import (
@@ -38,6 +39,7 @@ class TaskContext:
     device: torch.device
     checkpoint: Path  # save/resume here with store.save_checkpoint / store.load_checkpoint
     progress: bool = True  # show tqdm bars
+    results_dir: Path = Path("results")  # where records (and saved weights, store.weights_path) live
 
 
 @dataclass
@@ -114,7 +116,8 @@ def ensure_run(
     """The record of `config`: cached if present (unless `force`), else trained if `allow_train`.
 
     Returns None when the run is missing and training is not allowed. A run that raises is
-    recorded as `failed` (with the error) and the error is raised again.
+    recorded as `failed` (with the error) and the error is raised again. Under torch.distributed
+    every rank trains and only rank 0 writes (see `gradpath_lib.distributed`).
     """
     config = normalize_config(config)
     path = record_path(results_dir, config)
@@ -124,15 +127,18 @@ def ensure_run(
             return record
     if not allow_train:
         return None
-    if force and path.exists():
+    main = is_main()
+    if main and force and path.exists():
         try:
             load_record(path)
         except GradpathError:
             path.rename(path.with_suffix(".corrupt"))
     dev = resolve_device(device)
-    ctx = TaskContext(device=dev, checkpoint=checkpoint_path(results_dir, config), progress=progress)
-    if force:
+    ctx = TaskContext(device=dev, checkpoint=checkpoint_path(results_dir, config), progress=progress,
+                      results_dir=Path(results_dir))
+    if main and force:
         ctx.checkpoint.unlink(missing_ok=True)
+    barrier()  # no rank reads the checkpoint before rank 0 is done with it
     prov = provenance(dev, None)
     start = time.perf_counter()
     try:
@@ -146,7 +152,8 @@ def ensure_run(
             "error": "".join(traceback.format_exception_only(err)).strip(),
             "provenance": {**prov, "end_time": now_iso()},
         }
-        write_record(path, record)
+        if main:
+            write_record(path, record)
         raise
     prov["dataset_sha256"] = result.dataset_sha256
     record = {
@@ -160,6 +167,7 @@ def ensure_run(
         "provenance": {**prov, "end_time": now_iso()},
         **result.extra,
     }
-    write_record(path, record)
-    ctx.checkpoint.unlink(missing_ok=True)
+    if main:
+        write_record(path, record)
+        ctx.checkpoint.unlink(missing_ok=True)
     return record

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from . import __version__
+from .distributed import world
 from .errors import GradpathError
 
 STATUSES = ("ok", "diverged", "failed")
@@ -46,6 +47,11 @@ def record_path(results_dir: str | Path, config: dict[str, Any]) -> Path:
 def checkpoint_path(results_dir: str | Path, config: dict[str, Any]) -> Path:
     """The resumable checkpoint of `config` (git-ignored)."""
     return Path(results_dir) / config["scale"] / "checkpoints" / f"{run_id(config)}.pt"
+
+
+def weights_path(results_dir: str | Path, config: dict[str, Any]) -> Path:
+    """The final weights of `config` (a state_dict, saved by runs that ask for it; git-ignored)."""
+    return Path(results_dir) / config["scale"] / "weights" / f"{run_id(config)}.pt"
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -149,6 +155,7 @@ def provenance(device: torch.device, dataset_sha256: str | None) -> dict[str, An
         "python": platform.python_version(),
         "device": device.type,
         "device_name": device_name(device),
+        "processes": world().size,  # data-parallel ranks that trained the run (torch.distributed)
         "dataset_sha256": dataset_sha256,
         "hostname": platform.node(),
         "start_time": now_iso(),

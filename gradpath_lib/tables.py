@@ -24,8 +24,8 @@ from .verdicts import judge
 
 MISSING = "missing"
 NOT_AVAILABLE = "—"  # shown where a value does not exist (missing, diverged or one seed)
-RUN_COLUMNS = ("label", "model", "seed", "status", "params", "flops", "converged", "wall_time_s",
-               "device_name", "run_id")
+RUN_COLUMNS = ("label", "model", "seed", "status", "params", "flops", "converged", "diverged_at_step",
+               "wall_time_s", "device_name", "run_id")
 
 Run = tuple[dict[str, Any], "dict[str, Any] | None"]
 
@@ -68,6 +68,7 @@ def runs_frame(
             "params": record.get("params") if record else None,
             "flops": record.get("flops") if record else None,
             "converged": math.nan if record is None else float(ok),
+            "diverged_at_step": record.get("diverged_at_step") if record else None,
             "wall_time_s": record.get("wall_time_s") if record else None,
             "device_name": record.get("provenance", {}).get("device_name") if record else None,
             "run_id": record["run_id"] if record else None,
@@ -76,7 +77,7 @@ def runs_frame(
             row[column] = _number(record_value(record, path)) if ok else math.nan
         rows.append(row)
     frame = pd.DataFrame(rows, columns=[*RUN_COLUMNS, *metrics])
-    for column in ("params", "flops", "converged", "wall_time_s", *metrics):
+    for column in ("params", "flops", "converged", "diverged_at_step", "wall_time_s", *metrics):
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
     return frame
 

@@ -261,12 +261,26 @@ def test_constant_channel_mask_cuts_the_masked_channels():
 
 
 class Permuting(nn.Module):
-    def __init__(self):
+    """A detection-style head: channels moved last, then sliced; `conv_after` reads the wrong dim."""
+
+    def __init__(self, conv_after: bool = False):
         super().__init__()
-        self.conv = conv(3, C)
+        self.stem = conv(3, C)
+        self.conv = conv()
+        self.conv_after = conv_after
 
     def forward(self, x):
-        return self.conv(x).permute(0, 2, 3, 1)
+        x = self.stem(x)
+        if self.conv_after:  # SHAPE is (C, 4, 4): the permuted map still fits the conv
+            return self.conv(x.permute(0, 2, 3, 1))
+        y = (x + self.conv(x)).flatten(2).permute(0, 2, 1)
+        return {"first": y[..., :1], "rest": torch.sigmoid(y[..., 1:])}
+
+
+def test_channels_moved_by_permute_are_still_tracked():
+    report = analyze_model(Permuting(), (3, 4, 4))
+    assert stamps(report, "stem", 0) == (1, 2)
+    assert report.network["n_groups"] == 2  # conv's channels all reach the loss the same way
 
 
 class Branching(nn.Module):
@@ -281,7 +295,8 @@ class Branching(nn.Module):
 @pytest.mark.parametrize(
     "model, names",
     [
-        (Permuting(), "permute"),
+        (Permuting(conv_after=True), "Conv2d 'conv' reading channels from dim 3"),
+        (nn.Sequential(conv(3, C), nn.Flatten(0)), "reshape"),
         (nn.Sequential(conv(3, C), nn.GroupNorm(2, C)), "GroupNorm"),
         (nn.Sequential(conv(3, C), nn.Softmax(dim=1)), "Softmax"),
         (Branching(), "control flow"),

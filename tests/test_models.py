@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.fx
 from torch import nn
 
 from gradpath_lib.cli import main
@@ -24,13 +25,18 @@ def test_the_paper_networks_are_registered():
 
 
 @pytest.mark.parametrize("name", CLASSIFIERS)
-def test_every_classifier_trains_at_smoke_size(name):
+def test_every_classifier_trains_at_smoke_size_and_traces_with_fx(name):
     torch.manual_seed(0)
     model = create_model(name, "smoke")
-    logits = model(torch.randn(2, 3, 32, 32))
+    x = torch.randn(2, 3, 32, 32)
+    logits = model(x)
     assert logits.shape == (2, 10)
-    logits.sum().backward()
+    extra_loss = getattr(model, "extra_loss", None)  # the trainer adds a model's own loss terms
+    loss = logits.sum() + (extra_loss(torch.zeros(2, dtype=torch.long)) if extra_loss else 0)
+    loss.backward()
     assert all(p.grad is not None for p in model.parameters())
+    model.eval()  # the gradient-path analyzer traces with torch.fx: the trace must be the same function
+    assert torch.equal(torch.fx.symbolic_trace(model)(x), model(x))
 
 
 def test_number_of_classes_is_a_constructor_argument():
@@ -52,7 +58,8 @@ def _csp_names() -> list[str]:
 @pytest.mark.parametrize("name", _csp_names())
 def test_csp_variants_cost_less_than_their_base_at_mini_size(name):
     base = get_entry(name).base
-    variant, reference = create_model(name, "mini"), create_model(base, "mini")
+    with torch.device("meta"):
+        variant, reference = create_model(name, "mini"), create_model(base, "mini")
     assert count_params(variant) < count_params(reference)
     assert count_flops(variant, (3, 32, 32)) < count_flops(reference, (3, 32, 32))
 
@@ -61,7 +68,10 @@ def _stage_widths(model: nn.Module) -> list[int]:
     return [stage.out_channels for stage in model.stages]
 
 
-@pytest.mark.parametrize("name", [n for n in CLASSIFIERS if get_entry(n).base and get_entry(n).family != "vovnet"])
+OWN_FAMILIES = ("gradpath_lib.models.residual_nets", "gradpath_lib.models.dense_nets")
+
+
+@pytest.mark.parametrize("name", [n for n in CLASSIFIERS if get_entry(n).base and get_entry(n).factory.__module__ in OWN_FAMILIES])
 def test_variants_share_their_base_stage_widths(name):
     base = get_entry(name).base
     assert len(create_model(name, "smoke").stages) == len(create_model(base, "smoke").stages)
@@ -94,17 +104,19 @@ def test_unknown_model_name_lists_the_valid_names():
         create_model("resnet-9000")
 
 
-def test_models_command_prints_costs_and_ratios(capsys):
-    assert main(["models", "--scale", "smoke", "--task", "classify", "--format", "csv"]) == 0
+def test_models_command_prints_costs_and_ratios_to_the_base(capsys):
+    assert main(["models", "csp-darknet", "prn", "--scale", "smoke", "--format", "csv"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "model,family,task,params,flops,base,flops_vs_base,params_vs_base"
     rows = {line.split(",")[0]: line.split(",") for line in lines[1:]}
-    assert set(CLASSIFIERS) == set(rows)
-    csp = rows["csp-darknet"]
-    assert csp[5] == "darknet" and 0 < float(csp[6]) < 1
+    assert set(rows) == {"darknet", "csp-darknet", "resnet", "prn"}
+    csp, darknet = rows["csp-darknet"], rows["darknet"]
+    assert csp[5] == "darknet" and float(csp[6]) == round(int(csp[4]) / int(darknet[4]), 3) < 1
     assert int(rows["resnet"][3]) == count_params(create_model("resnet", "smoke"))
 
 
-def test_models_command_rejects_an_unknown_scale():
+def test_models_command_rejects_an_unknown_scale_or_name(capsys):
     with pytest.raises(SystemExit):
         main(["models", "--scale", "huge"])
+    assert main(["models", "resnet-9000"]) == 2
+    assert "unknown model 'resnet-9000'" in capsys.readouterr().err

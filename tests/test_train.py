@@ -223,6 +223,14 @@ def test_nan_loss_is_recorded_as_diverged_at_its_step(tmp_path):
     assert huge_lr["status"] == "diverged" and huge_lr["diverged_at_step"] >= 1
 
 
+def test_paper_scale_needs_imagenet_and_records_nothing(tmp_path):
+    config = classify_config("tiny-test-net", "paper", 0)
+    assert config["data"] == "imagenet" and config["recipe"]["epochs"] == 100
+    with pytest.raises(GradpathError, match="ImageNet"):
+        ensure_run(config, results_dir=tmp_path, device="cpu", progress=False)
+    assert not record_path(tmp_path, normalize_config(config)).exists()
+
+
 def test_corrupted_record_and_checkpoint_give_clear_errors(tmp_path):
     config = classify_config("tiny-test-net", "smoke", 0, epochs=1)
     ckpt = checkpoint_path(tmp_path, normalize_config(config))
@@ -249,7 +257,7 @@ for e in test_train.tiny_entries():
     register(e.name, e.factory, family=e.family, presets=e.presets)
 forward = test_train.TinyNet.forward
 def slow_forward(self, x):
-    time.sleep(0.02)  # slow enough that the kill lands before the run ends
+    time.sleep(0.05)  # slow enough that the kill surely lands before the run ends
     return forward(self, x)
 test_train.TinyNet.forward = slow_forward
 ensure_run(classify_config("tiny-test-net", "smoke", 0, epochs={epochs}),

@@ -1,10 +1,11 @@
 """Channel bookkeeping: which producer channels each channel of a traced tensor comes from.
 
-A `ChannelMap` describes the channel axis (dim 1) of one tensor as consecutive `Piece`s. Every
+A `ChannelMap` describes the channel axis of one tensor as consecutive `Piece`s. Every
 channel of a piece depends on one channel of each of the piece's `Source`s: channel `c` of the
 piece [start, stop) comes from channel `offset + step * (c - start)` of the source's producer
 (step 1 maps channel to channel; step 0 is one producer channel broadcast over the piece).
 A producer is a weighted-layer position (an int >= 0) or the network input (`INPUT`).
+`axis` is the tensor dimension holding the channels (1 until a permute or transpose moves it).
 A source marked not `live` is a forward dependency through `.detach()`: it carries no gradient.
 """
 
@@ -47,6 +48,7 @@ class ChannelMap:
     channels: int
     pieces: tuple[Piece, ...]
     unit: int = 1
+    axis: int = 1
 
     def sources_from(self, start: int, stop: int) -> frozenset[Source]:
         """The sources of channels [start, stop), which must lie inside one piece."""
@@ -60,15 +62,15 @@ class ChannelMap:
         return {p.start for p in self.pieces} | {self.channels}
 
 
-def fresh(producer: int, channels: int) -> ChannelMap:
+def fresh(producer: int, channels: int, axis: int = 1) -> ChannelMap:
     """The output of a producer: channel c is the producer's channel c."""
-    return ChannelMap(channels, (Piece(0, channels, frozenset({Source(producer, 0)})),))
+    return ChannelMap(channels, (Piece(0, channels, frozenset({Source(producer, 0)})),), axis=axis)
 
 
-def _from_boundaries(channels: int, cuts: set[int], sources_of, unit: int) -> ChannelMap:
+def _from_boundaries(channels: int, cuts: set[int], sources_of, like: ChannelMap) -> ChannelMap:
     points = sorted(c for c in cuts | {0, channels} if 0 <= c <= channels)
     pieces = tuple(Piece(a, b, sources_of(a, b)) for a, b in zip(points, points[1:]) if b > a)
-    return ChannelMap(channels, pieces, unit)
+    return ChannelMap(channels, pieces, like.unit, like.axis)
 
 
 def _check_unflattened(m: ChannelMap, what: str) -> None:
@@ -81,7 +83,7 @@ def slice_channels(m: ChannelMap, start: int, stop: int) -> ChannelMap:
     _check_unflattened(m, "channel slicing")
     stop = max(start, stop)
     cuts = {b - start for b in m.boundaries() if start < b < stop}
-    return _from_boundaries(stop - start, cuts, lambda a, b: m.sources_from(a + start, b + start), 1)
+    return _from_boundaries(stop - start, cuts, lambda a, b: m.sources_from(a + start, b + start), m)
 
 
 def concat(maps: list[ChannelMap]) -> ChannelMap:
@@ -92,7 +94,7 @@ def concat(maps: list[ChannelMap]) -> ChannelMap:
         _check_unflattened(m, "channel concatenation")
         pieces += [Piece(p.start + base, p.stop + base, p.sources) for p in m.pieces]
         base += m.channels
-    return ChannelMap(base, tuple(pieces))
+    return ChannelMap(base, tuple(pieces), axis=maps[0].axis)
 
 
 def broadcast(m: ChannelMap, channels: int) -> ChannelMap:
@@ -102,18 +104,17 @@ def broadcast(m: ChannelMap, channels: int) -> ChannelMap:
     if m.channels != 1:
         raise GradpathError(f"cannot broadcast {m.channels} channels to {channels}")
     sources = frozenset(replace(s, step=0) for s in m.pieces[0].sources)
-    return ChannelMap(channels, (Piece(0, channels, sources),), m.unit)
+    return ChannelMap(channels, (Piece(0, channels, sources),), m.unit, m.axis)
 
 
 def merge(maps: list[ChannelMap]) -> ChannelMap:
     """Elementwise combination (add, mul, ...): every channel depends on that channel of each map."""
     channels = maps[0].channels
-    units = {m.unit for m in maps}
-    if len(units) != 1 or any(m.channels != channels for m in maps):
+    if len({(m.unit, m.axis, m.channels) for m in maps}) != 1:
         raise GradpathError("elementwise op on tensors whose channels do not line up")
     cuts = set().union(*(m.boundaries() for m in maps))
     return _from_boundaries(
-        channels, cuts, lambda a, b: frozenset().union(*(m.sources_from(a, b) for m in maps)), units.pop()
+        channels, cuts, lambda a, b: frozenset().union(*(m.sources_from(a, b) for m in maps)), maps[0]
     )
 
 
@@ -122,7 +123,7 @@ def detach(m: ChannelMap) -> ChannelMap:
     pieces = tuple(
         Piece(p.start, p.stop, frozenset(replace(s, live=False) for s in p.sources)) for p in m.pieces
     )
-    return ChannelMap(m.channels, pieces, m.unit)
+    return replace(m, pieces=pieces)
 
 
 def zero_channels(m: ChannelMap, zero: list[bool]) -> ChannelMap:
@@ -130,13 +131,18 @@ def zero_channels(m: ChannelMap, zero: list[bool]) -> ChannelMap:
     cuts = {c for c in range(1, m.channels) if zero[c] != zero[c - 1]}
     return _from_boundaries(
         m.channels, cuts | m.boundaries(),
-        lambda a, b: frozenset() if zero[a] else m.sources_from(a, b), m.unit,
+        lambda a, b: frozenset() if zero[a] else m.sources_from(a, b), m,
     )
 
 
 def with_unit(m: ChannelMap, unit: int) -> ChannelMap:
     """The same channels after flattening `unit` features per channel."""
     return replace(m, unit=m.unit * unit)
+
+
+def moved(m: ChannelMap, axis: int) -> ChannelMap:
+    """The same channels held in tensor dimension `axis` (after a permute or transpose)."""
+    return replace(m, axis=axis)
 
 
 def consumed_ranges(m: ChannelMap) -> list[tuple[int, int, int]]:

@@ -15,6 +15,7 @@ Anything else that may move gradient between channels raises `GradpathError` nam
 
 from __future__ import annotations
 
+import math
 import operator
 from collections import Counter
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from .channels import (
     detach,
     fresh,
     merge,
+    moved,
     producers,
     slice_channels,
     with_unit,
@@ -70,13 +72,16 @@ ELEMENTWISE_METHODS = {"add", "add_", "sub", "mul", "mul_", "div"}
 MULTIPLY = {operator.mul, operator.imul, torch.mul, "mul", "mul_"}
 REDUCTIONS = {torch.mean, torch.amax, torch.sum, "mean", "amax", "sum"}
 RESHAPES = {torch.flatten, "flatten", "view", "reshape"}
+PERMUTES = {torch.permute, "permute"}
+TRANSPOSES = {torch.transpose, "transpose"}
 SPLITS = {torch.split, torch.chunk, "split", "chunk"}
 CONCATS = {torch.cat, torch.concat}
 SUPPORTED = (
     "weighted layers (Conv1d/2d/3d, ConvTranspose, Linear); channel-wise modules and functions "
     "(BatchNorm, InstanceNorm, activations, pooling, upsampling/interpolate, dropout, padding, "
     "Identity, Flatten); channel slices x[:, a:b], torch.cat, split/chunk, elementwise + - * /, "
-    "reductions over spatial dims, flatten/view/reshape to (N, features), and .detach()"
+    "permute/transpose, reductions over other dims, flatten/view/reshape that keep the channels, "
+    "and .detach()"
 )
 
 
@@ -171,6 +176,8 @@ class _ChannelTracer(fx.Interpreter):
             return self.values[arg]
         if isinstance(arg, (tuple, list)):
             return type(arg)(self._value(a) for a in arg)
+        if isinstance(arg, dict):
+            return {k: self._value(v) for k, v in arg.items()}
         return arg
 
     def _input_map(self, n: fx.Node) -> ChannelMap:
@@ -191,7 +198,7 @@ class _ChannelTracer(fx.Interpreter):
     def _channels(self, n: fx.Node, result: Any) -> Any:
         if n.op == "placeholder":
             if not isinstance(result, torch.Tensor) or result.ndim < 2:
-                raise _unsupported(n, "an input that is not a (N, C, ...) tensor")
+                raise _unsupported(n, "an input that is not one (N, C, ...) tensor")
             return fresh(INPUT, result.shape[1])
         if n.op == "get_attr":
             return _Constant(result)
@@ -210,6 +217,8 @@ class _ChannelTracer(fx.Interpreter):
             return self._reshape(n, result)
         if target in REDUCTIONS:
             return self._reduce(n, result)
+        if target in PERMUTES or target in TRANSPOSES:
+            return self._permute(n, result)
         if target == "detach":
             return detach(self._input_map(n))
         if target in CHANNELWISE_FUNCTIONS or target in CHANNELWISE_METHODS:
@@ -227,18 +236,20 @@ class _ChannelTracer(fx.Interpreter):
         raise _unsupported(n, f"the module {n.target!r} of type {type(module).__name__}")
 
     def _weighted(self, n: fx.Node, module: nn.Module, result: torch.Tensor) -> ChannelMap:
-        if isinstance(module, nn.Linear) and result.ndim != 2:
-            raise _unsupported(n, f"Linear {n.target!r} applied to a {result.ndim}-d tensor")
-        pos = Position(len(self.layer_graph.positions), n.target, self.calls[n.target], result.shape[1],
+        m = self._input_map(n)
+        axis = result.ndim - 1 if isinstance(module, nn.Linear) else 1
+        if m.axis != axis:
+            raise _unsupported(n, f"{type(module).__name__} {n.target!r} reading channels from dim {m.axis}")
+        pos = Position(len(self.layer_graph.positions), n.target, self.calls[n.target], result.shape[axis],
                        type(module).__name__)
         self.calls[n.target] += 1
         self.layer_graph.positions.append(pos)
         self._consume(pos.id, n.args[0], n)
-        return fresh(pos.id, pos.out_channels)
+        return fresh(pos.id, pos.out_channels, axis)
 
     def _channelwise(self, n: fx.Node, result: torch.Tensor) -> ChannelMap:
         m = self._input_map(n)
-        if result.shape[1] != m.channels:
+        if result.ndim != len(self.shapes[n.args[0]]) or result.shape[m.axis] != m.channels:
             raise _unsupported(n, f"{n.target} changing the channel count")
         return m
 
@@ -251,15 +262,14 @@ class _ChannelTracer(fx.Interpreter):
         if Ellipsis in index:
             at = index.index(Ellipsis)
             index = index[:at] + (slice(None),) * (ndim - len(index) + 1) + index[at + 1:]
-        if len(index) < 2:
-            index = index + (slice(None),) * (2 - len(index))
-        batch, chan = index[0], index[1]
-        if not isinstance(batch, slice) or not isinstance(chan, slice):
-            raise _unsupported(n, f"indexing with {index!r} (only slices on the batch and channel dims)")
-        start, stop, step = chan.indices(container.channels)
+        index = index + (slice(None),) * (ndim - len(index))
+        if not all(isinstance(i, (slice, int)) for i in index) or not isinstance(index[container.axis], slice):
+            raise _unsupported(n, f"indexing with {index!r} (only slices and ints, a slice on the channels)")
+        start, stop, step = index[container.axis].indices(container.channels)
         if step != 1:
             raise _unsupported(n, f"a channel slice with step {step}")
-        return slice_channels(container, start, stop)
+        dropped_before = sum(isinstance(i, int) for i in index[: container.axis])
+        return moved(slice_channels(container, start, stop), container.axis - dropped_before)
 
     def _operands(self, n: fx.Node) -> list[Any]:
         return [self._value(a) for a in n.args] + [self._value(v) for v in n.kwargs.values()]
@@ -272,12 +282,13 @@ class _ChannelTracer(fx.Interpreter):
         for v, a in zip(operands, list(n.args) + list(n.kwargs.values())):
             if isinstance(v, ChannelMap) and len(self.shapes[a]) != result.ndim:
                 raise _unsupported(n, "an elementwise op broadcasting tensors of different ranks")
-        channels = result.shape[1]
+        axis = maps[0].axis
+        channels = result.shape[axis]
         merged = merge([broadcast(m, channels) for m in maps])
         if target in MULTIPLY:
             for v in operands:
                 if isinstance(v, _Constant) and v.value.ndim == result.ndim:
-                    mask = v.value.expand_as(result).transpose(0, 1).reshape(channels, -1)
+                    mask = v.value.expand_as(result).movedim(axis, 0).reshape(channels, -1)
                     merged = zero_channels(merged, (mask == 0).all(dim=1).tolist())
         return merged
 
@@ -286,37 +297,49 @@ class _ChannelTracer(fx.Interpreter):
         if not all(isinstance(p, ChannelMap) for p in parts):
             raise _unsupported(n, "concatenating a constant with traced tensors")
         dim = _dim_arg(n, 1, 0) % result.ndim
-        return concat(list(parts)) if dim == 1 else merge(list(parts))
+        return concat(list(parts)) if dim == parts[0].axis else merge(list(parts))
 
     def _split(self, n: fx.Node, result: tuple) -> tuple:
         m = self._input_map(n)
         dim = _dim_arg(n, 2, 0) % result[0].ndim
-        if dim != 1:
+        if dim != m.axis:
             return tuple(m for _ in result)
         starts = [0]
         for part in result:
-            starts.append(starts[-1] + part.shape[1])
+            starts.append(starts[-1] + part.shape[m.axis])
         return tuple(slice_channels(m, a, b) for a, b in zip(starts, starts[1:]))
+
+    def _permute(self, n: fx.Node, result: torch.Tensor) -> ChannelMap:
+        m = self._input_map(n)
+        ndim = result.ndim
+        if n.target in TRANSPOSES:
+            d0, d1 = (d % ndim for d in n.args[1:3])
+            order = list(range(ndim))
+            order[d0], order[d1] = d1, d0
+        else:
+            dims = n.args[1] if len(n.args) == 2 and isinstance(n.args[1], (tuple, list)) else n.args[1:]
+            order = [d % ndim for d in dims or n.kwargs["dims"]]
+        return moved(m, order.index(m.axis))
 
     def _reshape(self, n: fx.Node, result: torch.Tensor) -> ChannelMap:
         m = self._input_map(n)
-        before = self.shapes[n.args[0]]
-        if result.shape[0] != before[0] or result.ndim < 2:
-            raise _unsupported(n, f"a reshape from {tuple(before)} to {tuple(result.shape)}")
-        if result.shape[1] == before[1]:
-            return m
-        spatial = before[2:].numel()
-        if result.ndim == 2 and result.shape[1] == before[1] * spatial:
-            return with_unit(m, spatial)
-        raise _unsupported(n, f"a reshape from {tuple(before)} to {tuple(result.shape)} that moves channels")
+        before, after = tuple(self.shapes[n.args[0]]), tuple(result.shape)
+        if after[: m.axis + 1] == before[: m.axis + 1]:
+            return m  # only dimensions after the channels change
+        if m.axis == len(before) - 1 and after[-1] == before[-1]:
+            return moved(m, len(after) - 1)  # only dimensions before the channels change
+        if m.axis == 1 and len(after) == 2 and after == (before[0], math.prod(before[1:])):
+            return with_unit(m, math.prod(before[2:]))
+        raise _unsupported(n, f"a reshape from {before} to {after} that moves channels")
 
     def _reduce(self, n: fx.Node, result: torch.Tensor) -> ChannelMap:
         m = self._input_map(n)
         ndim = len(self.shapes[n.args[0]])
         dims = _normalize_dims(_dim_arg(n, 1, None), ndim)
-        if dims is None or dims & {0, 1}:
-            raise _unsupported(n, f"{n.target} over the batch or channel dimension")
-        return m
+        if dims is None or m.axis in dims:
+            raise _unsupported(n, f"{n.target} over the channel dimension")
+        keep = result.ndim == ndim
+        return moved(m, m.axis if keep else m.axis - sum(d < m.axis for d in dims))
 
 
 def _flatten_maps(value: Any) -> list[ChannelMap]:

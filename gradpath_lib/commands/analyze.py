@@ -69,6 +69,17 @@ def _cell(value: object) -> object:
     return " ".join(map(str, value)) if isinstance(value, tuple) else value
 
 
+def compact_timestamps(stamps: tuple[int, ...]) -> str:
+    """(2, 3, 4, 7) -> '2-4 7': runs of consecutive timestamps shortened for the table."""
+    runs: list[list[int]] = []
+    for t in stamps:
+        if runs and t == runs[-1][1] + 1:
+            runs[-1][1] = t
+        else:
+            runs.append([t, t])
+    return " ".join(f"{a}-{b}" if b > a else str(a) for a, b in runs)
+
+
 def run(args: argparse.Namespace) -> int:
     """Analyse the model and print its layers (and network metrics) in the chosen format."""
     from ..analysis import analyze_model
@@ -86,5 +97,7 @@ def run(args: argparse.Namespace) -> int:
         for key, value in report.network.items():
             print(f"{key:>26}: {value:.3f}" if isinstance(value, float) else f"{key:>26}: {value}")
         with pd.option_context("display.max_rows", None, "display.width", 200, "display.max_colwidth", 40):
-            print(layers[TABLE_COLUMNS].assign(**{c: layers[c].map(_cell) for c in LIST_COLUMNS}).to_string(index=False))
+            table = layers[TABLE_COLUMNS].assign(timestamps=layers.timestamps.map(compact_timestamps),
+                                                 sources_at_first=layers.sources_at_first.map(_cell))
+            print(table.to_string(index=False))
     return 0

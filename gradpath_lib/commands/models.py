@@ -13,6 +13,7 @@ TASKS = ("classify", "detect")
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register `gradpath models`."""
     parser = subparsers.add_parser("models", help="list the registered networks with their cost")
+    parser.add_argument("names", nargs="*", metavar="NAME", help="only these networks (and their bases)")
     parser.add_argument("--input", type=int, default=32, help="square input size in pixels (default 32)")
     parser.add_argument("--scale", choices=SCALES, default="mini", help="size preset (default mini)")
     parser.add_argument("--task", choices=TASKS, default=None, help="only the networks of this task")
@@ -24,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     """Print the cost table (FLOPs = 2 x multiply-accumulates, one image)."""
     from ..models.cost import cost_table
 
-    table = cost_table(args.scale, args.input, args.task)
+    table = cost_table(args.scale, args.input, args.task, args.names)
     if args.format == "csv":
         print(table.to_csv(), end="")
     else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..distributed import is_main, launch, launched_by_torchrun, process_group, relaunch_argv
 from ..runs import cached_record, ensure_run
 from ..scales import SCALES
 from ..store import record_path
@@ -21,6 +22,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--force", action="store_true", help="retrain even if a record exists")
     parser.add_argument("--results-dir", default="results")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--nproc", type=int, default=1,
+                        help="data-parallel processes (one per GPU) for this run: relaunches the command "
+                             "under torchrun; the recipe's batch stays the global batch")
     parser.set_defaults(func=run)
 
 
@@ -40,11 +44,15 @@ def summary(record: dict) -> str:
 def run(args: argparse.Namespace) -> int:
     """Train (or look up) the run and print its record path and a summary line (a diverged run is
     a result, so it exits 0 too)."""
+    if args.nproc > 1 and not launched_by_torchrun():
+        return launch(args.nproc, relaunch_argv(args))
     overrides = {"epochs": args.epochs} if args.epochs is not None else {}
     config = classify_config(args.model, args.scale, args.seed, **overrides)
     cached = not args.force and cached_record(config, args.results_dir) is not None
-    record = ensure_run(config, results_dir=args.results_dir, force=args.force,
-                        device=args.device, progress=not args.no_progress)
-    print(record_path(args.results_dir, record["config"]))
-    print(summary(record) + (" [cached]" if cached else ""))
+    with process_group(args.device) as device:
+        record = ensure_run(config, results_dir=args.results_dir, force=args.force,
+                            device=device, progress=not args.no_progress and is_main())
+        if is_main():
+            print(record_path(args.results_dir, record["config"]))
+            print(summary(record) + (" [cached]" if cached else ""))
     return 0

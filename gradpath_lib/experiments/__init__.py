@@ -60,6 +60,11 @@ def chapter(name: str) -> Chapter:
     return _CHAPTERS[name]
 
 
+def no_runs(scale: str, seeds: list[int]) -> list[dict[str, Any]]:
+    """The `runs` of a chapter that trains nothing (figures drawn from models, summaries)."""
+    return []
+
+
 def default_seeds(scale: str) -> list[int]:
     """The seeds a scale runs by default (the mini scale uses three)."""
     return list(DEFAULT_SEEDS[check_scale(scale)])

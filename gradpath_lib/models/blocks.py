@@ -39,6 +39,7 @@ STOP_GRADIENTS = ("none", "identity", "block")
 CSP_FUSIONS = ("full", "first", "last")
 CSP_SPLITS = ("slice", "conv")
 CONNECTIVITIES = ("dense", "sparse")
+CSP_SPLIT_RATIO = 0.5  # CSPNet's 50/50 split (the paper's Table 6)
 
 
 def make_act(name: str) -> nn.Module:
@@ -193,7 +194,7 @@ class CSPStage(nn.Module):
         c_in: int,
         c_out: int,
         make_block: Callable[[int], nn.Module],
-        split_ratio: float = 0.5,
+        split_ratio: float = CSP_SPLIT_RATIO,
         fusion: str = "full",
         split: str = "slice",
         act: str = "relu",

@@ -39,6 +39,11 @@ class Classifier(nn.Module):
         return self.head(self.stages(self.stem(x)))
 
 
+def with_extra(presets: dict[str, dict[str, Any]], **extra: Any) -> dict[str, dict[str, Any]]:
+    """Per-scale presets with `extra` keyword arguments added at every scale."""
+    return {scale: {**kwargs, **extra} for scale, kwargs in presets.items()}
+
+
 def register_with_csp(
     name: str,
     factory: Callable[..., nn.Module],
@@ -55,7 +60,7 @@ def register_with_csp(
             f"csp-{name}{suffix}",
             factory,
             family=family,
-            presets={scale: {**kw, **(csp_extra or {}), "csp": fusion} for scale, kw in presets.items()},
+            presets=with_extra(presets, **(csp_extra or {}), csp=fusion),
             base=name,
             description=f"CSP {name} ({fusion} fusion): half the channels cross each stage's block",
         )

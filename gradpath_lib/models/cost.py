@@ -16,7 +16,11 @@ def count_params(model: nn.Module) -> int:
 
 def count_flops(model: nn.Module, input_shape: Sequence[int]) -> int:
     """FLOPs of one forward pass in eval mode on one zero input of `input_shape` (C, H, W), as
-    counted by torch's FlopCounterMode (2 FLOPs per multiply-accumulate of convs and linears)."""
+    counted by torch's FlopCounterMode (2 FLOPs per multiply-accumulate of convs and linears).
+
+    The input goes on the model's device: a model built under `torch.device("meta")` is counted
+    without computing anything.
+    """
     was_training = model.training
     model.eval()
     try:
@@ -29,17 +33,22 @@ def count_flops(model: nn.Module, input_shape: Sequence[int]) -> int:
     return int(counter.get_total_flops())
 
 
-def cost_table(scale: str = "mini", input_size: int = 32, task: str | None = None) -> "pandas.DataFrame":
-    """One row per registered model: family, task, params, FLOPs on one RGB `input_size`^2 image,
-    and for variants (entries with a `base`) their FLOPs and params relative to that base."""
+def cost_table(
+    scale: str = "mini", input_size: int = 32, task: str | None = None, names: Sequence[str] = ()
+) -> "pandas.DataFrame":
+    """One row per registered model (or per name in `names`, plus their bases): family, task, params,
+    FLOPs on one RGB `input_size`^2 image, and for variants (entries with a `base`) their FLOPs and
+    params relative to that base."""
     import pandas
 
     from .registry import create_model, get_entry, model_names
 
+    wanted = set(names) | {get_entry(n).base for n in names} - {None}
     rows = []
-    for name in model_names(task):
+    for name in [n for n in model_names(task) if not names or n in wanted]:
         entry = get_entry(name)
-        model = create_model(name, scale)
+        with torch.device("meta"):  # shapes only: counting costs no compute or memory
+            model = create_model(name, scale)
         rows.append(
             {
                 "model": name,

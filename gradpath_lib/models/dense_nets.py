@@ -18,7 +18,6 @@ from .blocks import AggregationBlock, ConvBNAct, CSPStage, Stack, aggregation_ou
 from .classifier import Classifier, make_stem, register_with_csp
 from .registry import register
 
-CSP_SPLIT_RATIO = 0.5  # CSPNet's 50/50 split
 DOWNSAMPLE = 2  # DenseNet's 2x2 average pool between blocks
 
 
@@ -48,7 +47,7 @@ def dense_net(
             block = make_block(c_in)
             stages.append(Stack(*pool, block, ConvBNAct(block.out_channels, c_out, 1, act=act)))
         else:
-            stages.append(Stack(*pool, CSPStage(c_in, c_out, make_block, CSP_SPLIT_RATIO, csp, act=act)))
+            stages.append(Stack(*pool, CSPStage(c_in, c_out, make_block, fusion=csp, act=act)))
         c_in = c_out
     return Classifier(make_stem(stem_channels, stem, act), stages, num_classes)
 

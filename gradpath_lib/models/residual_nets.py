@@ -3,13 +3,11 @@ the stop-gradient ablation (Table 3) and their CSP variants (full / fusion first
 
 Fairness rule: a base and its PRN / CSP / stop-gradient variant share stem, stage widths and
 depths and the residual branch; only the shortcut (PRN, sg) or the stage wrapper (CSP) differs.
-A CSP stage is `ConvBNAct(3x3, stride)` to the stage width, then `CSPStage` (split by slicing,
-ratio 1/2) around the same number of blocks at half the width, so it costs clearly less than
+A CSP stage is `stage_conv` to the stage width, then `CSPStage` (split by slicing, ratio 1/2) around the same number of blocks at half the width, so it costs clearly less than
 its base (`gradpath models` prints the ratios).
 
 Stage entries: "block" (ResNet: the first block is strided, with the `entry_shortcut` when its
-shape changes) or "conv" (Darknet, and every CSP stage: a strided 3x3 ConvBNAct, grouped like the
-family's 3x3 convs, then blocks that keep the shape).
+shape changes) or "conv" (Darknet, and every CSP stage: `stage_conv`, then blocks that keep the shape).
 """
 
 from __future__ import annotations
@@ -28,12 +26,11 @@ from .blocks import (
     bottleneck_body,
     darknet_body,
 )
-from .classifier import Classifier, make_stem, register_with_csp
+from .classifier import Classifier, make_stem, register_with_csp, with_extra
 from .registry import register
 
 BODIES = ("basic", "bottleneck", "darknet")
 STAGE_ENTRIES = ("block", "conv")
-CSP_SPLIT_RATIO = 0.5  # CSPNet's 50/50 split (the paper's Table 6)
 
 
 def residual_block(
@@ -65,6 +62,15 @@ def residual_block(
     return ResidualBlock(branch, c_in, c_out, stride, kind, mask_ratio, sg, out_act)
 
 
+def stage_conv(c_in: int, c_out: int, stride: int, body: str, act: str = "relu") -> Stack:
+    """A "conv" stage entry: a strided 3x3 ConvBNAct, or for bottleneck bodies (whose 3x3 convs are
+    narrow) ResNet-D's cheap down path, AvgPool2d(stride) then a 1x1 ConvBNAct."""
+    if body != "bottleneck":
+        return Stack(ConvBNAct(c_in, c_out, 3, stride, act=act))
+    pool = [nn.AvgPool2d(stride, stride, ceil_mode=True)] if stride > 1 else []
+    return Stack(*pool, ConvBNAct(c_in, c_out, 1, act=act))
+
+
 def residual_net(
     widths: Sequence[int] = (64, 128, 256),
     depths: Sequence[int] = (2, 2, 2),
@@ -87,15 +93,11 @@ def residual_net(
     for i, (width, depth) in enumerate(zip(widths, depths)):
         stride = first_stride if i == 0 else 2
         if stage_entry == "conv":
-            entry = ConvBNAct(c_in, width, 3, stride, groups=int(block.get("groups", 1)), act=act)
-            if csp is None:
-                blocks = [residual_block(width, width, act=act, **block) for _ in range(depth)]
-                stages.append(Stack(entry, *blocks))
-            else:
-                def make_blocks(c: int, depth: int = depth) -> Stack:
-                    return Stack(*(residual_block(c, c, act=act, **block) for _ in range(depth)))
+            def make_blocks(c: int, depth: int = depth) -> Stack:
+                return Stack(*(residual_block(c, c, act=act, **block) for _ in range(depth)))
 
-                stages.append(Stack(entry, CSPStage(width, width, make_blocks, CSP_SPLIT_RATIO, csp, act=act)))
+            body = make_blocks(width) if csp is None else CSPStage(width, width, make_blocks, fusion=csp, act=act)
+            stages.append(Stack(stage_conv(c_in, width, stride, str(block.get("body", "basic")), act), body))
         else:
             blocks = [residual_block(c_in if j == 0 else width, width, stride if j == 0 else 1, act=act, **block)
                       for j in range(depth)]
@@ -117,7 +119,7 @@ RESNET = {
 }
 RESNEXT_BLOCK = {"body": "bottleneck", "bottleneck_ratio": 0.5}  # ResNeXt: wide grouped 3x3
 RESNEXT = {
-    "smoke": _sizes((16, 32, 64), (1, 1, 1), 16, groups=2, **RESNEXT_BLOCK),
+    "smoke": _sizes((16, 32, 64), (1, 1, 1), 16, groups=4, **RESNEXT_BLOCK),
     "mini": _sizes((128, 256, 512), (2, 2, 2), 64, groups=8, **RESNEXT_BLOCK),
     "paper": _sizes((256, 512, 1024, 2048), (3, 4, 6, 3), 64, stem="imagenet", groups=32, **RESNEXT_BLOCK),
 }
@@ -135,10 +137,6 @@ RESNET_DEEP = {
 }
 
 
-def _with(presets: dict[str, dict[str, object]], **extra: object) -> dict[str, dict[str, object]]:
-    return {scale: {**kwargs, **extra} for scale, kwargs in presets.items()}
-
-
 CSP_EXTRA = {"stage_entry": "conv"}  # a CSP stage starts with a strided conv to the stage width
 register_with_csp("resnet", residual_net, family="resnet", presets=RESNET, csp_extra=CSP_EXTRA,
                   description="ResNet with basic blocks (bottlenecks at paper scale)")
@@ -146,18 +144,18 @@ register_with_csp("resnext", residual_net, family="resnet", presets=RESNEXT, csp
                   description="ResNeXt: bottlenecks with grouped 3x3 convs")
 register_with_csp("darknet", residual_net, family="darknet", presets=DARKNET,
                   description="Darknet-53 style: strided conv + 1x1/3x3 residual blocks")
-register("plain", residual_net, family="resnet", presets=_with(RESNET, shortcut="none", entry_shortcut="none"),
+register("plain", residual_net, family="resnet", presets=with_extra(RESNET, shortcut="none", entry_shortcut="none"),
          base="resnet", description="resnet without any shortcut")
-register("prn", residual_net, family="prn", presets=_with(RESNET, shortcut="masked"), base="resnet",
+register("prn", residual_net, family="prn", presets=with_extra(RESNET, shortcut="masked"), base="resnet",
          description="PRN: the identity reaches only the first half of each block's channels")
-register("prn-asym", residual_net, family="prn", presets=_with(RESNET, shortcut="masked", entry_shortcut="asymmetric"),
+register("prn-asym", residual_net, family="prn", presets=with_extra(RESNET, shortcut="masked", entry_shortcut="asymmetric"),
          base="resnet",
          description="PRN with parameter-free asymmetric shortcuts where the width changes (Darknet semantics)")
 register("resnet-deep", residual_net, family="resnet", presets=RESNET_DEEP,
          description="deep CIFAR ResNet (Table 3's stop-gradient ablation)")
 register("plain-deep", residual_net, family="resnet",
-         presets=_with(RESNET_DEEP, shortcut="none", entry_shortcut="none"), base="resnet-deep",
+         presets=with_extra(RESNET_DEEP, shortcut="none", entry_shortcut="none"), base="resnet-deep",
          description="resnet-deep without any shortcut")
 for _sg in ("identity", "block"):
-    register(f"resnet-sg-{_sg}", residual_net, family="resnet", presets=_with(RESNET_DEEP, sg=_sg), base="resnet-deep",
+    register(f"resnet-sg-{_sg}", residual_net, family="resnet", presets=with_extra(RESNET_DEEP, sg=_sg), base="resnet-deep",
              description=f"resnet-deep with stop gradient on the {_sg} path")

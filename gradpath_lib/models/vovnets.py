@@ -20,10 +20,9 @@ from torch import nn
 
 from ..errors import GradpathError
 from .blocks import ConvBNAct, CSPStage, ELANBlock, OSAModule, Stack
-from .classifier import Classifier, make_stem
+from .classifier import Classifier, make_stem, with_extra
 from .registry import register
 
-CSP_SPLIT_RATIO = 0.5  # CSPNet's 50/50 split
 ELAN_HIDDEN_RATIO = 0.5  # yolov7's ELAN: each 1x1 split has half the block's width
 
 
@@ -62,7 +61,7 @@ def vovnet(
             def make_block(c: int, n: int = n_modules, g: int = growth) -> Stack:
                 return _osa_stack(c, None, n, layers, g, True, act)
 
-            body = CSPStage(c_in, width, make_block, CSP_SPLIT_RATIO, csp, act=act)
+            body = CSPStage(c_in, width, make_block, fusion=csp, act=act)
         stages.append(Stack(*pool, body))
         c_in = width
     return Classifier(make_stem(stem_width, stem, act), stages, num_classes)
@@ -104,15 +103,11 @@ ELAN = {
 }
 
 
-def _with(presets: dict[str, dict[str, object]], **extra: object) -> dict[str, dict[str, object]]:
-    return {scale: {**kwargs, **extra} for scale, kwargs in presets.items()}
-
-
 register("vovnet", vovnet, family="vovnet", presets=VOVNET, description="VoVNet: one OSA module per stage")
 register("vovnet-deep", vovnet, family="vovnet", presets=VOVNET_DEEP, base="vovnet",
          description="deep VoVNet: stacked OSA modules, every transition kept")
-register("vovnet-deep-planned", vovnet, family="vovnet", presets=_with(VOVNET_DEEP, planned=True), base="vovnet-deep",
+register("vovnet-deep-planned", vovnet, family="vovnet", presets=with_extra(VOVNET_DEEP, planned=True), base="vovnet-deep",
          description="deep VoVNet with gradient path planning: one transition per stage")
-register("vovnet-deep-planned-csp", vovnet, family="vovnet", presets=_with(VOVNET_DEEP, planned=True, csp="full"),
+register("vovnet-deep-planned-csp", vovnet, family="vovnet", presets=with_extra(VOVNET_DEEP, planned=True, csp="full"),
          base="vovnet-deep-planned", description="planned deep VoVNet with CSP stages")
 register("elan", elan_net, family="elan", presets=ELAN, description="ELAN: stacks in computational block, 2 x 2 3x3")

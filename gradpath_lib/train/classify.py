@@ -34,12 +34,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data import dataset_for_scale, load_classification
+from ..distributed import check_global_batch, data_parallel, earliest_step, is_main, local_slice, shard, sum_across_ranks
 from ..errors import GradpathError
 from ..models.cost import count_flops, count_params
 from ..models.registry import create_model, get_entry
 from ..runs import TaskContext, TaskResult, register_task
 from ..scales import check_scale
-from ..store import load_checkpoint, save_checkpoint
+from ..store import load_checkpoint, save_checkpoint, weights_path
 from .batches import DeviceImages, epoch_generator
 from .recipes import Recipe, lr_at, recipe_for, recipe_from_config
 
@@ -55,9 +56,15 @@ def classify_config(
     *,
     model_kwargs: dict[str, Any] | None = None,
     data: str | None = None,
+    save_weights: bool = False,
     **recipe_overrides: Any,
 ) -> dict[str, Any]:
-    """The complete run config of `model` at `scale` (recipe fields may be overridden by name)."""
+    """The complete run config of `model` at `scale` (recipe fields may be overridden by name).
+
+    `save_weights=True` adds `"save_weights": True` (a new run id): a run that ends `ok` then saves
+    its final state_dict to `store.weights_path` (`<results>/<scale>/weights/<run_id>.pt`,
+    git-ignored) for analyses that need the trained network, such as `gradpath_lib.probes`.
+    """
     check_scale(scale)
     entry = get_entry(model)
     if entry.task != TASK:
@@ -70,7 +77,7 @@ def classify_config(
         "model_kwargs": dict(model_kwargs or {}),
         "data": data or dataset_for_scale(scale),
         "recipe": recipe_for(scale, **recipe_overrides),
-    }
+    } | ({"save_weights": True} if save_weights else {})
 
 
 def strip_timing(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -133,7 +140,8 @@ def train_epoch(
     first_step: int,
     total_steps: int,
 ) -> EpochStats:
-    """One pass over `data`; reads device values only once, at the end."""
+    """One pass over `data`; reads device values only once, at the end. Under torch.distributed each
+    rank trains on its shard of every global batch and the epoch's sums are all-reduced."""
     device = data.images.device
     model.train()
     start = time.perf_counter()
@@ -144,6 +152,7 @@ def train_epoch(
     seen, lr = 0, 0.0
     batches = data.train_batches(recipe.batch_size, generator, recipe.crop_padding, recipe.flip)
     for i, (x, y) in enumerate(batches):
+        x, y = shard(x), shard(y)
         lr = lr_at(recipe, first_step + i, total_steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -157,10 +166,11 @@ def train_epoch(
         loss_sum += cross_entropy.detach() * y.shape[0]
         correct += (logits.argmax(1) == y).sum()
         seen += y.shape[0]
-    first = int(first_bad.item())
+    seen = int(sum_across_ranks(torch.tensor(seen)).item())
+    first = int(earliest_step(first_bad).item())
     return EpochStats(
-        loss=loss_sum.item() / seen,
-        acc=correct.item() / seen,
+        loss=sum_across_ranks(loss_sum).item() / seen,
+        acc=sum_across_ranks(correct).item() / seen,
         lr=lr,
         seconds=time.perf_counter() - start,
         first_nonfinite_step=first if first >= 0 else None,
@@ -169,17 +179,19 @@ def train_epoch(
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: DeviceImages, batch_size: int) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) of `model` on `data`, in eval mode."""
+    """(mean cross-entropy, accuracy) of `model` on `data`, in eval mode (each rank evaluates its part)."""
     model.eval()
     device = data.images.device
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
-    for x, y in data.eval_batches(batch_size):
+    part = local_slice(len(data))
+    local = DeviceImages(data.images[part], data.labels[part], data.mean, data.std)
+    for x, y in local.eval_batches(batch_size):
         with autocast(device):
             logits = model(x)
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
-    return loss_sum.item() / len(data), correct.item() / len(data)
+    return sum_across_ranks(loss_sum).item() / len(data), sum_across_ranks(correct).item() / len(data)
 
 
 def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
@@ -198,7 +210,10 @@ def set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
 
 
 def final_metrics(history: list[dict[str, Any]], completed: bool) -> dict[str, Any]:
-    """The record's metrics from the per-epoch history (`test_acc` is None unless completed)."""
+    """The record's metrics from the per-epoch history (`test_acc` is None unless completed).
+
+    `images_per_s` counts training images over the training phases only (evaluation excluded,
+    the first epoch's warm-up such as cuDNN autotuning or compilation included)."""
     train_seconds = sum(epoch["train_s"] for epoch in history)
     train_images = sum(epoch["train_images"] for epoch in history)
     test_accs = [epoch["test_acc"] for epoch in history if epoch["test_acc"] is not None]
@@ -289,9 +304,10 @@ def fit(
     desc: str = "",
 ) -> dict[str, int]:
     """Train from epoch len(history) up to `stop_epoch` on the recipe's whole schedule, appending to
-    `history` and checkpointing every epoch (with `checkpoint_extra`); returns the divergence
-    fields (`diverged_at_step`, `diverged_at_epoch`) or {} if every loss was finite."""
-    forward = torch.compile(model) if recipe.compile else model
+    `history` and checkpointing every epoch (with `checkpoint_extra`, rank 0 only); returns the
+    divergence fields (`diverged_at_step`, `diverged_at_epoch`) or {} if every loss was finite."""
+    forward = data_parallel(model, ctx.device)
+    forward = torch.compile(forward) if recipe.compile else forward
     total_steps = data.steps_per_epoch * recipe.epochs
     bar = tqdm(total=stop_epoch, initial=len(history), desc=desc, unit="epoch", disable=not ctx.progress)
     try:
@@ -301,13 +317,14 @@ def fit(
             if stats.first_nonfinite_step is not None:
                 return {"diverged_at_step": stats.first_nonfinite_step, "diverged_at_epoch": epoch}
             history.append(epoch_entry(model, data.test, recipe, epoch, stats, data.steps_per_epoch))
-            save_checkpoint(ctx.checkpoint, {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "history": history,
-                "rng": rng_state(ctx.device),
-                **(checkpoint_extra or {}),
-            })
+            if is_main():  # the lr schedule is a function of the step and the epoch is len(history)
+                save_checkpoint(ctx.checkpoint, {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "history": history,
+                    "rng": rng_state(ctx.device),
+                    **(checkpoint_extra or {}),
+                })
             bar.update(1)
             bar.set_postfix(loss=f"{stats.loss:.3f}", test_acc=f"{history[-1]['test_acc']:.3f}")
     finally:
@@ -318,6 +335,7 @@ def fit(
 def train_classify(config: dict[str, Any], ctx: TaskContext) -> TaskResult:
     """Train (or resume) the run `config` on `ctx.device`; the trainer of task "classify"."""
     recipe = recipe_from_config(config["recipe"])
+    check_global_batch(recipe.batch_size)
     data = load_training_data(config, recipe, ctx.device)
 
     torch.manual_seed(config["seed"])
@@ -336,6 +354,8 @@ def train_classify(config: dict[str, Any], ctx: TaskContext) -> TaskResult:
         set_rng_state(state["rng"], ctx.device)
     divergence = fit(model, optimizer, data, recipe, config["seed"], history, recipe.epochs, ctx,
                      desc=config["model"])
+    if config.get("save_weights") and not divergence and is_main():
+        save_checkpoint(weights_path(ctx.results_dir, config), model.state_dict())
     return TaskResult(
         status="diverged" if divergence else "ok",
         metrics=final_metrics(history, completed=not divergence),

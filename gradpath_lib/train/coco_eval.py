@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data.detection import coco_from_dict, masks_to_rle, read_coco_json
-from ..errors import GradpathError
+from ..errors import GradpathError, check_choice
 
 __all__ = ["IOU_TYPES", "SUMMARY_NAMES", "evaluate_coco", "masks_to_rle"]
 
@@ -44,8 +44,7 @@ def evaluate_coco(
     "segmentation" (an RLE with str counts, see `masks_to_rle`) when "segm" is evaluated.
     """
     for iou_type in iou_types:
-        if iou_type not in IOU_TYPES:
-            raise GradpathError(f"unknown COCO IoU type {iou_type!r}; valid choices: {', '.join(IOU_TYPES)}")
+        check_choice("COCO IoU type", iou_type, IOU_TYPES)
     ground_truth = coco_from_dict(read_coco_json(annotation_file))
     return {iou_type: _evaluate_one(ground_truth, predictions, iou_type, verbose) for iou_type in iou_types}
 

@@ -15,7 +15,7 @@ from .coco_eval import masks_to_rle
 
 SCORE_THRESHOLD = 0.001  # COCO evaluation keeps low-score detections: AP integrates over recall
 NMS_IOU = 0.6  # YOLOv5/v8 validation setting
-MAX_CANDIDATES = 1000  # top-scoring (point, class) pairs per image that enter NMS
+MAX_CANDIDATES = 300  # top-scoring (point, class) pairs per image that enter NMS (its IoU matrix is N x N)
 MAX_DETECTIONS = 100  # COCO's maxDets
 MASK_THRESHOLD = 0.5  # sigmoid probability above which a prototype-mask pixel is foreground
 

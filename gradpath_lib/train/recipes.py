@@ -85,7 +85,10 @@ def check_recipe(recipe: Recipe) -> None:
     if recipe.schedule not in SCHEDULES:
         raise GradpathError(f"unknown recipe schedule {recipe.schedule!r}; valid choices: {', '.join(SCHEDULES)}")
     if recipe.epochs < 1 or recipe.batch_size < 1 or recipe.eval_batch_size < 1:
-        raise GradpathError(f"recipe epochs and batch sizes must be >= 1, got {recipe}")
+        raise GradpathError(
+            f"recipe epochs ({recipe.epochs}), batch_size ({recipe.batch_size}) and eval_batch_size "
+            f"({recipe.eval_batch_size}) must all be >= 1"
+        )
     if not 0.0 <= recipe.warmup_fraction < 1.0:
         raise GradpathError(f"recipe warmup_fraction must be in [0, 1), got {recipe.warmup_fraction}")
     if recipe.crop_padding < 0:

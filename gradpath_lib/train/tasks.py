@@ -2,3 +2,4 @@
 from . import classify  # noqa: F401
 from . import lwdna  # noqa: F401
 from . import detect  # noqa: F401
+from . import probe  # noqa: F401

@@ -1,0 +1,151 @@
+"""Figures 7, 8 and 9 and the measured-spectrum figure, drawn from the analysis of real models.
+
+Each function returns a matplotlib figure and, given `out_dir`, also saves it there as
+`<name>.png` (a notebook passes `results/<scale>/figures/`). matplotlib is imported inside the
+functions so the core library does not need it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+
+from .measured import measured_gradient_spectrum
+from .paths import LOSS_NAME, GradientPathReport, analyze_model
+
+FIG7_MODELS = ("resnet", "prn", "densenet", "sparsenet")
+FIG8_MODELS = ("resnet", "prn", "densenet")
+FIG9_MODELS = ("resnet-deep", "resnet-sg-identity", "resnet-sg-block", "plain-deep")
+SPECTRUM_MODELS = ("resnet", "prn", "plain", "csp-resnet", "elan", "vovnet-deep", "vovnet-deep-planned")
+SMALL_SCALE = "smoke"  # Figs. 7 and 8 draw every layer: the smallest registry presets stay legible
+PANEL_WIDTH, ROW_HEIGHT = 4.0, 0.22  # inches per model panel and per drawn group row
+
+
+def analyze_registry(names: tuple[str, ...] | list[str], scale: str) -> dict[str, GradientPathReport]:
+    """The structural report of each registered model `name` built at `scale`."""
+    from ..models import create_model
+
+    return {name: analyze_model(create_model(name, scale)) for name in names}
+
+
+def _save(figure: Any, out_dir: str | Path | None, name: str) -> Any:
+    if out_dir is not None:
+        from ..notebook import FIGURE_DPI
+
+        path = Path(out_dir)
+        path.mkdir(parents=True, exist_ok=True)
+        figure.savefig(path / f"{name}.png", dpi=FIGURE_DPI, bbox_inches="tight")
+    return figure
+
+
+def group_labels(report: GradientPathReport) -> list[str]:
+    """One label per group row: the layer name, with its channel range when the layer is split."""
+    layers = report.layers
+    split = layers.groupby("layer", sort=False).layer.transform("size") > 1
+    return [f"{r.layer}[{r.group_start}:{r.group_stop}]" if s else r.layer
+            for r, s in zip(layers.itertuples(), split)]
+
+
+def _panels(count: int, rows: int) -> tuple[Any, Any]:
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, count, figsize=(PANEL_WIDTH * count, max(3.0, ROW_HEIGHT * rows)), squeeze=False)
+    return fig, axes[0]
+
+
+def timestamps_figure(reports: Mapping[str, GradientPathReport], out_dir: str | Path | None = None) -> Any:
+    """Fig. 7: which layer / channel group receives gradient at which backward step."""
+    fig, axes = _panels(len(reports), max(len(r.groups) for r in reports.values()))
+    for ax, (name, report) in zip(axes, reports.items()):
+        labels = group_labels(report)
+        for row, stamps in enumerate(report.layers.timestamps):
+            ax.scatter(stamps, [row] * len(stamps), s=18, color="tab:blue")
+        ax.set_yticks(range(len(labels)), labels, fontsize=6)
+        ax.invert_yaxis()
+        ax.set_xlabel("gradient timestamp (backward step)")
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, out_dir, "fig7_gradient_timestamps")
+
+
+def sources_figure(reports: Mapping[str, GradientPathReport], out_dir: str | Path | None = None) -> Any:
+    """Fig. 8: the gradient sources of every group at its first timestamp (rows receive from columns)."""
+    fig, axes = _panels(len(reports), max(len(r.groups) for r in reports.values()))
+    for ax, (name, report) in zip(axes, reports.items()):
+        labels = group_labels(report)
+        columns = [p.name for p in report.graph.positions] + [LOSS_NAME]
+        grid = torch.zeros(len(labels), len(columns))
+        for row, sources in enumerate(report.layers.sources_at_first):
+            for source in sources:
+                grid[row, columns.index(source)] = 1
+        ax.imshow(grid.numpy(), cmap="Greys", aspect="auto", interpolation="nearest")
+        ax.set_yticks(range(len(labels)), labels, fontsize=6)
+        ax.set_xticks(range(len(columns)), columns, fontsize=6, rotation=90)
+        ax.set_title(f"{name}: sources at the first timestamp")
+    fig.tight_layout()
+    return _save(fig, out_dir, "fig8_gradient_sources")
+
+
+def layer_path_lengths(report: GradientPathReport) -> pd.DataFrame:
+    """Per weighted-layer position in forward order: its shortest and longest gradient path."""
+    frame = report.layers.dropna(subset=["shortest"])
+    return frame.groupby("layer", sort=False).agg(shortest=("shortest", "min"), longest=("longest", "max")).reset_index()
+
+
+def stop_gradient_figure(reports: Mapping[str, GradientPathReport], out_dir: str | Path | None = None) -> Any:
+    """Fig. 9: per-layer shortest and longest gradient paths, one panel per model."""
+    fig, axes = _panels(len(reports), 0)
+    top = max(r.network["longest_path"] for r in reports.values())
+    for ax, (name, report) in zip(axes, reports.items()):
+        paths = layer_path_lengths(report)
+        ax.plot(paths.index + 1, paths.longest, label="longest")
+        ax.plot(paths.index + 1, paths.shortest, linestyle="--", label="shortest")
+        ax.set_ylim(0, top + 1)
+        ax.set_xlabel("weighted layer (forward order)")
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("gradient path length (weighted layers)")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, out_dir, "fig9_stop_gradient")
+
+
+def path_length_shares(spectrum: pd.DataFrame) -> pd.Series:
+    """Share of a model's summed gradient norms arriving at each timestamp (sums to 1)."""
+    per_timestamp = spectrum.groupby("timestamp").grad_norm.sum()
+    return per_timestamp / per_timestamp.sum()
+
+
+def measured_spectra(
+    models: Mapping[str, nn.Module], images: torch.Tensor, labels: torch.Tensor
+) -> pd.DataFrame:
+    """Long table (model, timestamp, share) of `path_length_shares` for each named model."""
+    frames = []
+    for name, model in models.items():
+        shares = path_length_shares(measured_gradient_spectrum(model, images, labels))
+        frames.append(pd.DataFrame({"model": name, "timestamp": shares.index, "share": shares.to_numpy()}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def spectrum_figure(
+    spectra: Mapping[str, pd.DataFrame], out_dir: str | Path | None = None, name: str = "measured_spectra"
+) -> Any:
+    """Gradient share by path length per architecture; `spectra` maps a panel title (e.g.
+    "trained", "at initialisation") to a `measured_spectra` table."""
+    fig, axes = _panels(len(spectra), 0)
+    for ax, (title, table) in zip(axes, spectra.items()):
+        for model, rows in table.groupby("model", sort=False):
+            ax.plot(rows.timestamp, rows.share, marker=".", label=model)
+        ax.set_xlabel("path length (weighted layers)")
+        ax.set_ylabel("share of gradient norm")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[-1].legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, out_dir, name)

@@ -1,0 +1,1 @@
+"""Figures drawn by code: architectures (Figs. 2-6) and training curves."""

@@ -1,0 +1,75 @@
+"""`gradpath analyze` on a registry model and on a user's own factory."""
+
+from __future__ import annotations
+
+import io
+import json
+from contextlib import redirect_stdout
+
+from gradpath_lib.cli import main
+from gradpath_lib.commands.analyze import compact_timestamps
+
+USER_MODULE = '''
+import torch
+from torch import nn
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3, padding=1)
+        self.b = nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        x = self.a(x)
+        x = x + self.b(x)
+        return self.fc(x.mean((2, 3)))
+
+def build():
+    return Net()
+'''
+
+
+def run_cli(*argv: str) -> tuple[int, str]:
+    out = io.StringIO()
+    with redirect_stdout(out):
+        status = main(list(argv))
+    return status, out.getvalue()
+
+
+def test_user_factory_json(tmp_path, monkeypatch):
+    (tmp_path / "my_user_net.py").write_text(USER_MODULE)
+    monkeypatch.chdir(tmp_path)
+    status, out = run_cli("analyze", "my_user_net:build", "--input", "3x8x8", "--format", "json")
+    assert status == 0
+    payload = json.loads(out)
+    layers = {row["layer"]: row for row in payload["layers"]}
+    assert layers["a"]["timestamps"] == [2, 3] and layers["b"]["timestamps"] == [2]
+    assert payload["network"]["longest_path"] == 3 and payload["network"]["n_weighted_layers"] == 3
+
+
+def test_registry_model_csv_and_table():
+    status, out = run_cli("analyze", "plain", "--scale", "smoke", "--format", "csv")
+    assert status == 0
+    lines = out.strip().splitlines()
+    assert lines[0].startswith("layer,module,position")
+    status, table = run_cli("analyze", "plain", "--scale", "smoke")
+    assert status == 0 and "longest_shortest_path" in table
+    # a plain net: the network's longest shortest path is its longest path, the number of layers
+    depth = len(lines) - 1
+    assert f"longest_shortest_path: {depth}" in table and f"longest_path: {depth}" in table
+
+
+def test_bad_inputs_exit_2_with_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["analyze", "no-such-model"]) == 2
+    assert "valid choices" in capsys.readouterr().err
+    assert main(["analyze", "plain", "--input", "3x"]) == 2
+    assert "3x32x32" in capsys.readouterr().err
+    assert main(["analyze", "no_such_module_xyz:build"]) == 2
+    assert "cannot import" in capsys.readouterr().err
+
+
+def test_compact_timestamps():
+    assert compact_timestamps((2, 3, 4, 7, 9, 10)) == "2-4 7 9-10"
+    assert compact_timestamps(()) == ""

@@ -1,0 +1,210 @@
+"""The detection trainer: config, augmentation, assignment and loss, learning, resume, divergence."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+import gradpath_lib.train.detect as detect
+from gradpath_lib.data.cifar_det import load_cifar_det
+from gradpath_lib.data.detection import DetectionDataset
+from gradpath_lib.errors import GradpathError
+from gradpath_lib.models import create_model
+from gradpath_lib.runs import ensure_run
+from gradpath_lib.train.batches import epoch_generator
+from gradpath_lib.train.boxes import anchor_points
+from gradpath_lib.train.classify import strip_timing
+from gradpath_lib.train.det_data import DeviceDetections, make_targets, warp
+from gradpath_lib.train.det_loss import assign_tal, detection_loss
+from gradpath_lib.train.detect import RECIPES, detect_config, fit_detector
+
+CPU = torch.device("cpu")
+OVERFIT_CANVASES = 8
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The test machine's two cores are shared: one thread is faster and steadier."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def smoke_train() -> DetectionDataset:
+    return load_cifar_det("smoke", "train")
+
+
+def first_canvases(dataset: DetectionDataset, count: int, annotation_file: Path) -> DetectionDataset:
+    """The first `count` canvases of `dataset`, with a COCO file holding only their annotations."""
+    coco = json.loads(Path(dataset.annotation_file).read_text())
+    keep = set(dataset.image_ids[:count])
+    coco["images"] = [image for image in coco["images"] if image["id"] in keep]
+    coco["annotations"] = [ann for ann in coco["annotations"] if ann["image_id"] in keep]
+    annotation_file.write_text(json.dumps(coco))
+    return replace(dataset, images=dataset.images[:count], targets=dataset.targets[:count],
+                   image_ids=dataset.image_ids[:count], annotation_file=annotation_file)
+
+
+def test_detect_config_is_complete_and_checked():
+    config = detect_config("yolor-csp", "smoke", 3, epochs=1)
+    assert config["task"] == "detect" and config["seed"] == 3 and config["data"] == "cifar-det"
+    assert config["recipe"]["epochs"] == 1
+    assert set(config["recipe"]) == set(detect.DetectRecipe.__dataclass_fields__)
+    with pytest.raises(GradpathError, match="unknown detection recipe field"):
+        detect_config("yolor-csp", "smoke", epochz=1)
+    with pytest.raises(GradpathError, match="not a detector"):
+        detect_config("resnet", "smoke")
+    with pytest.raises(GradpathError, match="schedule"):
+        detect_config("yolor-csp", "smoke", schedule="step")
+
+
+def test_paper_scale_training_says_it_is_documentation_only(tmp_path):
+    with pytest.raises(GradpathError, match="COCO"):
+        ensure_run(detect_config("yolor-v3", "paper"), results_dir=tmp_path, device="cpu", progress=False)
+
+
+def test_targets_from_instance_maps_match_the_dataset(smoke_train):
+    data = DeviceDetections.from_dataset(smoke_train, CPU)
+    targets = make_targets(data.instances[:4], data.labels[:4], proto_stride=4)
+    for index in range(4):
+        truth = smoke_train.targets[index]
+        count = len(truth["labels"])
+        assert torch.equal(targets.boxes[index, :count], torch.from_numpy(truth["boxes"]))
+        assert torch.equal(targets.labels[index, :count], torch.from_numpy(truth["labels"]))
+        assert targets.valid[index, :count].all() and not targets.valid[index, count:].any()
+        # prototype-resolution masks keep each instance's area
+        areas = torch.from_numpy(truth["masks"].reshape(count, -1).sum(1)).float()
+        assert torch.allclose(targets.masks[index, :count].sum((1, 2)) * 16, areas)
+
+
+def test_flip_and_zoom_move_pixels_masks_and_boxes_together(smoke_train):
+    data = DeviceDetections.from_dataset(smoke_train, CPU)
+    images, instances, labels = data.images[:4], data.instances[:4], data.labels[:4]
+    width = images.shape[2]
+    same, same_ids = warp(images, instances, torch.zeros(4, dtype=torch.bool), torch.ones(4))
+    assert torch.equal(same_ids, instances)
+    assert torch.allclose(same * 255, images.permute(0, 3, 1, 2).float(), atol=1e-3)
+    flipped, flipped_ids = warp(images, instances, torch.ones(4, dtype=torch.bool), torch.ones(4))
+    assert torch.equal(flipped_ids, instances.flip(-1))
+    assert torch.allclose(flipped, same.flip(-1), atol=1e-5)
+    before, after = make_targets(instances, labels, 4), make_targets(flipped_ids, labels, 4)
+    mirrored = torch.stack([width - before.boxes[..., 2], before.boxes[..., 1], width - before.boxes[..., 0],
+                            before.boxes[..., 3]], -1) * before.valid[..., None]
+    assert torch.equal(after.boxes, mirrored)
+    _, zoomed_ids = warp(images, instances, torch.zeros(4, dtype=torch.bool), torch.full((4,), 1.25))
+    zoomed = make_targets(zoomed_ids, labels, 4)
+    both = zoomed.valid & before.valid
+    # zooming in by 1.25 about the centre grows every whole box by about 1.25 (clipped ones less)
+    grown = (zoomed.boxes[both][:, 2:] - zoomed.boxes[both][:, :2]) / (before.boxes[both][:, 2:] - before.boxes[both][:, :2])
+    assert grown.max() <= 1.25 + 0.2 and grown.median() > 1.1
+
+
+def test_task_aligned_assignment_picks_points_inside_their_box():
+    points, _ = anchor_points(64, 64, (8, 16, 32))
+    gt_boxes = torch.tensor([[[4.0, 4.0, 28.0, 28.0], [30.0, 30.0, 62.0, 62.0], [0.0, 0.0, 0.0, 0.0]]])
+    gt_labels = torch.tensor([[1, 2, -1]])
+    gt_valid = torch.tensor([[True, True, False]])
+    scores = torch.full((1, len(points), 3), 0.5)
+    pred = torch.cat([points - 8, points + 8], -1)[None]
+    foreground, gt_index, soft = assign_tal(scores, pred, points, gt_boxes, gt_labels, gt_valid)
+    assert foreground.any()
+    for point, gt in zip(points[foreground[0]], gt_index[0, foreground[0]]):
+        box = gt_boxes[0, gt]
+        assert box[0] < point[0] < box[2] and box[1] < point[1] < box[3]
+    assert set(gt_index[0, foreground[0]].tolist()) == {0, 1}  # both real boxes, never the padding
+    assert ((soft > 0) == foreground).all() and soft.max() <= 1
+
+
+def test_loss_decreases_on_one_batch(smoke_train):
+    torch.manual_seed(0)
+    model = create_model("yolor-csp", "smoke")
+    data = DeviceDetections.from_dataset(smoke_train, CPU)
+    images, targets = next(data.train_batches(4, epoch_generator(0, 0), True, 0.25, model.proto_stride))
+    points, strides = anchor_points(64, 64, model.strides)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    history = []
+    for _ in range(20):
+        loss, parts = detection_loss(model(images), targets, points, strides, model.proto_stride)
+        assert torch.isfinite(parts).all()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        history.append((loss.item(), *parts.tolist()))
+    (first, box0, cls0, mask0), (last, box1, cls1, mask1) = history[0], history[-1]
+    assert last < 0.6 * first
+    assert box1 < 0.5 * box0 and cls1 < cls0 and mask1 < mask0
+
+
+def test_smoke_detector_overfits_a_handful_of_canvases(smoke_train, tmp_path):
+    few = first_canvases(smoke_train, OVERFIT_CANVASES, tmp_path / "few.json")
+    recipe = replace(RECIPES["smoke"], epochs=70, batch_size=OVERFIT_CANVASES, lr=1e-2, flip=False,
+                     scale_jitter=0.0, warmup_fraction=0.05, ema_tau=20.0, eval_every=1000)
+    torch.manual_seed(0)
+    result = fit_detector(create_model("yolor-v3", "smoke"), few, few, recipe, CPU, seed=0)
+    assert result.status == "ok"
+    assert result.metrics["bbox_AP50"] > 0.5
+    assert result.metrics["segm_AP50"] > 0.2
+    losses = [epoch["train_box_loss"] for epoch in result.metrics["history"]]
+    assert losses[-1] < 0.5 * losses[0]
+
+
+class Killed(BaseException):
+    """Stands for a SIGKILL right after a checkpoint: nothing after it runs, nothing is recorded."""
+
+
+def test_resume_after_kill_equals_an_uninterrupted_run(tmp_path, monkeypatch):
+    config = detect_config("yolor-csp", "smoke", 1, epochs=2, batch_size=32, eval_every=2)
+    whole = ensure_run(config, results_dir=tmp_path / "whole", device="cpu", progress=False)
+    assert whole["status"] == "ok" and whole["metrics"]["epochs_done"] == 2
+    for key in ("bbox_AP", "bbox_AP50", "segm_AP", "segm_AP75"):
+        assert whole["metrics"][key] is not None
+    save = detect.save_checkpoint
+
+    def save_then_die(path, state):
+        save(path, state)
+        raise Killed
+
+    monkeypatch.setattr(detect, "save_checkpoint", save_then_die)
+    with pytest.raises(Killed):
+        ensure_run(config, results_dir=tmp_path / "killed", device="cpu", progress=False)
+    assert not list((tmp_path / "killed").glob("*/runs/*.json"))
+    monkeypatch.setattr(detect, "save_checkpoint", save)
+    resumed = ensure_run(config, results_dir=tmp_path / "killed", device="cpu", progress=False)
+    assert strip_timing(resumed["metrics"]) == strip_timing(whole["metrics"])
+    assert resumed["params"] == whole["params"] and resumed["flops"] == whole["flops"]
+
+
+def test_divergence_is_recorded(tmp_path):
+    config = detect_config("yolor-v3", "smoke", 0, epochs=2, lr=1e30, grad_clip=1e30)
+    record = ensure_run(config, results_dir=tmp_path, device="cpu", progress=False)
+    assert record["status"] == "diverged"
+    assert record["diverged_at_epoch"] == 0 and 1 <= record["diverged_at_step"] <= 4
+    assert record["metrics"]["epochs_done"] == 0
+
+
+def test_ema_follows_the_ramped_decay():
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 1), torch.nn.BatchNorm2d(2))
+    ema = detect.ModelEMA(model, decay=0.9, tau=1.0)
+    start = model[0].weight.detach().clone()
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    model[1].num_batches_tracked += 5
+    ema.update(model)
+    decay = 0.9 * (1 - torch.exp(torch.tensor(-1.0)))
+    assert torch.allclose(ema.module[0].weight, decay * start + (1 - decay) * model[0].weight)
+    assert ema.module[1].num_batches_tracked.item() == 5 and ema.updates == 1
+
+
+def test_plot_predictions_draws_every_canvas(smoke_train):
+    from gradpath_lib.train.det_plots import plot_predictions
+
+    torch.manual_seed(0)
+    figure = plot_predictions(create_model("yolor-v3", "smoke"), smoke_train, n=4, columns=2)
+    drawn = [ax for ax in figure.axes if ax.images]
+    assert len(drawn) == 4 and drawn[0].images[0].get_array().shape == (64, 64, 3)

@@ -1,0 +1,178 @@
+"""YOLOR-mini detectors: structure, cost, tracing, box geometry and NMS."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.fx
+
+from gradpath_lib.errors import GradpathError
+from gradpath_lib.models import create_model, get_entry, model_names
+from gradpath_lib.models.blocks import CSPStage, ELANBlock, ResidualBlock
+from gradpath_lib.models.detector import parse_elan_stacks
+from gradpath_lib.models.yolor import VARIANTS, detector_cost
+from gradpath_lib.train.boxes import anchor_points, box_iou, decode_ltrb, mask_extents, pairwise_iou
+from gradpath_lib.train.det_predict import batched_nms, nms
+
+SMOKE_SIDE = 64
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The test machine's two cores are shared: one thread is faster and steadier."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_every_variant_is_registered_as_detector():
+    assert set(VARIANTS) <= set(model_names(task="detect"))
+    assert all(get_entry(name).family == "yolor" for name in VARIANTS)
+    assert not set(VARIANTS) & set(model_names(task="classify"))
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_variant_forward_backward_at_smoke_size(name):
+    torch.manual_seed(0)
+    model = create_model(name, "smoke")
+    out = model(torch.randn(2, 3, SMOKE_SIDE, SMOKE_SIDE))
+    points, strides = anchor_points(SMOKE_SIDE, SMOKE_SIDE, model.strides)
+    count = sum((SMOKE_SIDE // s) ** 2 for s in model.strides)
+    assert points.shape == (count, 2) and strides.shape == (count,)
+    assert out["cls"].shape == (2, count, model.num_classes)
+    assert out["box"].shape == (2, count, 4)
+    assert out["coef"].shape == (2, count, model.num_protos)
+    side = SMOKE_SIDE // model.proto_stride
+    assert out["protos"].shape == (2, model.num_protos, side, side)
+    sum(v.float().pow(2).mean() for v in out.values()).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name,block_type", [
+    ("yolor-v3", ResidualBlock), ("yolor-csp", CSPStage), ("yolor-elan", ELANBlock), ("yolov5", CSPStage),
+])
+def test_backbone_is_built_from_the_shared_blocks(name, block_type):
+    model = create_model(name, "smoke")
+    c3, c4, c5 = model.backbone(torch.randn(1, 3, SMOKE_SIDE, SMOKE_SIDE))
+    assert [t.shape[-1] for t in (c3, c4, c5)] == [SMOKE_SIDE // s for s in model.strides]
+    assert any(isinstance(m, block_type) for m in model.backbone.modules())
+    assert any(isinstance(m, block_type) for m in model.neck.modules())
+
+
+def test_variants_differ_only_in_the_intended_options():
+    prn = create_model("yolor-prn", "smoke")
+    masked = [m for m in prn.modules() if isinstance(m, ResidualBlock)]
+    assert masked and all(m.shortcut_channels == m.out_channels // 2 for m in masked)
+    fusions = {name: {m.fusion for m in create_model(name, "smoke").modules() if isinstance(m, CSPStage)}
+               for name in ("yolor-csp", "yolor-csp-first", "yolor-csp-last", "yolov5")}
+    assert fusions == {"yolor-csp": {"full"}, "yolor-csp-first": {"first"}, "yolor-csp-last": {"last"},
+                       "yolov5": {"first"}}
+    for name, sg in (("yolor-csp-sg-identity", "identity"), ("yolor-csp-sg-block", "block")):
+        blocks = [m for m in create_model(name, "smoke").modules() if isinstance(m, ResidualBlock)]
+        assert blocks and {m.sg for m in blocks} == {sg}
+
+
+def test_stop_gradient_variant_has_the_same_weights_as_yolor_csp():
+    shapes = {name: [p.shape for p in create_model(name, "smoke").parameters()]
+              for name in ("yolor-csp", "yolor-csp-sg-identity", "yolor-csp-sg-block")}
+    assert shapes["yolor-csp"] == shapes["yolor-csp-sg-identity"] == shapes["yolor-csp-sg-block"]
+
+
+def test_csp_and_elan_cost_less_than_yolor_v3_at_mini():
+    # FLOPs scale with the input area (fully convolutional), so a 64 px input ranks them as 192 px does
+    base = detector_cost("yolor-v3", "mini", SMOKE_SIDE)
+    for name in ("yolor-csp", "yolor-csp-first", "yolor-csp-last", "yolor-elan", "yolor-elan-b1n1s"):
+        cost = detector_cost(name, "mini", SMOKE_SIDE)
+        assert cost["params"] < base["params"], name
+        assert cost["flops"] < base["flops"], name
+    assert detector_cost("yolor-prn", "mini", SMOKE_SIDE) == base  # PRN's mask costs nothing
+
+
+def test_cost_scales_with_input_area():
+    small, large = detector_cost("yolor-v3", "smoke", 64), detector_cost("yolor-v3", "smoke", 128)
+    assert small["params"] == large["params"]
+    assert large["flops"] == pytest.approx(4 * small["flops"], rel=0.01)
+
+
+def test_elan_stack_settings():
+    assert parse_elan_stacks("2,1s") == (2, 1, True)
+    assert parse_elan_stacks("1, 3") == (1, 3, False)
+    for bad in ("2", "0,1", "a,b", "2,1x"):
+        with pytest.raises(GradpathError, match="ELAN stack setting"):
+            parse_elan_stacks(bad)
+    light, heavy = create_model("yolor-elan", "smoke", elan_stacks="1,1s"), create_model("yolor-elan", "smoke", elan_stacks="3,2")
+    assert sum(p.numel() for p in light.parameters()) < sum(p.numel() for p in heavy.parameters())
+
+
+def test_bad_detector_options_name_the_choices():
+    with pytest.raises(GradpathError, match="detector block"):
+        create_model("yolor-v3", "smoke", block="mystery")
+    with pytest.raises(GradpathError, match="stop gradient"):
+        create_model("yolor-v3", "smoke", sg="identity")
+
+
+def test_detector_traces_with_torch_fx():
+    model = create_model("yolor-csp", "smoke").eval()
+    traced = torch.fx.symbolic_trace(model)
+    x = torch.randn(1, 3, SMOKE_SIDE, SMOKE_SIDE)
+    expected, got = model(x), traced(x)
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+
+
+def test_box_iou_and_decode_by_hand():
+    a = torch.tensor([0.0, 0.0, 10.0, 10.0])
+    b = torch.tensor([5.0, 0.0, 15.0, 10.0])
+    assert box_iou(a, b).item() == pytest.approx(50 / 150)
+    assert pairwise_iou(a[None], torch.stack([a, b]))[0].tolist() == pytest.approx([1.0, 50 / 150])
+    raw = torch.full((1, 4), torch.log(torch.expm1(torch.tensor(2.0))).item())  # softplus(raw) = 2
+    boxes = decode_ltrb(raw, torch.tensor([[20.0, 30.0]]), torch.tensor([8.0]))
+    assert boxes[0].tolist() == pytest.approx([4.0, 14.0, 36.0, 46.0])
+
+
+def test_mask_extents_are_tight_pixel_boxes():
+    masks = torch.zeros(2, 8, 10, dtype=torch.bool)
+    masks[0, 2:5, 3:7] = True
+    assert mask_extents(masks).tolist() == [[3.0, 2.0, 7.0, 5.0], [0.0, 0.0, 0.0, 0.0]]
+
+
+def greedy_nms_reference(boxes: torch.Tensor, scores: torch.Tensor, threshold: float) -> list[int]:
+    """Textbook greedy NMS, one box at a time."""
+    keep: list[int] = []
+    for i in scores.argsort(descending=True).tolist():
+        if all(box_iou(boxes[i], boxes[j]).item() <= threshold for j in keep):
+            keep.append(i)
+    return keep
+
+
+def test_nms_on_hand_made_boxes():
+    boxes = torch.tensor([
+        [0.0, 0.0, 10.0, 10.0],  # best
+        [1.0, 0.0, 11.0, 10.0],  # overlaps the best (IoU 0.82): suppressed
+        [8.0, 0.0, 18.0, 10.0],  # overlaps only the suppressed one above (0.29 with the best): kept
+        [30.0, 30.0, 40.0, 40.0],  # alone: kept
+    ])
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.1])
+    assert nms(boxes, scores, 0.5).tolist() == [0, 2, 3]
+    assert nms(boxes, scores, 0.9).tolist() == [0, 1, 2, 3]
+
+
+def test_nms_chain_keeps_what_greedy_keeps():
+    # 0 suppresses 1; 1 would suppress 2 but is gone, so 2 stays (a one-pass method would drop it)
+    boxes = torch.tensor([[0.0, 0, 10, 10], [3.0, 0, 13, 10], [6.0, 0, 16, 10]])
+    assert nms(boxes, torch.tensor([0.9, 0.8, 0.7]), 0.4).tolist() == [0, 2]
+
+
+def test_nms_matches_reference_on_random_boxes():
+    generator = torch.Generator().manual_seed(0)
+    corners = torch.rand(60, 2, generator=generator) * 60
+    boxes = torch.cat([corners, corners + 5 + torch.rand(60, 2, generator=generator) * 30], 1)
+    scores = torch.rand(60, generator=generator)
+    assert nms(boxes, scores, 0.5).tolist() == greedy_nms_reference(boxes, scores, 0.5)
+
+
+def test_batched_nms_is_class_aware():
+    boxes = torch.tensor([[0.0, 0, 10, 10], [0.0, 0, 10, 10], [0.0, 0, 10, 10]])
+    scores = torch.tensor([0.9, 0.8, 0.7])
+    assert batched_nms(boxes, scores, torch.tensor([0, 1, 0]), 0.5).tolist() == [0, 1]
+    assert batched_nms(boxes[:0], scores[:0], torch.zeros(0, dtype=torch.long), 0.5).tolist() == []

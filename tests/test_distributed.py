@@ -1,0 +1,181 @@
+"""Data-parallel training: 2 gloo processes on CPU give the one-process record, and resume from its checkpoint."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from gradpath_lib import distributed
+from gradpath_lib.cli import build_parser, main
+from gradpath_lib.distributed import World
+from gradpath_lib.errors import GradpathError
+from gradpath_lib.models import registry
+from gradpath_lib.runs import normalize_config
+from gradpath_lib.store import checkpoint_path, load_checkpoint, record_path
+from gradpath_lib.train import classify
+from gradpath_lib.train.classify import classify_config, strip_timing
+
+REPO = Path(__file__).resolve().parent.parent
+MODEL = "tiny-bn-free-net"
+RANKS = 2
+EPOCHS = 2  # the run is resumed after its first
+# Summation order differs between one process and two ranks (all-reduce): float32 round-off only.
+TOLERANCE = 1e-5
+STOP_EPOCH_ARG = 6  # position of `stop_epoch` in classify.fit's arguments
+
+
+class BNFreeNet(nn.Module):
+    """conv-ReLU-conv-ReLU, global pool, linear: no BatchNorm, whose CPU statistics would be per rank."""
+
+    def __init__(self, width: int = 8, num_classes: int = 10):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(3, width, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(width, width, 3, stride=2, padding=1), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+def register_bn_free_net() -> None:
+    """Add the test network to the registry of this process (torchrun's ranks call it too)."""
+    if MODEL not in registry.model_names():
+        registry.register(MODEL, BNFreeNet, family="test", presets={"smoke": {}})
+
+
+RANK_SCRIPT = """
+import sys
+sys.path.insert(0, "tests")
+import test_distributed
+test_distributed.register_bn_free_net()
+from gradpath_lib.cli import main
+from gradpath_lib.distributed import process_group
+with process_group("cpu"):  # one launch trains into every results dir: each rank imports torch once
+    for results_dir in sys.argv[1:]:
+        assert main(test_distributed.train_argv(results_dir)) == 0
+"""
+
+
+def train_argv(results_dir: Path | str) -> list[str]:
+    return ["train", "--model", MODEL, "--scale", "smoke", "--epochs", str(EPOCHS), "--device", "cpu",
+            "--results-dir", str(results_dir), "--no-progress"]
+
+
+def run_two_ranks(tmp_path: Path, *results_dirs: Path) -> subprocess.CompletedProcess:
+    """`gradpath train` into each of `results_dirs` on 2 gloo ranks started by torchrun (as `--nproc 2` does)."""
+    script = tmp_path / "rank.py"
+    script.write_text(RANK_SCRIPT)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={RANKS}",
+               str(script), *map(str, results_dirs)]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+
+
+def the_record(results_dir: Path) -> dict:
+    (path,) = (results_dir / "smoke" / "runs").glob("*.json")
+    return json.loads(path.read_text())
+
+
+def assert_close(ours: object, reference: object, where: str = "metrics") -> None:
+    """Equal structure; equal values, numbers within TOLERANCE (relative)."""
+    if isinstance(reference, dict):
+        assert isinstance(ours, dict) and ours.keys() == reference.keys(), where
+        for key in reference:
+            assert_close(ours[key], reference[key], f"{where}.{key}")
+    elif isinstance(reference, list):
+        assert isinstance(ours, list) and len(ours) == len(reference), where
+        for i, (a, b) in enumerate(zip(ours, reference)):
+            assert_close(a, b, f"{where}[{i}]")
+    elif isinstance(reference, float):
+        assert math.isclose(ours, reference, rel_tol=TOLERANCE, abs_tol=TOLERANCE), (where, ours, reference)
+    else:
+        assert ours == reference, (where, ours, reference)
+
+
+@pytest.fixture
+def bn_free_net(monkeypatch):
+    registry.model_names()
+    monkeypatch.setitem(registry._REGISTRY, MODEL, registry.ModelEntry(MODEL, BNFreeNet, "test", presets={"smoke": {}}))
+
+
+def test_two_gloo_ranks_match_one_process_and_resume_its_checkpoint(tmp_path, monkeypatch, bn_free_net):
+    torch.set_num_threads(1)
+    one = tmp_path / "one"
+    assert main(train_argv(one)) == 0
+    reference = the_record(one)
+    assert reference["provenance"]["processes"] == 1
+
+    # One process is interrupted after its first epoch; two ranks will resume from its checkpoint.
+    resumed = tmp_path / "resumed"
+    real_fit = classify.fit
+
+    def interrupted_fit(*args, **kwargs):
+        args = list(args)
+        args[STOP_EPOCH_ARG] = 1
+        real_fit(*args, **kwargs)
+        raise KeyboardInterrupt  # not an Exception: no failed record, the checkpoint stays
+
+    monkeypatch.setattr(classify, "fit", interrupted_fit)
+    with pytest.raises(KeyboardInterrupt):
+        main(train_argv(resumed))
+    config = normalize_config(classify_config(MODEL, "smoke", 0, epochs=EPOCHS))
+    first_epoch = load_checkpoint(checkpoint_path(resumed, config))["history"][0]
+
+    two = tmp_path / "two"
+    result = run_two_ranks(tmp_path, two, resumed)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(result.stdout.strip().splitlines()) == 4, "only rank 0 prints the record path and summary"
+    record = the_record(two)
+    assert record["run_id"] == reference["run_id"], "same config, same run: the global batch is unchanged"
+    assert record["provenance"]["processes"] == RANKS
+    assert_close(strip_timing(record["metrics"]), strip_timing(reference["metrics"]))
+    assert not list((two / "smoke" / "checkpoints").glob("*")), "rank 0 removes the checkpoint after the record"
+
+    record = json.loads(record_path(resumed, config).read_text())
+    assert record["metrics"]["history"][0] == first_epoch, "epoch 1 came from the checkpoint, not retrained"
+    assert_close(strip_timing(record["metrics"]), strip_timing(reference["metrics"]))
+
+
+def test_shards_and_batch_split(monkeypatch):
+    batch = torch.arange(8)
+    assert torch.equal(distributed.shard(batch), batch), "one process keeps the whole batch"
+    monkeypatch.setattr(distributed, "world", lambda: World(rank=1, size=2))
+    assert distributed.shard(batch).tolist() == [4, 5, 6, 7]
+    assert distributed.local_slice(5) == slice(2, 5)
+    distributed.check_global_batch(64)
+    monkeypatch.setattr(distributed, "world", lambda: World(rank=0, size=3))
+    with pytest.raises(GradpathError, match="batch_size 64 cannot be split evenly among 3"):
+        distributed.check_global_batch(64)
+
+
+def test_nproc_relaunches_the_command_under_torchrun(monkeypatch, tmp_path):
+    launched = []
+    monkeypatch.setattr(distributed.subprocess, "run",
+                        lambda command, check: launched.append(command) or subprocess.CompletedProcess(command, 0))
+    assert main(["train", "--model", "resnet", "--nproc", "2", "--results-dir", str(tmp_path)]) == 0
+    (command,) = launched
+    assert command[:7] == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "gradpath_lib"]
+    assert build_parser().parse_args(command[7:]).model == "resnet" and "--nproc" not in command
+    assert not tmp_path.exists() or not any(tmp_path.iterdir()), "the launcher itself trains nothing"
+
+
+def test_relaunch_argv_and_rank_devices():
+    args = build_parser().parse_args(
+        ["train", "--model", "resnet", "--seed", "3", "--nproc", "2", "--no-progress", "--device", "cpu"])
+    argv = distributed.relaunch_argv(args)
+    assert argv[0] == "train" and "--nproc" not in argv and "--no-progress" in argv and "--force" not in argv
+    assert build_parser().parse_args(argv).seed == 3
+    assert distributed.rank_device("cpu", 1) == "cpu"
+    with pytest.raises(GradpathError, match="cannot be split among ranks"):
+        distributed.rank_device("cuda:3", 1)

@@ -1,0 +1,166 @@
+"""LW-DNA: channel groups and residual ties, the FLOPs-targeted shrink, exact slicing, scores, a smoke run."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from gradpath_lib.errors import GradpathError
+from gradpath_lib.lwdna import (
+    FLOPS_TOLERANCE,
+    LAYER_FLOOR,
+    find_architecture,
+    random_scores,
+    taylor_scores,
+    widened_kwargs,
+)
+from gradpath_lib.models import create_model, model_kwargs
+from gradpath_lib.models.channel_graph import counts_of, masked, slice_network, trace_channels
+from gradpath_lib.models.cost import count_flops
+from gradpath_lib.runs import ensure_run
+from gradpath_lib.train.lwdna import lwdna_config
+
+IMAGE = (1, 3, 32, 32)
+TINY = {"widths": (4, 8, 8), "stem_width": 4}  # keeps the smoke runs to seconds on a shared CPU
+
+
+def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every BatchNorm non-trivial statistics and affine parameters (so masking matters)."""
+    gen = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            n = module.num_features
+            module.running_mean.copy_(torch.randn(n, generator=gen))
+            module.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+            module.weight.data.copy_(torch.randn(n, generator=gen))
+            module.bias.data.copy_(torch.randn(n, generator=gen))
+    return model.eval()
+
+
+def wide_model(name: str, scale: str = "smoke", **overrides: object) -> nn.Module:
+    torch.manual_seed(0)
+    return create_model(name, scale, **widened_kwargs(name, scale, 2.0, **overrides))
+
+
+def test_residual_adds_tie_channel_groups():
+    graph = trace_channels(create_model("resnet", "smoke"), IMAGE)
+    out = {name: layer.output for name, layer in graph.layers.items()}
+    # stage 1 keeps the stem's width: the identity ties the stem and the block's last conv
+    assert out["stem.0.conv"] == out["stages.0.0.body.1.conv"]
+    # later stages: the projection shortcut and the block's last conv are added
+    assert out["stages.1.0.proj.conv"] == out["stages.1.0.body.1.conv"]
+    # a conv inside a residual branch is its own group, and the logits are never shrunk
+    assert out["stages.1.0.body.0.conv"] not in (out["stem.0.conv"], out["stages.1.0.body.1.conv"])
+    assert graph.fixed[out["head.2"]] and not graph.fixed[out["stem.0.conv"]]
+
+
+def test_masks_are_consistent_across_residual_ties():
+    model = randomize_norms(wide_model("resnet"))
+    graph = trace_channels(model, IMAGE)
+    gen = torch.Generator().manual_seed(1)
+    shrink = find_architecture(graph, random_scores(graph, gen), int(0.6 * graph.flops(graph.sizes)))
+    stream = graph.layers["stem.0.conv"].output
+    dropped = ~shrink.keep[stream]
+    assert dropped.any()
+    seen = {}
+    hooks = [model.get_submodule(name).register_forward_hook(lambda m, i, o, name=name: seen.__setitem__(name, o))
+             for name in ("stem", "stages.0.0")]
+    with masked(model, graph, shrink.keep):
+        model(torch.randn(2, *IMAGE[1:]))
+    for hook in hooks:
+        hook.remove()
+    # the same channels are zero in the stem output and after the residual add of the first block
+    for name in ("stem", "stages.0.0"):
+        assert torch.all(seen[name][:, dropped] == 0)
+        assert torch.any(seen[name][:, ~dropped] != 0)
+
+
+@pytest.mark.parametrize("name", ["resnet", "elan"])
+def test_sliced_network_equals_masked_wide_network(name: str):
+    model = randomize_norms(wide_model(name))
+    graph = trace_channels(model, IMAGE)
+    gen = torch.Generator().manual_seed(2)
+    shrink = find_architecture(graph, random_scores(graph, gen), int(0.5 * graph.flops(graph.sizes)))
+    narrow = slice_network(model, graph, shrink.keep).eval()
+    x = torch.randn(4, *IMAGE[1:])
+    with torch.no_grad(), masked(model, graph, shrink.keep):
+        expected = model(x)
+    torch.testing.assert_close(narrow(x), expected, rtol=1e-4, atol=1e-5)
+    assert count_flops(narrow, IMAGE[1:]) == shrink.flops == graph.flops(counts_of(shrink.keep))
+    assert sum(p.numel() for p in narrow.parameters()) < sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("ratio", [0.45, 0.6, 0.8])
+def test_shrink_hits_flops_target_within_tolerance(ratio: float):
+    # wide enough that one channel costs well under the tolerance (as at the mini scale)
+    graph = trace_channels(wide_model("resnet", widths=(32, 64, 128), stem_width=32), IMAGE)
+    gen = torch.Generator().manual_seed(3)
+    target = int(ratio * graph.flops(graph.sizes))
+    shrink = find_architecture(graph, random_scores(graph, gen), target)
+    assert shrink.flops <= target
+    assert abs(shrink.flops_error) <= FLOPS_TOLERANCE
+    for g in graph.prunable():
+        assert shrink.counts[g] >= math.ceil(LAYER_FLOOR * graph.sizes[g])
+    assert len({shrink.counts[g] for g in graph.prunable()}) > 1  # layer-wise differentiated
+
+
+def test_threshold_is_global_and_unreachable_target_is_an_error():
+    graph = trace_channels(wide_model("resnet"), IMAGE)
+    scores = random_scores(graph, torch.Generator().manual_seed(4))
+    shrink = find_architecture(graph, scores, int(0.6 * graph.flops(graph.sizes)), floor=0.1)
+    for g in graph.prunable():  # above the floor, a group keeps exactly its channels at/above the threshold
+        if shrink.counts[g] > math.ceil(0.1 * graph.sizes[g]):
+            assert torch.equal(shrink.keep[g], scores[g] > shrink.threshold)
+    with pytest.raises(GradpathError, match="unreachable"):
+        find_architecture(graph, scores, 1000)
+
+
+def test_taylor_score_ranks_a_silenced_channel_lowest_and_leaves_the_model_unchanged():
+    model = randomize_norms(wide_model("resnet"))
+    graph = trace_channels(model, IMAGE)
+    bn = model.get_submodule("stages.1.0.body.0.bn")
+    with torch.no_grad():
+        bn.weight[3], bn.bias[3] = 0.0, 0.0  # channel 3 of that conv's output is always zero
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    gen = torch.Generator().manual_seed(5)
+    batches = [(torch.randn(8, *IMAGE[1:], generator=gen), torch.randint(0, 10, (8,), generator=gen))
+               for _ in range(2)]
+    scores = taylor_scores(model.train(), graph, batches)
+    group = graph.layers["stages.1.0.body.0.conv"].output
+    assert scores[group][3] == 0 and bool((scores[group][torch.arange(len(scores[group])) != 3] > 0).all())
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert model.training and all(p.grad is None for p in model.parameters())
+
+
+def test_channel_slicing_models_are_refused():
+    with pytest.raises(GradpathError, match="channel slicing"):
+        trace_channels(create_model("csp-resnet", "smoke"), IMAGE)
+
+
+def test_widened_kwargs_and_settings_are_checked():
+    wide = widened_kwargs("resnet", "smoke", 2.0, **TINY)
+    assert (wide["widths"], wide["stem_width"]) == ((8, 16, 16), 8)
+    assert {k: v for k, v in wide.items() if k not in TINY} == model_kwargs("resnet", "smoke")
+    with pytest.raises(GradpathError, match="cannot be widened"):
+        widened_kwargs("resnet-dsfb", "smoke", 2.0)
+    with pytest.raises(GradpathError, match="search_epochs"):
+        lwdna_config("resnet", "smoke", search_epochs=3, epochs=3)
+    with pytest.raises(GradpathError, match="LW-DNA score"):
+        lwdna_config("resnet", "smoke", score="magnitude")
+
+
+@pytest.mark.parametrize("score", ["taylor", "random"])
+def test_lwdna_smoke_run_meets_the_baseline_flops(tmp_path, score: str):
+    config = lwdna_config("resnet", "smoke", 0, score=score, model_kwargs=TINY, score_batches=1, epochs=2)
+    record = ensure_run(config, results_dir=tmp_path, device="cpu", progress=False)
+    summary = record["metrics"]["lwdna"]
+    assert record["status"] == "ok" and record["metrics"]["epochs_done"] == 2
+    assert record["flops"] <= summary["target_flops"] == summary["baseline_flops"]
+    assert record["flops"] < summary["wide_flops"]
+    assert len(summary["layers"]) == len(summary["widths"]) == len(summary["baseline_widths"])
+    assert all(w2 == 2 * w for w, w2 in zip(summary["baseline_widths"], summary["wide_widths"]))
+    assert all(math.ceil(LAYER_FLOOR * wide) <= w <= wide for w, wide in zip(summary["widths"], summary["wide_widths"]))
+    assert 0.0 <= record["metrics"]["test_acc"] <= 1.0

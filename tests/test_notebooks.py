@@ -1,0 +1,155 @@
+"""Every chapter notebook, executed by papermill at the smoke scale: its tables and figures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pytest
+
+from gradpath_lib.errors import GradpathError
+from gradpath_lib.experiments import chapters
+from gradpath_lib.experiments.classification import TABLE2_MODELS, TABLE3_MODELS, TABLE4_MODELS
+from gradpath_lib.notebook import check_seeds, setup
+from gradpath_lib.paper import claims
+from gradpath_lib.runner import NOTEBOOKS_DIR, executed_notebook, select_chapters
+from gradpath_lib.verdicts import VERDICTS
+
+STANDARD_PARAMETERS = ("scale", "seeds", "device", "allow_train", "jobs", "results_dir")
+VERDICT_COLUMNS = ["claim", "kind", "paper", "ours", "verdict", "why", "n"]
+# chapter -> {table csv: (expected first column values, columns that must be present)}
+EXPECTED_TABLES = {
+    "table2": {"table2": (list(TABLE2_MODELS), ["model", "status", "params", "mflops", "top1",
+                                                "paper model", "paper params (M)", "paper BFLOPs",
+                                                "paper top-1 (%)"])},
+    "table3_classification": {"table3_classification": (list(TABLE3_MODELS), [
+        "model", "status", "params", "top1", "train_loss", "longest shortest path", "longest path"])},
+    "table4": {"table4": (list(TABLE4_MODELS), ["model", "status", "first diverged step", "params", "mflops",
+                                                "top1", "train_loss", "longest shortest path"])},
+    "reproducing": {"reproducing": (None, ["chapter", "runs needed", "recorded", "training time (min)",
+                                           "devices"])},
+}
+EXPECTED_VERDICTS = {"table2": "table2", "table3_classification": "table3", "table4": "table4"}
+EXPECTED_FIGURES = {"architecture": [f"fig{n}" for n in range(2, 7)], "table4": ["table4_training_loss"]}
+
+
+def source_notebooks() -> list[Path]:
+    return sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("path", source_notebooks(), ids=lambda p: p.stem)
+def test_stored_notebooks_carry_no_outputs(path: Path) -> None:
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None, f"{path.name}: strip the outputs"
+
+
+@pytest.mark.parametrize("path", source_notebooks(), ids=lambda p: p.stem)
+def test_notebook_has_standard_parameters_and_a_registered_chapter(path: Path) -> None:
+    nb = nbformat.read(path, as_version=4)
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, f"{path.name}: exactly one cell tagged 'parameters'"
+    names = [line.split("=")[0].strip() for line in tagged[0].source.splitlines() if "=" in line]
+    assert set(STANDARD_PARAMETERS) <= set(names)
+    assert path.stem in {c.name for c in chapters()}, f"{path.name} has no registered chapter"
+    assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# ")
+
+
+def test_every_chapter_notebook_executes(smoke_results) -> None:
+    results, reports = smoke_results
+    assert [r.name for r in reports] == [c.name for c in select_chapters()]
+    failed = {r.name: r.error for r in reports if r.status != "executed"}
+    assert not failed, failed
+    for report in reports:
+        page = nbformat.read(executed_notebook(results, "smoke", report.name), as_version=4)
+        errors = [o for c in page.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+        assert not errors
+        injected = [c for c in page.cells if "injected-parameters" in c.metadata.get("tags", [])]
+        assert injected and "allow_train = False" in injected[0].source
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_TABLES))
+def test_chapter_tables(smoke_results, name: str) -> None:
+    results, _ = smoke_results
+    for table, (first_column, columns) in EXPECTED_TABLES[name].items():
+        frame = pd.read_csv(results / "smoke" / "tables" / f"{table}.csv")
+        assert set(columns) <= set(frame.columns), f"{table}: {list(frame.columns)}"
+        if first_column is not None:
+            assert frame.iloc[:, 0].tolist() == first_column
+            # at the smoke scale every run is trained, so every row has numbers
+            assert (frame["status"] == "1 ok").all() or frame["status"].str.contains("diverged").any()
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_VERDICTS))
+def test_chapter_verdicts_judge_every_claim(smoke_results, name: str) -> None:
+    results, _ = smoke_results
+    frame = pd.read_csv(results / "smoke" / "tables" / f"{name}_verdicts.csv")
+    assert list(frame.columns) == VERDICT_COLUMNS
+    assert frame["claim"].tolist() == [c.text for c in claims(EXPECTED_VERDICTS[name])]
+    assert set(frame["verdict"]) <= set(VERDICTS)
+    # one smoke seed: accuracy claims cannot be decided, exact cost claims can
+    accuracy = frame[frame["paper"].str.contains("top-1") | frame["kind"].str.startswith("stated")]
+    assert (frame.loc[frame["claim"].str.contains("accurate"), "verdict"] == "inconclusive").all()
+    assert len(accuracy) > 0
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_FIGURES))
+def test_chapter_figures(smoke_results, name: str) -> None:
+    results, _ = smoke_results
+    for figure in EXPECTED_FIGURES[name]:
+        path = results / "smoke" / "figures" / f"{figure}.png"
+        assert path.exists() and path.stat().st_size > 10_000, path
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_banner_says_smoke_and_where(smoke_results) -> None:
+    results, _ = smoke_results
+    page = json.loads(executed_notebook(results, "smoke", "table2").read_text())
+    text = json.dumps(page)
+    assert "SMOKE NUMBERS" in text and "Numbers from:" in text and "cpu" in text
+
+
+def test_notebook_without_records_shows_what_is_missing(tmp_path: Path, capsys) -> None:
+    ctx = setup("table2", scale="smoke", results_dir=tmp_path)
+    runs = ctx.collect()
+    assert all(record is None for _, record in runs) and len(runs) == len(TABLE2_MODELS)
+    out = capsys.readouterr().out
+    assert "8 missing" in out and "`csp-resnet` seed 0: missing" in out
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"scale": "huge"}, "valid choices: smoke, mini, paper"),
+    ({"seeds": [0, 0]}, "parameter seeds"),
+    ({"seeds": "0"}, "parameter seeds"),
+    ({"jobs": 0}, "parameter jobs"),
+    ({"allow_train": "yes"}, "parameter allow_train"),
+    ({"device": "tpu"}, "valid choices: auto, cpu, cuda"),
+    ({"choices": {"metric": ("top5", ["top1"])}}, "valid choices: top1"),
+])
+def test_bad_parameter_fails_at_once_listing_valid_values(kwargs, message) -> None:
+    with pytest.raises(GradpathError, match=message.replace("(", r"\(")):
+        setup("table2", **kwargs)
+
+
+def test_unknown_chapter_lists_the_chapters() -> None:
+    with pytest.raises(GradpathError, match="table2"):
+        setup("table99")
+
+
+def test_seeds_default_to_the_scale() -> None:
+    assert check_seeds(None, "mini") == [0, 1, 2]
+    assert check_seeds(3, "smoke") == [3]
+
+
+def test_bad_parameter_fails_the_executed_notebook_with_a_clear_message(tmp_path: Path) -> None:
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    with pytest.raises(PapermillExecutionError) as err:
+        papermill.execute_notebook(str(NOTEBOOKS_DIR / "table2.ipynb"), str(tmp_path / "out.ipynb"),
+                                   parameters={"scale": "huge", "results_dir": str(tmp_path)},
+                                   kernel_name="python3", progress_bar=False)
+    assert err.value.ename == "GradpathError" and "valid choices: smoke, mini, paper" in err.value.evalue

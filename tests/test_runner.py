@@ -1,0 +1,98 @@
+"""`gradpath reproduce`: runs before notebooks, resuming after a kill, failures, bad input."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from gradpath_lib.cli import main
+from gradpath_lib.runner import (DONE, FAILED_NB, UP_TO_DATE, executed_notebook, reproduce, succeeded,
+                                 summary_frame)
+from gradpath_lib.store import REPO_ROOT
+
+KILL_TIMEOUT_S = 300  # the killed reproduction must reach its first notebook within this
+
+
+def test_smoke_reproduction_succeeds_and_counts_runs(smoke_results) -> None:
+    _, reports = smoke_results
+    assert succeeded(reports)
+    table2 = next(r for r in reports if r.name == "table2")
+    assert table2.runs["trained"] + table2.runs["cached"] == 8 and table2.runs["missing"] == 0
+    summary = summary_frame(reports)
+    assert list(summary.columns[:6]) == ["chapter", "status", "trained", "cached", "missing", "failed"]
+
+
+def test_rerun_redoes_nothing(smoke_results) -> None:
+    results, _ = smoke_results
+    reports = reproduce("smoke", only=["table2", "table4"], device="cpu", results_dir=results, progress=False)
+    assert [(r.name, r.status, r.runs["trained"]) for r in reports] == [
+        ("table2", UP_TO_DATE, 0), ("table4", UP_TO_DATE, 0)]
+
+
+def test_resumes_after_being_killed(smoke_results, tmp_path: Path) -> None:
+    """Kill a reproduction once its first notebook is written; the rerun redoes only the rest."""
+    results, _ = smoke_results
+    shutil.copytree(results / "smoke" / "runs", tmp_path / "smoke" / "runs")
+    vovnet = next((tmp_path / "smoke" / "runs").glob("vovnet-s0-*.json"))
+    vovnet.unlink()  # one run to train before the notebooks
+    command = [sys.executable, "-m", "gradpath_lib", "reproduce", "--scale", "smoke", "--only", "table2", "table4",
+               "--device", "cpu", "--results-dir", str(tmp_path)]
+    process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    first_page = executed_notebook(tmp_path, "smoke", "table2")
+    deadline = time.monotonic() + KILL_TIMEOUT_S
+    while not first_page.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)  # the whole group: the CLI and its papermill kernel
+    process.wait()
+    assert first_page.exists() and vovnet.exists(), "the killed run should have trained and rendered table2"
+    assert not executed_notebook(tmp_path, "smoke", "table4").exists()
+    trained_at = vovnet.stat().st_mtime
+
+    reports = reproduce("smoke", only=["table2", "table4"], device="cpu", results_dir=tmp_path, progress=False)
+    assert [(r.name, r.status) for r in reports] == [("table2", UP_TO_DATE), ("table4", DONE)]
+    assert all(r.runs["trained"] == 0 for r in reports) and vovnet.stat().st_mtime == trained_at
+
+
+def test_failing_notebook_names_its_cell_and_others_go_on(smoke_results, tmp_path: Path) -> None:
+    results, _ = smoke_results
+    shutil.copytree(results / "smoke" / "runs", tmp_path / "smoke" / "runs")
+    broken = REPO_ROOT / "notebooks" / "table2.ipynb"
+    original = broken.read_text()
+    try:
+        broken.write_text(original.replace('ctx = setup(\\"table2\\"', 'ctx = setup(\\"table2x\\"'))
+        reports = reproduce("smoke", only=["table2", "table4"], device="cpu", results_dir=tmp_path, progress=False)
+    finally:
+        broken.write_text(original)
+    by_name = {r.name: r for r in reports}
+    assert by_name["table2"].status == FAILED_NB and "cell" in by_name["table2"].error
+    assert "unknown chapter 'table2x'" in by_name["table2"].error
+    assert by_name["table4"].status == DONE and not succeeded(reports)
+    assert (tmp_path / "smoke" / "notebooks" / "table2.failed.ipynb").exists()
+
+
+def test_runs_only_trains_without_jupyter(tmp_path: Path) -> None:
+    code = ("import sys; sys.modules['papermill'] = None; sys.modules['nbclient'] = None; "
+            "from gradpath_lib.cli import main; "
+            f"sys.exit(main(['reproduce', '--scale', 'smoke', '--only', 'architecture', '--runs-only', "
+            f"'--results-dir', {str(tmp_path)!r}]))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "runs only" in done.stdout and not (tmp_path / "smoke" / "notebooks").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--scale", "huge"], "unknown scale 'huge'; valid choices: smoke, mini, paper"),
+    (["--scale", "smoke", "--only", "table99"], "unknown chapter 'table99'; valid choices: architecture"),
+    (["--scale", "smoke", "--jobs", "0"], "--jobs must be >= 1"),
+])
+def test_bad_input_is_one_clear_error(argv, message, capsys) -> None:
+    assert main(["reproduce", *argv]) == 2
+    assert message in capsys.readouterr().err
