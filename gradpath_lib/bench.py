@@ -150,6 +150,24 @@ def measure_loop(run_pass: Callable[[int], Any], device: torch.device, repeats: 
     return seconds, peak
 
 
+def bench_recipe(scale: str, batch_size: int | None = None, compile: bool = False) -> Recipe:
+    """The scale's training recipe with the bench's batch size and compile setting."""
+    overrides = {"compile": compile} | ({"batch_size": batch_size} if batch_size else {})
+    return Recipe(**recipe_for(scale, **overrides))
+
+
+def gradpath_pass(model: str, scale: str, recipe: Recipe, data: DeviceImages, steps: int,
+                  seed: int) -> Callable[[int], Any]:
+    """A fresh `model` and optimizer on `data`'s device, and `run_pass(r)`: one of our trainer's
+    epochs of `steps` batches with the epoch generator of (seed, r)."""
+    device = data.images.device
+    torch.manual_seed(seed)
+    net = prepare_model(create_model(model, scale), device)
+    forward = torch.compile(net) if recipe.compile else net
+    optimizer = make_optimizer(net, recipe, device)
+    return lambda r: train_epoch(net, forward, optimizer, data, recipe, epoch_generator(seed, r), 0, steps)
+
+
 def bench_train(
     model: str,
     scale: str = "mini",
@@ -168,8 +186,7 @@ def bench_train(
     if get_entry(model).task != "classify":
         raise GradpathError(f"bench train times classifiers; {model!r} is a {get_entry(model).task!r} model")
     dev = resolve_device(device)
-    overrides = {"compile": compile} | ({"batch_size": batch_size} if batch_size else {})
-    recipe = Recipe(**recipe_for(scale, **overrides))
+    recipe = bench_recipe(scale, batch_size, compile)
     count = recipe.batch_size * steps
     images, labels, data_note = bench_images(scale, count, seed)
     data = DeviceImages.from_arrays(images, labels, dev)
@@ -178,15 +195,7 @@ def bench_train(
     train_flops = TRAIN_FLOPS_PER_FORWARD * forward_flops
     peak = matmul_peak(dev)
 
-    torch.manual_seed(seed)
-    ours = prepare_model(create_model(model, scale), dev)
-    forward = torch.compile(ours) if recipe.compile else ours
-    optimizer = make_optimizer(ours, recipe, dev)
-    ours_seconds, ours_memory = measure_loop(
-        lambda r: train_epoch(ours, forward, optimizer, data, recipe, epoch_generator(seed, r), 0, steps),
-        dev, repeats,
-    )
-    del ours, forward, optimizer
+    ours_seconds, ours_memory = measure_loop(gradpath_pass(model, scale, recipe, data, steps, seed), dev, repeats)
 
     torch.manual_seed(seed)
     reference = create_model(model, scale).to(dev)

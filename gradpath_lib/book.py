@@ -33,6 +33,8 @@ BOOK_DIR = REPO_ROOT / "book"
 PAGES_DIR = BOOK_DIR / "chapters"  # staged executed notebooks and generated pages (git-ignored)
 ROOT_PAGE = "book/intro"
 PROSE_BEFORE = ("book/gradient_paths",)
+# Prose pages shown as sections of a chapter's page: chapter name -> pages.
+CHAPTER_SECTIONS = {"reproducing": ("book/scale_out",)}
 API_PAGE = "api"
 TOC_HEADER = "# Generated from gradpath_lib.experiments.chapters() by gradpath_lib.book.toc_yaml; do not edit.\n"
 ANNOUNCEMENTS = {
@@ -53,9 +55,16 @@ def choose_scale(results_dir: str | Path = "results", scale: str | None = None) 
 
 
 def toc_yaml(chapter_names: Sequence[str]) -> str:
-    """The table of contents: the prose opening, the chapters in book order, then the API page."""
+    """The table of contents: the prose opening, the chapters in book order (with their prose
+    sections), then the API page."""
     files = [*PROSE_BEFORE, *(f"book/chapters/{name}" for name in chapter_names), f"book/chapters/{API_PAGE}"]
-    return TOC_HEADER + f"format: jb-book\nroot: {ROOT_PAGE}\nchapters:\n" + "".join(f"- file: {f}\n" for f in files)
+    return TOC_HEADER + f"format: jb-book\nroot: {ROOT_PAGE}\nchapters:\n" + "".join(map(_toc_entry, files))
+
+
+def _toc_entry(file: str) -> str:
+    sections = CHAPTER_SECTIONS.get(Path(file).name, ()) if file.startswith("book/chapters/") else ()
+    listed = "".join(f"  - file: {section}\n" for section in sections)
+    return f"- file: {file}\n" + (f"  sections:\n{listed}" if sections else "")
 
 
 def full_toc_yaml() -> str:

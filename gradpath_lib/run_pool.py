@@ -7,10 +7,8 @@ chapter (`gradpath reproduce --runs-only`).
 
 from __future__ import annotations
 
-import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ from typing import Any
 from tqdm import tqdm
 
 from .errors import GradpathError
+from .executors import WORKER_LOST, make_executor
 from .runs import ensure_run, normalize_config
 from .store import load_record, record_path, run_id
 
@@ -48,12 +47,15 @@ def ensure_runs(
     device: str = "auto",
     jobs: int = 1,
     progress: bool = True,
+    executor: str = "local",
+    address: str | None = None,
 ) -> list[RunOutcome]:
     """The outcome of every config, in order; duplicates are trained once.
 
     Recorded runs (ok or diverged) are reused. Without `allow_train` the others are `missing`
-    (or `failed`, with the failed record). With it they are trained, `jobs` at a time; a run that
-    raises is `failed` and the others go on.
+    (or `failed`, with the failed record). With it they are trained, `jobs` at a time on this
+    machine, or as Ray tasks with `executor="ray"` (on the cluster at `address`, see
+    `gradpath_lib.executors`); a run that raises or whose worker dies is `failed` and the others go on.
     """
     unique = {run_id(normalize_config(c)): c for c in configs}
     outcomes: dict[str, RunOutcome] = {}
@@ -68,19 +70,21 @@ def ensure_runs(
             outcomes[key] = RunOutcome(config, record, FAILED if record else MISSING,
                                        record.get("error") if record else None)
     bar = tqdm(total=len(to_train), desc="training runs", unit="run", disable=not (progress and to_train))
-    if jobs <= 1 or len(to_train) <= 1:
+    if executor == "local" and (jobs <= 1 or len(to_train) <= 1):
         for key in to_train:
             outcomes[key] = _train(unique[key], str(results_dir), device, progress)
             bar.update()
-    else:
-        context = multiprocessing.get_context("spawn")  # fork + torch threads can deadlock
-        with ProcessPoolExecutor(jobs, mp_context=context, initializer=_share_cpu, initargs=(jobs,)) as pool:
-            futures = {pool.submit(_train, unique[k], str(results_dir), device, False): k for k in to_train}
+    elif to_train:
+        pool, run_device = make_executor(executor, jobs=jobs, device=device, address=address,
+                                         initializer=share_cpu, initargs=(jobs,))
+        with pool:
+            shared_dir = str(Path(results_dir).resolve())  # workers may start in another folder
+            futures = {pool.submit(_train, unique[k], shared_dir, run_device, False): k for k in to_train}
             for future in as_completed(futures):
                 key = futures[future]
                 try:
                     outcomes[key] = future.result()
-                except BrokenProcessPool as err:  # a worker died (killed, out of memory, crashed)
+                except WORKER_LOST as err:  # a worker died (killed, out of memory, crashed)
                     outcomes[key] = RunOutcome(unique[key], None, FAILED, f"worker process died: {err}")
                 bar.update()
     bar.close()
@@ -100,7 +104,7 @@ def _train(config: dict[str, Any], results_dir: str, device: str, progress: bool
     return RunOutcome(config, record, TRAINED)
 
 
-def _share_cpu(jobs: int) -> None:
+def share_cpu(jobs: int) -> None:
     """Give each of `jobs` worker processes its share of the CPU threads."""
     import torch
 

@@ -26,7 +26,7 @@ import json
 import os
 import time
 from collections.abc import Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from typing import Any
 from tqdm import tqdm
 
 from .errors import GradpathError
+from .executors import make_executor
 from .experiments import Chapter, chapter, chapters, default_seeds
 from .run_pool import CACHED, FAILED, MISSING, TRAINED, ensure_runs
 from .runs import normalize_config
@@ -97,15 +98,19 @@ def reproduce(
     runs_only: bool = False,
     results_dir: str | Path = "results",
     progress: bool = True,
+    executor: str = "local",
+    address: str | None = None,
 ) -> list[ChapterReport]:
-    """Ensure the runs of the selected chapters, then (unless `runs_only`) execute their notebooks."""
+    """Ensure the runs of the selected chapters, then (unless `runs_only`) execute their notebooks,
+    on this machine or (`executor="ray"`) as tasks of the Ray cluster at `address`."""
     check_scale(scale)
     selected = select_chapters(only)
     seeds = default_seeds(scale)
     reports = {c.name: ChapterReport(c.name) for c in selected}
     configs = {c.name: c.runs(scale, seeds) for c in selected}
     outcomes = ensure_runs([cfg for c in selected for cfg in configs[c.name]], results_dir=results_dir,
-                           allow_train=train, device=device, jobs=jobs, progress=progress)
+                           allow_train=train, device=device, jobs=jobs, progress=progress,
+                           executor=executor, address=address)
     by_id = {_run_id(o.config): o for o in outcomes}
     for c in selected:
         sources = [by_id[_run_id(cfg)].source for cfg in configs[c.name]]
@@ -114,7 +119,7 @@ def reproduce(
         for report in reports.values():
             report.status = RUNS_ONLY
     else:
-        _execute_all(selected, scale, seeds, device, jobs, Path(results_dir), reports, progress)
+        _execute_all(selected, scale, seeds, device, jobs, Path(results_dir), reports, progress, executor, address)
     return [reports[c.name] for c in selected]
 
 
@@ -166,10 +171,9 @@ def notebook_parameters(scale: str, seeds: list[int], device: str, results_dir: 
 
 
 def _execute_all(selected: list[Chapter], scale: str, seeds: list[int], device: str, jobs: int,
-                 results_dir: Path, reports: dict[str, ChapterReport], progress: bool) -> None:
+                 results_dir: Path, reports: dict[str, ChapterReport], progress: bool,
+                 executor: str = "local", address: str | None = None) -> None:
     """Execute the notebooks in dependency order, `jobs` at a time, recording each outcome."""
-    import multiprocessing
-
     parameters = notebook_parameters(scale, seeds, device, results_dir)
     output_dir(results_dir, scale, "notebooks")
     pending = {c.name: c for c in selected}
@@ -180,7 +184,8 @@ def _execute_all(selected: list[Chapter], scale: str, seeds: list[int], device: 
         reports[name].status, reports[name].error, reports[name].seconds = status, error, seconds
         bar.update()
 
-    with ProcessPoolExecutor(max(1, jobs), mp_context=multiprocessing.get_context("spawn")) as pool:
+    pool, _ = make_executor(executor, jobs=jobs, device="cpu", address=address)  # notebooks never train
+    with pool:
         while pending or running:
             for name, chap in list(pending.items()):
                 deps = [reports[d].status if d in reports else SKIPPED for d in chap.depends_on]
@@ -192,7 +197,7 @@ def _execute_all(selected: list[Chapter], scale: str, seeds: list[int], device: 
                 elif is_done(chap, scale, seeds, results_dir, parameters):
                     finish(name, UP_TO_DATE)
                 else:
-                    running[pool.submit(execute_notebook, name, scale, parameters, str(results_dir))] = chap
+                    running[pool.submit(execute_notebook, name, scale, parameters, str(results_dir.resolve()))] = chap
             if not running:
                 if pending:
                     raise GradpathError(f"chapters {sorted(pending)} depend on each other in a cycle")

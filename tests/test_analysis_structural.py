@@ -246,12 +246,12 @@ class ConstantMask(nn.Module):
         super().__init__()
         self.stem = conv(3, C)
         self.conv = conv()
-        self.register_buffer("mask", torch.tensor([1.0, 1.0, 0.0, 0.0]).view(1, C, 1, 1))
+        self.register_buffer("mask", torch.tensor([1.0, 1.0, 0.0, 0.0]))
         self.head = Head()
 
     def forward(self, x):
         x = self.stem(x)
-        return self.head(self.conv(x) + x * self.mask)
+        return self.head(self.conv(x) + x * self.mask.view(1, C, 1, 1))
 
 
 def test_constant_channel_mask_cuts_the_masked_channels():
@@ -283,6 +283,17 @@ def test_channels_moved_by_permute_are_still_tracked():
     assert report.network["n_groups"] == 2  # conv's channels all reach the loss the same way
 
 
+class AddInPlace(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = conv(3, C), conv(3, C)
+
+    def forward(self, x):
+        y = self.a(x)
+        y.add_(self.b(x))
+        return y
+
+
 class Branching(nn.Module):
     def __init__(self):
         super().__init__()
@@ -300,6 +311,7 @@ class Branching(nn.Module):
         (nn.Sequential(conv(3, C), nn.GroupNorm(2, C)), "GroupNorm"),
         (nn.Sequential(conv(3, C), nn.Softmax(dim=1)), "Softmax"),
         (Branching(), "control flow"),
+        (AddInPlace(), "'add_'"),
     ],
 )
 def test_unsupported_constructs_raise_an_error_naming_them(model, names):

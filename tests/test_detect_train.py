@@ -20,7 +20,7 @@ from gradpath_lib.train.boxes import anchor_points
 from gradpath_lib.train.classify import strip_timing
 from gradpath_lib.train.det_data import DeviceDetections, make_targets, warp
 from gradpath_lib.train.det_loss import assign_tal, detection_loss
-from gradpath_lib.train.detect import RECIPES, detect_config, fit_detector
+from gradpath_lib.train.detect import RECIPES, detect_config, fit_detector, load_trained_detector
 
 CPU = torch.device("cpu")
 OVERFIT_CANVASES = 8
@@ -178,6 +178,10 @@ def test_resume_after_kill_equals_an_uninterrupted_run(tmp_path, monkeypatch):
     resumed = ensure_run(config, results_dir=tmp_path / "killed", device="cpu", progress=False)
     assert strip_timing(resumed["metrics"]) == strip_timing(whole["metrics"])
     assert resumed["params"] == whole["params"] and resumed["flops"] == whole["flops"]
+    trained = load_trained_detector(config, tmp_path / "whole")
+    resumed_model = load_trained_detector(config, tmp_path / "killed")
+    assert all(torch.equal(a, b) for a, b in zip(trained.state_dict().values(), resumed_model.state_dict().values()))
+    assert load_trained_detector(config, tmp_path / "nowhere") is None
 
 
 def test_divergence_is_recorded(tmp_path):

@@ -12,7 +12,7 @@ from gradpath_lib.models.cost import count_flops
 from gradpath_lib.models.registry import create_model
 from gradpath_lib.paper import claims
 from gradpath_lib.probes import fit_ridge_probe, pooled_features, probe_layers
-from gradpath_lib.runs import ensure_run
+from gradpath_lib.runs import ensure_run, normalize_config
 from gradpath_lib.store import load_record, record_path, weights_path
 from gradpath_lib.tables import verdict_frame
 from gradpath_lib.train.batches import DeviceImages
@@ -93,7 +93,7 @@ def test_probe_run_trains_its_target_keeps_weights_and_records_probes(tmp_path):
     probes = record["metrics"]["probes"]
     assert sorted(probes) == ["stage1", "stage2", "stage3", "stem"]
     assert all(0 <= p["test_acc"] <= 1 and 0 <= p["train_acc"] <= 1 for p in probes.values())
-    target = load_record(record_path(tmp_path, {**config["target"], "numerics_version": 1}))
+    target = load_record(record_path(tmp_path, normalize_config(config["target"])))
     assert target["run_id"] == record["metrics"]["target_run_id"]
     assert weights_path(tmp_path, target["config"]).exists()
     again = ensure_run({**config, "probe": {**config["probe"], "l2": 0.5}}, results_dir=tmp_path,

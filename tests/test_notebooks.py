@@ -28,11 +28,15 @@ EXPECTED_TABLES = {
         "model", "status", "params", "top1", "train_loss", "longest shortest path", "longest path"])},
     "table4": {"table4": (list(TABLE4_MODELS), ["model", "status", "first diverged step", "params", "mflops",
                                                 "top1", "train_loss", "longest shortest path"])},
+    "fig1_objective": {"fig1_objective": (None, ["layer", "probe top-1 (%), no-aux-loss",
+                                                 "probe top-1 (%), aux-loss"])},
     "reproducing": {"reproducing": (None, ["chapter", "runs needed", "recorded", "training time (min)",
                                            "devices"])},
 }
-EXPECTED_VERDICTS = {"table2": "table2", "table3_classification": "table3", "table4": "table4"}
-EXPECTED_FIGURES = {"architecture": [f"fig{n}" for n in range(2, 7)], "table4": ["table4_training_loss"]}
+EXPECTED_VERDICTS = {"table2": "table2", "table3_classification": "table3", "table4": "table4",
+                     "fig1_objective": "fig1"}
+EXPECTED_FIGURES = {"architecture": [f"fig{n}" for n in range(2, 7)], "table4": ["table4_training_loss"],
+                    "fig1_objective": ["fig1_probes"]}
 
 
 def source_notebooks() -> list[Path]:

@@ -1,9 +1,16 @@
-"""Gradient path analysis: structural (timestamps, sources, path lengths) and measured."""
+"""Gradient path analysis: structural (timestamps, sources, path lengths) and measured.
+
+Definitions are in `gradpath_lib.analysis.paths`; tracing rules in `gradpath_lib.analysis.graph`;
+the measured spectrum's method in `gradpath_lib.analysis.measured`.
+"""
 
 from .graph import LayerGraph, Position, trace_layers
+from .measured import gradients_by_timestamp, measured_gradient_spectrum
 from .paths import GradientPathReport, GroupPaths, analyze_model, gradient_paths
+from .summary import rank_correlations, structural_table
 
 __all__ = [
     "GradientPathReport", "GroupPaths", "LayerGraph", "Position", "analyze_model", "gradient_paths",
+    "gradients_by_timestamp", "measured_gradient_spectrum", "rank_correlations", "structural_table",
     "trace_layers",
 ]

@@ -11,6 +11,7 @@ A source marked not `live` is a forward dependency through `.detach()`: it carri
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from ..errors import GradpathError
@@ -67,7 +68,10 @@ def fresh(producer: int, channels: int, axis: int = 1) -> ChannelMap:
     return ChannelMap(channels, (Piece(0, channels, frozenset({Source(producer, 0)})),), axis=axis)
 
 
-def _from_boundaries(channels: int, cuts: set[int], sources_of, like: ChannelMap) -> ChannelMap:
+def _from_boundaries(
+    channels: int, cuts: set[int], sources_of: Callable[[int, int], frozenset[Source]], like: ChannelMap
+) -> ChannelMap:
+    """A map of `channels` cut at `cuts`, each piece's sources from `sources_of(start, stop)`."""
     points = sorted(c for c in cuts | {0, channels} if 0 <= c <= channels)
     pieces = tuple(Piece(a, b, sources_of(a, b)) for a, b in zip(points, points[1:]) if b > a)
     return ChannelMap(channels, pieces, like.unit, like.axis)

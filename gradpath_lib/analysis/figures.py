@@ -22,6 +22,7 @@ FIG7_MODELS = ("resnet", "prn", "densenet", "sparsenet")
 FIG8_MODELS = ("resnet", "prn", "densenet")
 FIG9_MODELS = ("resnet-deep", "resnet-sg-identity", "resnet-sg-block", "plain-deep")
 SPECTRUM_MODELS = ("resnet", "prn", "plain", "csp-resnet", "elan", "vovnet-deep", "vovnet-deep-planned")
+SPECTRUM_BATCH = 64  # test images per measured spectrum (replicated once per timestamp)
 SMALL_SCALE = "smoke"  # Figs. 7 and 8 draw every layer: the smallest registry presets stay legible
 PANEL_WIDTH, ROW_HEIGHT = 4.0, 0.22  # inches per model panel and per drawn group row
 
@@ -117,9 +118,23 @@ def stop_gradient_figure(reports: Mapping[str, GradientPathReport], out_dir: str
 
 
 def path_length_shares(spectrum: pd.DataFrame) -> pd.Series:
-    """Share of a model's summed gradient norms arriving at each timestamp (sums to 1)."""
-    per_timestamp = spectrum.groupby("timestamp").grad_norm.sum()
+    """Per timestamp: the share of a layer's gradient norm arriving through paths of that length,
+    averaged over every channel group that receives gradient (each counts once, so the large
+    gradient of the classifier does not drown the rest); sums to 1."""
+    receiving = spectrum.groupby(["layer", "group_start"]).share.transform("sum") > 0
+    per_timestamp = spectrum[receiving].groupby("timestamp").share.sum()
     return per_timestamp / per_timestamp.sum()
+
+
+def spectrum_batch(scale: str, size: int = SPECTRUM_BATCH, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """The first `size` test images of the scale's dataset, normalized as training normalizes them."""
+    from ..data import dataset_for_scale, load_classification
+    from ..train.batches import DeviceImages
+
+    train, test = (load_classification(dataset_for_scale(scale), split) for split in ("train", "test"))
+    data = DeviceImages.from_arrays(test.images[:size], test.labels[:size], torch.device(device),
+                                    stats_from=train.images)
+    return data.normalize(data.images), data.labels
 
 
 def measured_spectra(

@@ -6,11 +6,14 @@ which producer channels it carries. Weighted layers are the modules in `WEIGHTED
 (convolutions and linear layers); each call of one is a *position* (a module called at two places
 shares its weights but has two positions). BatchNorm, activations, pooling, upsampling, dropout,
 identity and flattening pass channels through. Channel slices, `torch.cat`, `split`/`chunk`
-along dim 1, elementwise `+ - * /` (including partial adds built from slices and a cat) and
-multiplication by a constant channel mask are tracked; `.detach()` cuts the gradient edge.
+along the channel axis, elementwise `+ - * /` (including partial adds built from slices and a
+cat) and multiplication by a constant channel mask (a buffer or parameter) are tracked;
+`.detach()` cuts the gradient edge; `permute`/`transpose` move the channel axis (as a detection
+head does before its output). Tensors computed from constants alone carry no gradient path.
 A grouped convolution is treated as dense (every output channel depends on every input channel),
 which over-counts its connections inside the layer but changes no timestamp of whole groups.
-Anything else that may move gradient between channels raises `GradpathError` naming it.
+Anything else that may move gradient between channels raises `GradpathError` naming it, and so
+do in-place methods such as `x.add_(y)`, whose effect fx's graph does not show to later uses.
 """
 
 from __future__ import annotations
@@ -68,8 +71,8 @@ CHANNELWISE_METHODS = {"relu", "sigmoid", "tanh", "contiguous", "clone", "float"
                        "sigmoid_"}
 ELEMENTWISE_FUNCTIONS = {operator.add, operator.iadd, operator.sub, operator.mul, operator.imul,
                          operator.truediv, torch.add, torch.sub, torch.mul}
-ELEMENTWISE_METHODS = {"add", "add_", "sub", "mul", "mul_", "div"}
-MULTIPLY = {operator.mul, operator.imul, torch.mul, "mul", "mul_"}
+ELEMENTWISE_METHODS = {"add", "sub", "mul", "div"}
+MULTIPLY = {operator.mul, operator.imul, torch.mul, "mul"}
 REDUCTIONS = {torch.mean, torch.amax, torch.sum, "mean", "amax", "sum"}
 RESHAPES = {torch.flatten, "flatten", "view", "reshape"}
 PERMUTES = {torch.permute, "permute"}
@@ -204,6 +207,8 @@ class _ChannelTracer(fx.Interpreter):
             return _Constant(result)
         if n.op == "call_module":
             return self._module(n, self.module.get_submodule(n.target), result)
+        if not _flatten_maps(self._operands(n)):
+            return _Constant(result)  # computed from constants (buffers, parameters) alone
         target = n.target if n.op == "call_function" else str(n.target)
         if target == operator.getitem:
             return self._getitem(n, result)
@@ -277,8 +282,6 @@ class _ChannelTracer(fx.Interpreter):
     def _elementwise(self, n: fx.Node, target: Any, result: torch.Tensor) -> Any:
         operands = self._operands(n)
         maps = [v for v in operands if isinstance(v, ChannelMap)]
-        if not maps:
-            return _Constant(result)
         for v, a in zip(operands, list(n.args) + list(n.kwargs.values())):
             if isinstance(v, ChannelMap) and len(self.shapes[a]) != result.ndim:
                 raise _unsupported(n, "an elementwise op broadcasting tensors of different ranks")

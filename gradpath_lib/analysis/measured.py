@@ -9,7 +9,9 @@ from replica t to replica t + 1 in backward. dL/dlogits is injected into replica
 propagation is linear in the incoming gradient once the activations are fixed, so the gradient at
 a layer's output in replica t is exactly the sum over its paths with t + 1 weighted layers:
 replica t holds timestamp t + 1. Summing the replicas gives the ordinary gradient (of the eval-
-mode network). Cost: one forward and one backward pass on a batch T times larger.
+mode network). Cost: one forward and one backward pass on a batch T times larger (choose the
+batch so that T copies fit in memory); each sample must be processed independently of the others
+(true in eval mode for the layers the structural analysis supports).
 """
 
 from __future__ import annotations
@@ -118,6 +120,8 @@ def measured_gradient_spectrum(
     """
     report = report or analyze_model(model, tuple(images.shape[1:]))
     replicas = report.network["longest_path"]
+    if replicas is None:
+        raise GradpathError(f"no weighted layer of {type(model).__name__} receives gradient from its output")
     grads = gradients_by_timestamp(model, images, labels, replicas, loss_fn)
     rows = []
     for g in report.groups:

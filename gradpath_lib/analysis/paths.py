@@ -125,8 +125,8 @@ class GradientPathReport:
             "n_weighted_layers": len({p.module for p in self.graph.positions}),
             "n_positions": len(self.graph.positions),
             "n_groups": len(self.groups),
-            "longest_shortest_path": max(min(s) for s in reached),
-            "longest_path": max(max(s) for s in reached),
+            "longest_shortest_path": max((min(s) for s in reached), default=None),
+            "longest_path": max((max(s) for s in reached), default=None),
             "aggregated_features_mean": sum(aggregated) / len(aggregated),
             "aggregated_features_max": max(aggregated),
             # every output channel (one filter) counts once: the mean over the network's filters

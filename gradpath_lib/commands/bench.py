@@ -1,4 +1,5 @@
-"""`gradpath bench ...`: performance measurements (`bench train`: trainer vs a reference loop)."""
+"""`gradpath bench ...`: performance measurements (`bench train`: trainer vs a reference loop;
+`bench reproduce`: what each chapter costs; `bench jobs`: concurrent runs on one device)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,36 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     train.add_argument("--compile", action="store_true", help="torch.compile our model")
     train.add_argument("--format", default="text", choices=("text", "json"))
+    train.add_argument("--save", action="store_true",
+                       help="also record it as <results-dir>/<scale>/bench/train-<model>.json (read by the book)")
+    train.add_argument("--results-dir", default="results", help="where --save records the bench")
     train.set_defaults(func=run_train)
+
+    reproduce = benches.add_parser(
+        "reproduce", help="per chapter: runs, training images, training FLOPs and estimated device minutes",
+        description="Estimate what reproducing every chapter costs from the recorded `bench train` results "
+                    "(or measure them first with --measure); writes <results-dir>/<scale>/tables/bench_reproduce.csv.")
+    reproduce.add_argument("--scale", default="mini", choices=SCALES)
+    reproduce.add_argument("--measure", action="store_true",
+                           help="bench every classifier of the book on this device first (and record the benches)")
+    reproduce.add_argument("--steps", type=int, default=20, help="with --measure: training steps per timed pass")
+    reproduce.add_argument("--repeats", type=int, default=3, help="with --measure: timed passes per model")
+    reproduce.add_argument("--workers", type=int, default=4, help="with --measure: reference-loop DataLoader workers")
+    reproduce.add_argument("--device", default="auto", help="with --measure: auto | cpu | cuda | cuda:N")
+    reproduce.add_argument("--results-dir", default="results", help="where benches are read and the table written")
+    reproduce.set_defaults(func=run_reproduce)
+
+    jobs = benches.add_parser(
+        "jobs", help="total images/s of N concurrent training runs on one device (what reproduce --jobs N does)")
+    jobs.add_argument("--model", required=True, help="registered classifier name")
+    jobs.add_argument("--scale", default="smoke", choices=SCALES)
+    jobs.add_argument("--jobs", type=int, nargs="+", default=[1, 2, 4], help="concurrent run counts to measure")
+    jobs.add_argument("--steps", type=int, default=20, help="timed training steps per run")
+    jobs.add_argument("--batch", type=int, help="batch size (default: the scale's recipe)")
+    jobs.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    jobs.add_argument("--save", action="store_true", help="also record it as <results-dir>/<scale>/bench/jobs-<model>.json")
+    jobs.add_argument("--results-dir", default="results", help="where --save records the bench")
+    jobs.set_defaults(func=run_jobs)
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -34,4 +64,40 @@ def run_train(args: argparse.Namespace) -> int:
         device=args.device, compile=args.compile, workers=args.workers,
     )
     print(json.dumps(result, indent=1) if args.format == "json" else format_bench(result))
+    if args.save:
+        from ..workload import save_bench
+
+        print(f"recorded {save_bench(result, args.results_dir, f'train-{args.model}')}")
+    return 0
+
+
+def run_reproduce(args: argparse.Namespace) -> int:
+    """Print (and save) the per-chapter cost of reproducing the book at a scale."""
+    from ..bench import bench_train
+    from ..workload import bench_reproduce
+
+    def bench(model: str) -> dict:
+        return bench_train(model, args.scale, steps=args.steps, repeats=args.repeats, device=args.device,
+                           workers=args.workers)
+
+    table = bench_reproduce(args.scale, results_dir=args.results_dir, measure=args.measure, bench=bench)
+    print(table.to_string(index=False))
+    print(f"training FLOPs = 3 x forward FLOPs per image (torch FLOP counter, FLOPs = 2 x MACs); "
+          f"written to {args.results_dir}/{args.scale}/tables/bench_reproduce.csv")
+    return 0
+
+
+def run_jobs(args: argparse.Namespace) -> int:
+    """Measure N concurrent runs for each N and print the table (and record it with --save)."""
+    from ..bench_jobs import bench_jobs, jobs_frame
+
+    result = bench_jobs(args.model, args.scale, args.jobs, batch_size=args.batch, steps=args.steps,
+                        device=args.device)
+    print(f"model {result['model']} ({result['scale']}), {result['steps']} timed steps per run, "
+          f"device: {result['device']}, torch {result['torch']}")
+    print(jobs_frame(result).to_string(index=False))
+    if args.save:
+        from ..workload import save_bench
+
+        print(f"recorded {save_bench(result, args.results_dir, f'jobs-{args.model}')}")
     return 0

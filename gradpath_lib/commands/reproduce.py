@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..executors import EXECUTORS
 from ..scales import SCALES
 
 
@@ -22,19 +23,29 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--runs-only", action="store_true",
                         help="train the runs only, without Jupyter (render later with --no-train)")
     parser.add_argument("--results-dir", default="results", help="where records, tables and pages go")
+    parser.add_argument("--executor", default="local", choices=EXECUTORS,
+                        help="local: --jobs processes here; ray: runs and notebooks as tasks of a Ray cluster "
+                             "(one GPU per run on CUDA; pip install 'gradpath[ray]')")
+    parser.add_argument("--address", help="the Ray cluster to use (e.g. auto or ray://head:10001); "
+                                          "default: start a local Ray instance")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Reproduce, print the summary table, and return 0 only if everything succeeded."""
     from ..errors import GradpathError
+    from ..executors import cluster_session
     from ..runner import reproduce, succeeded, summary_frame
 
     if args.jobs < 1:
         raise GradpathError(f"--jobs must be >= 1, got {args.jobs}")
     if args.no_train and args.runs_only:
         raise GradpathError("--no-train and --runs-only exclude each other (runs-only only trains)")
-    reports = reproduce(args.scale, only=args.only, jobs=args.jobs, device=args.device,
-                        train=not args.no_train, runs_only=args.runs_only, results_dir=args.results_dir)
+    if args.address is not None and args.executor != "ray":
+        raise GradpathError("--address names a Ray cluster; it needs --executor ray")
+    with cluster_session(args.executor, args.address):
+        reports = reproduce(args.scale, only=args.only, jobs=args.jobs, device=args.device,
+                            train=not args.no_train, runs_only=args.runs_only, results_dir=args.results_dir,
+                            executor=args.executor, address=args.address)
     print(summary_frame(reports).to_string(index=False))
     return 0 if succeeded(reports) else 1

@@ -44,7 +44,7 @@ def summary(record: dict) -> str:
 def run(args: argparse.Namespace) -> int:
     """Train (or look up) the run and print its record path and a summary line (a diverged run is
     a result, so it exits 0 too)."""
-    if args.nproc > 1 and not launched_by_torchrun():
+    if args.nproc != 1 and not launched_by_torchrun():
         return launch(args.nproc, relaunch_argv(args))
     overrides = {"epochs": args.epochs} if args.epochs is not None else {}
     config = classify_config(args.model, args.scale, args.seed, **overrides)

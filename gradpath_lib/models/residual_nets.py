@@ -3,8 +3,9 @@ the stop-gradient ablation (Table 3) and their CSP variants (full / fusion first
 
 Fairness rule: a base and its PRN / CSP / stop-gradient variant share stem, stage widths and
 depths and the residual branch; only the shortcut (PRN, sg) or the stage wrapper (CSP) differs.
-A CSP stage is `stage_conv` to the stage width, then `CSPStage` (split by slicing, ratio 1/2) around the same number of blocks at half the width, so it costs clearly less than
-its base (`gradpath models` prints the ratios).
+A CSP stage is `stage_conv` to the stage width, then `CSPStage` (split by slicing, ratio 1/2)
+around the same number of blocks at half the width, so it costs clearly less than its base
+(`gradpath models` prints the ratios: at mini about 0.5x FLOPs for ResNet, 0.6x for Darknet).
 
 Stage entries: "block" (ResNet: the first block is strided, with the `entry_shortcut` when its
 shape changes) or "conv" (Darknet, and every CSP stage: `stage_conv`, then blocks that keep the shape).
@@ -136,8 +137,7 @@ RESNET_DEEP = {
     "mini": _sizes((16, 32, 64), (9, 9, 9), 16),
 }
 
-
-CSP_EXTRA = {"stage_entry": "conv"}  # a CSP stage starts with a strided conv to the stage width
+CSP_EXTRA = {"stage_entry": "conv"}  # a CSP stage starts with `stage_conv` to the stage width
 register_with_csp("resnet", residual_net, family="resnet", presets=RESNET, csp_extra=CSP_EXTRA,
                   description="ResNet with basic blocks (bottlenecks at paper scale)")
 register_with_csp("resnext", residual_net, family="resnet", presets=RESNEXT, csp_extra=CSP_EXTRA,
@@ -148,8 +148,8 @@ register("plain", residual_net, family="resnet", presets=with_extra(RESNET, shor
          base="resnet", description="resnet without any shortcut")
 register("prn", residual_net, family="prn", presets=with_extra(RESNET, shortcut="masked"), base="resnet",
          description="PRN: the identity reaches only the first half of each block's channels")
-register("prn-asym", residual_net, family="prn", presets=with_extra(RESNET, shortcut="masked", entry_shortcut="asymmetric"),
-         base="resnet",
+register("prn-asym", residual_net, family="prn",
+         presets=with_extra(RESNET, shortcut="masked", entry_shortcut="asymmetric"), base="resnet",
          description="PRN with parameter-free asymmetric shortcuts where the width changes (Darknet semantics)")
 register("resnet-deep", residual_net, family="resnet", presets=RESNET_DEEP,
          description="deep CIFAR ResNet (Table 3's stop-gradient ablation)")
@@ -157,5 +157,6 @@ register("plain-deep", residual_net, family="resnet",
          presets=with_extra(RESNET_DEEP, shortcut="none", entry_shortcut="none"), base="resnet-deep",
          description="resnet-deep without any shortcut")
 for _sg in ("identity", "block"):
-    register(f"resnet-sg-{_sg}", residual_net, family="resnet", presets=with_extra(RESNET_DEEP, sg=_sg), base="resnet-deep",
+    register(f"resnet-sg-{_sg}", residual_net, family="resnet", presets=with_extra(RESNET_DEEP, sg=_sg),
+             base="resnet-deep",
              description=f"resnet-deep with stop gradient on the {_sg} path")

@@ -106,7 +106,8 @@ ELAN = {
 register("vovnet", vovnet, family="vovnet", presets=VOVNET, description="VoVNet: one OSA module per stage")
 register("vovnet-deep", vovnet, family="vovnet", presets=VOVNET_DEEP, base="vovnet",
          description="deep VoVNet: stacked OSA modules, every transition kept")
-register("vovnet-deep-planned", vovnet, family="vovnet", presets=with_extra(VOVNET_DEEP, planned=True), base="vovnet-deep",
+register("vovnet-deep-planned", vovnet, family="vovnet", presets=with_extra(VOVNET_DEEP, planned=True),
+         base="vovnet-deep",
          description="deep VoVNet with gradient path planning: one transition per stage")
 register("vovnet-deep-planned-csp", vovnet, family="vovnet", presets=with_extra(VOVNET_DEEP, planned=True, csp="full"),
          base="vovnet-deep-planned", description="planned deep VoVNet with CSP stages")

@@ -16,6 +16,9 @@ boxes [x, y, w, h] px and RLE masks at canvas resolution after class-aware NMS
 `bbox_APs`, `bbox_APm`, `bbox_APl` and the same six `segm_*` (None where COCOeval leaves a number
 undefined); the history has the box AP of every `eval_every`-th epoch and of the last one.
 
+A run that ends `ok` saves its final EMA weights to `store.weights_path` (git-ignored);
+`load_trained_detector(config)` rebuilds the trained detector from them (e.g. for pictures).
+
 A non-finite training loss stops the run at the end of that epoch with status "diverged" and the
 1-based global step and 0-based epoch where it first happened (a result, not a crash).
 """
@@ -26,6 +29,7 @@ import copy
 import math
 import time
 from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -36,9 +40,9 @@ from ..data.detection import DetectionDataset
 from ..errors import GradpathError, check_choice
 from ..models.cost import count_flops, count_params
 from ..models.registry import create_model, get_entry
-from ..runs import TaskContext, TaskResult, register_task
+from ..runs import TaskContext, TaskResult, normalize_config, register_task
 from ..scales import check_scale
-from ..store import load_checkpoint, save_checkpoint
+from ..store import load_checkpoint, save_checkpoint, weights_path
 from .batches import epoch_generator
 from .boxes import anchor_points
 from .classify import autocast, finite_or_none, rng_state, set_rng_state
@@ -262,16 +266,17 @@ def evaluate_detector(
 
 @dataclass
 class FitResult:
-    """What `fit_detector` returns: status, final metrics (with history) and record extras."""
+    """What `fit_detector` returns: status, final metrics (with history), record extras, EMA weights."""
 
     status: str
     metrics: dict[str, Any]
     extra: dict[str, Any]
+    ema_state: dict[str, torch.Tensor]
 
 
 def fit_detector(
     model: nn.Module, train_set: DetectionDataset, val_set: DetectionDataset, recipe: DetectRecipe,
-    device: torch.device, seed: int, checkpoint: Any = None, progress: bool = False,
+    device: torch.device, seed: int, checkpoint: Path | None = None, progress: bool = False, desc: str = TASK,
 ) -> FitResult:
     """Train `model` (its initial weights already drawn) on `train_set`, evaluate its EMA on `val_set`.
 
@@ -300,7 +305,7 @@ def fit_detector(
         set_rng_state(state["rng"], device)
     forward = torch.compile(model) if recipe.compile else model
     status, extra = "ok", {}
-    bar = tqdm(total=recipe.epochs, initial=len(history), unit="epoch", disable=not progress)
+    bar = tqdm(total=recipe.epochs, initial=len(history), desc=desc, unit="epoch", disable=not progress)
     for epoch in range(len(history), recipe.epochs):
         stats = train_epoch(model, forward, ema, optimizer, train_data, recipe, epoch_generator(seed, epoch),
                             epoch * steps_per_epoch, total_steps)
@@ -337,7 +342,7 @@ def fit_detector(
         "images_per_s": round(sum(e["train_images"] for e in history) / train_seconds, 1) if train_seconds else None,
         "history": history,
     }
-    return FitResult(status, metrics, extra)
+    return FitResult(status, metrics, extra, ema.module.state_dict())
 
 
 def load_detection_data(name: str, scale: str) -> tuple[DetectionDataset, DetectionDataset]:
@@ -359,10 +364,28 @@ def train_detect(config: dict[str, Any], ctx: TaskContext) -> TaskResult:
     model = create_model(config["model"], config["scale"], **config.get("model_kwargs", {}))
     height, width = train_set.images.shape[1:3]
     params, flops = count_params(model), count_flops(model, (3, height, width))
-    result = fit_detector(model, train_set, val_set, recipe, ctx.device, config["seed"], ctx.checkpoint, ctx.progress)
+    result = fit_detector(model, train_set, val_set, recipe, ctx.device, config["seed"], ctx.checkpoint, ctx.progress,
+                          desc=config["model"])
+    if result.status == "ok":
+        save_checkpoint(weights_path(ctx.results_dir, config), result.ema_state)
     dataset = {"name": config["data"], "source": train_set.source, "sha256": train_set.sha256}
     return TaskResult(status=result.status, metrics=result.metrics, params=params, flops=flops,
                       dataset_sha256=train_set.sha256, extra={"dataset": dataset, **result.extra})
+
+
+def load_trained_detector(config: dict[str, Any], results_dir: str | Path = "results") -> nn.Module | None:
+    """The detector of run `config` with its final EMA weights (eval mode, CPU), or None if they are not saved.
+
+    Every detection run that ends `ok` saves them to `store.weights_path` (git-ignored), so
+    they exist where the run was trained, not where only its record was copied.
+    """
+    config = normalize_config(config)
+    state = load_checkpoint(weights_path(results_dir, config))
+    if state is None:
+        return None
+    model = create_model(config["model"], config["scale"], **config.get("model_kwargs", {}))
+    model.load_state_dict(state)
+    return model.eval()
 
 
 register_task(TASK, train_detect)

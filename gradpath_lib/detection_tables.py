@@ -1,0 +1,84 @@
+"""From detection run records to the detection chapters' tables: COCO APs (in points, like the
+paper) per run, and each detector's cost at its run input and at the paper's 640x640, relative
+to YOLOR-v3.
+
+Records hold COCOeval's APs as fractions (`bbox_AP`, `segm_AP75`, ...); `detection_frame` turns
+them into the columns the claims of `gradpath_lib.paper` name (`ap_box`, `ap_mask`, `ap75_mask`,
+...). Costs are structural: `detection_costs` counts them on the meta device (no compute), with
+the same FLOP counter as the records (FLOPs = 2 x multiply-accumulates).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pandas as pd
+
+from .models.cost import cost_table
+from .models.yolor import INPUT_SIZES, PAPER_INPUT
+from .paper import references
+from .tables import Run, readable, runs_frame, summarize
+
+BASELINE = "yolor-v3"  # every cost ratio of the detection chapters is relative to YOLOR-v3
+POINTS = 100.0  # records hold AP as a fraction; the tables show AP points like the paper
+# table column -> COCOeval summary name in the record (bbox_* for boxes, segm_* for masks)
+AP_COLUMNS = {
+    f"{name.lower()}_{kind}": f"{iou_type}_{name}"
+    for kind, iou_type in (("box", "bbox"), ("mask", "segm"))
+    for name in ("AP", "AP50", "AP75", "APs", "APm", "APl")
+}
+AP_FORMAT = "{:.1f}"
+
+
+def detection_frame(runs: list[Run]) -> pd.DataFrame:
+    """One row per detection run: status, params, FLOPs (run input) and every COCO AP in points."""
+    frame = runs_frame(runs, metrics=AP_COLUMNS)
+    frame[list(AP_COLUMNS)] *= POINTS
+    return frame
+
+
+def detection_costs(models: Sequence[str], scale: str) -> pd.DataFrame:
+    """Per model at `scale`'s preset: params (M), GFLOPs at the run input and at 640, and their
+    ratios to YOLOR-v3 (`-0.22` = 22 % less)."""
+    names = list(dict.fromkeys([BASELINE, *models]))
+    at_input = cost_table(scale, INPUT_SIZES[scale], names=names).loc[names]
+    at_paper = cost_table(scale, PAPER_INPUT, names=names).loc[names]
+    table = pd.DataFrame({
+        "model": names,
+        "params (M)": at_input["params"].to_numpy() / 1e6,
+        "GFLOPs (run input)": at_input["flops"].to_numpy() / 1e9,
+        f"GFLOPs ({PAPER_INPUT})": at_paper["flops"].to_numpy() / 1e9,
+    })
+    for column, label in (("params (M)", "params"), ("GFLOPs (run input)", "FLOPs"),
+                          (f"GFLOPs ({PAPER_INPUT})", f"FLOPs ({PAPER_INPUT})")):
+        table[f"{label} vs {BASELINE}"] = table[column] / table[column].iloc[0] - 1
+    return table.set_index("model").loc[list(models)].reset_index()
+
+
+def detection_table(frame: pd.DataFrame, costs: pd.DataFrame, ap_columns: Sequence[str]) -> pd.DataFrame:
+    """Per model: run status, its costs (`detection_costs`, as text) and 'mean ± std' over seeds of
+    `ap_columns` (named for display: `ap75_mask` -> "AP75 mask")."""
+    ours = readable(summarize(frame, ap_columns), {c: AP_FORMAT for c in ap_columns}).rename(columns={"label": "model"})
+    table = ours[["model", "status"]].merge(_cost_text(costs), on="model", how="left").merge(
+        ours.drop(columns="status"), on="model", how="left")
+    return table.rename(columns={c: _ap_name(c) for c in ap_columns})
+
+
+def _cost_text(costs: pd.DataFrame) -> pd.DataFrame:
+    shown = costs.copy()
+    for column in shown.columns[1:]:
+        ratio = column.endswith(f"vs {BASELINE}")
+        shown[column] = [f"{v:+.1%}" if ratio else f"{v:.3g}" for v in shown[column]]
+    return shown
+
+
+def _ap_name(column: str) -> str:
+    metric, kind = column.split("_")
+    return f"AP{metric[2:]} {kind}"
+
+
+def paper_references(table: str) -> pd.DataFrame:
+    """The numbers printed for `table` (README / official configs), one row per model and metric."""
+    rows = [{"paper model": r.paper_model, "ours": r.ours or "—", "metric": r.metric, "value": r.value,
+             "source": r.source} for r in references(table)]
+    return pd.DataFrame(rows, columns=["paper model", "ours", "metric", "value", "source"])

@@ -1,0 +1,121 @@
+"""`gradpath bench reproduce` / `bench jobs` and the performance tables, on CPU at the smoke scale."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from gradpath_lib.bench import bench_train
+from gradpath_lib.bench_jobs import bench_jobs, jobs_frame
+from gradpath_lib.cli import main
+from gradpath_lib.errors import GradpathError
+from gradpath_lib.experiments import chapter
+from gradpath_lib.models.cost import count_flops
+from gradpath_lib.models.registry import create_model
+from gradpath_lib.train.classify import classify_config
+from gradpath_lib.train.detect import detect_config
+from gradpath_lib.train.probe import probe_config
+from gradpath_lib.workload import (
+    UNMEASURED,
+    bench_reproduce,
+    classifiers_of_the_book,
+    jobs_table,
+    performance_table,
+    recorded_benches,
+    run_workload,
+    save_bench,
+    train_set,
+)
+from test_train import one_thread  # noqa: F401  (the fixture applies here too)
+
+SMOKE_TRAIN_IMAGES = 512  # the generated smoke training set
+SMOKE_BATCH, SMOKE_EPOCHS = 64, 3  # the smoke recipe
+
+
+@pytest.fixture(scope="module")
+def resnet_bench() -> dict:
+    """One real (tiny) `bench train` of resnet on the CPU."""
+    return bench_train("resnet", "smoke", batch_size=16, steps=1, repeats=1, device="cpu", workers=0)
+
+
+def test_workload_counts_epochs_of_full_batches_and_three_forwards():
+    workload = run_workload(classify_config("resnet", "smoke", 0, batch_size=100))
+    assert workload.train_images == SMOKE_EPOCHS * 500  # 5 full batches of 100 per epoch
+    forward = count_flops(create_model("resnet", "smoke"), (3, 32, 32))
+    assert workload.train_flops() == 3 * forward * workload.train_images
+
+
+def test_probe_runs_count_their_target_and_detectors_their_canvases():
+    probe = run_workload(probe_config("resnet-aux1", "smoke", 0))
+    assert (probe.model, probe.train_images) == ("resnet-aux1", SMOKE_EPOCHS * SMOKE_TRAIN_IMAGES)
+    detector = run_workload(detect_config("yolor-v3", "smoke", 0))
+    canvases, side = train_set("cifar-det", "smoke")
+    assert detector.input_shape == (3, side, side) and detector.train_images % canvases == 0
+    with pytest.raises(GradpathError, match="valid choices"):
+        train_set("mnist", "smoke")
+
+
+def test_estimate_uses_the_recorded_bench_and_extrapolates_the_rest(tmp_path, resnet_bench):
+    unmeasured = bench_reproduce("smoke", results_dir=tmp_path).set_index("chapter")
+    assert (unmeasured["est. minutes"] == UNMEASURED).all()
+
+    save_bench(resnet_bench, tmp_path, "train-resnet")
+    table = bench_reproduce("smoke", results_dir=tmp_path).set_index("chapter")
+    assert (tmp_path / "smoke" / "tables" / "bench_reproduce.csv").exists()
+    fig1 = table.loc["fig1_objective"]
+    assert fig1["runs"] == 2 and fig1["estimate from"] == "1 measured, 1 extrapolated"
+    ours = next(row for row in resnet_bench["loops"] if row["loop"] == "gradpath")
+    images = SMOKE_EPOCHS * SMOKE_TRAIN_IMAGES
+    aux = run_workload(probe_config("resnet-aux1", "smoke", 0))
+    expected = images / ours["images_per_s"] + aux.train_flops() / ours["train_flops_per_s"]
+    assert fig1["est. minutes"] == pytest.approx(expected / 60, abs=0.01)
+    assert table.loc["fig1_objective", "device"].startswith("CPU: ")
+    total = table.loc["total (distinct runs)"]
+    assert total["runs"] == len({json.dumps(c, sort_keys=True) for name in table.index[:-1]
+                                 for c in chapter(name).runs("smoke", [0])})
+
+
+def test_measure_benches_every_classifier_and_records_it(tmp_path, resnet_bench):
+    benched = []
+
+    def bench(model: str) -> dict:
+        benched.append(model)
+        return {**resnet_bench, "model": model}
+
+    bench_reproduce("smoke", results_dir=tmp_path, measure=True, bench=bench)
+    assert benched == classifiers_of_the_book("smoke") and {"resnet", "resnet-aux1"} <= set(benched)
+    assert [b["model"] for b in recorded_benches(tmp_path, "smoke", "train")] == sorted(benched)
+
+
+def test_performance_table_reads_the_recorded_bench(tmp_path, resnet_bench):
+    assert performance_table(tmp_path, "smoke").empty
+    save_bench(resnet_bench, tmp_path, "train-resnet")
+    row = performance_table(tmp_path, "smoke").iloc[0]
+    assert (row["model"], row["family"], row["batch"]) == ("resnet", "resnet", 16)
+    assert row["device"].startswith("CPU: cpu")
+    assert row["ratio to reference"] == pytest.approx(resnet_bench["speedup"], abs=0.01)
+    (tmp_path / "smoke" / "bench" / "train-broken.json").write_text("{")
+    with pytest.raises(GradpathError, match="train-broken.json"):
+        performance_table(tmp_path, "smoke")
+
+
+def test_bench_jobs_runs_concurrent_processes(tmp_path, capsys):
+    result = bench_jobs("resnet", "smoke", [1, 2], batch_size=8, steps=1, device="cpu")
+    one, two = result["results"]
+    assert (one["jobs"], one["images"], two["jobs"], two["images"]) == (1, 8, 2, 16)
+    assert len(two["per_job_images_per_s"]) == 2 and one["scaling_vs_one_job"] == 1.0
+    assert two["total_images_per_s"] == pytest.approx(16 / two["seconds"])
+    save_bench(result, tmp_path, "jobs-resnet")
+    table = jobs_table(tmp_path, "smoke")
+    assert table["jobs"].tolist() == [1, 2] and table["device"].str.startswith("CPU: ").all()
+    assert jobs_frame(result)["scaling vs 1 job"].tolist()[0] == 1.0
+
+
+def test_bench_cli_rejects_bad_arguments(capsys):
+    assert main(["bench", "jobs", "--model", "resnet", "--jobs", "0", "--device", "cpu"]) == 2
+    assert "job counts >= 1" in capsys.readouterr().err
+    with pytest.raises(GradpathError, match="classifiers"):
+        bench_jobs("yolor-v3", "smoke", [1], device="cpu")
+    with pytest.raises(GradpathError, match="needs the `bench` function"):
+        bench_reproduce("smoke", measure=True)

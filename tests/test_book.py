@@ -1,0 +1,53 @@
+"""The Jupyter Book: its table of contents, the API page, and a smoke build with warnings as errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gradpath_lib.book import ANNOUNCEMENTS, api_markdown, choose_scale, full_toc_yaml, toc_yaml
+from gradpath_lib.runner import select_chapters
+from gradpath_lib.store import REPO_ROOT
+
+
+def test_committed_toc_is_the_generated_one() -> None:
+    assert (REPO_ROOT / "_toc.yml").read_text() == full_toc_yaml(), "regenerate _toc.yml: gradpath_lib.book.full_toc_yaml()"
+
+
+def test_toc_lists_chapters_in_book_order_between_prose_and_api() -> None:
+    toc = toc_yaml(["architecture", "table2"])
+    files = [line.removeprefix("- file: ") for line in toc.splitlines() if line.startswith("- file: ")]
+    assert files == ["book/gradient_paths", "book/chapters/architecture", "book/chapters/table2", "book/chapters/api"]
+    assert "root: book/intro" in toc
+
+
+def test_every_chapter_with_a_notebook_is_in_the_toc() -> None:
+    toc = full_toc_yaml()
+    for chap in select_chapters():
+        assert f"book/chapters/{chap.name}\n" in toc
+
+
+def test_scale_is_mini_only_when_mini_pages_exist(tmp_path: Path) -> None:
+    assert choose_scale(tmp_path) == "smoke"
+    (tmp_path / "mini" / "notebooks").mkdir(parents=True)
+    (tmp_path / "mini" / "notebooks" / "table2.ipynb").write_text("{}")
+    assert choose_scale(tmp_path) == "mini" and choose_scale(tmp_path, "paper") == "paper"
+
+
+def test_api_page_lists_public_functions() -> None:
+    page = api_markdown()
+    assert "## `gradpath_lib.verdicts`" in page and "- `judge(" in page and "- `setup(" in page
+
+
+def test_book_builds_at_smoke_scale_with_warnings_as_errors(smoke_results, tmp_path: Path) -> None:
+    from gradpath_lib.book import build_book
+
+    results, _ = smoke_results
+    assert build_book("smoke", results_dir=results, output_dir=tmp_path) == 0
+    html = tmp_path / "_build" / "html"
+    for chap in select_chapters():
+        page = html / "book" / "chapters" / f"{chap.name}.html"
+        assert page.exists(), page
+    intro = (html / "book" / "intro.html").read_text()
+    assert ANNOUNCEMENTS["smoke"].split(":")[0] in intro  # every page says the numbers are smoke numbers
+    table2 = (html / "book" / "chapters" / "table2.html").read_text()
+    assert "reproduced" in table2 and "CSPResNet-50" in table2

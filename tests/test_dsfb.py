@@ -1,0 +1,105 @@
+"""DSFB: one shared basis object per stage, the orthogonality penalty, gradient monitoring, a smoke run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gradpath_lib.analysis import analyze_model
+from gradpath_lib.models import create_model
+from gradpath_lib.models.cost import count_flops, count_params
+from gradpath_lib.models.dsfb import ORTHOGONALITY_LAMBDA, SharedBasisConv, orthogonality_penalty
+from gradpath_lib.runs import ensure_run
+from gradpath_lib.train.classify import classify_config
+
+SMOKE_BLOCKS = create_model("resnet-dsfb", "smoke").stages[0].blocks.__len__()
+
+
+def shared_convs(stage: nn.Module) -> list[SharedBasisConv]:
+    return [m for m in stage.modules() if isinstance(m, SharedBasisConv)]
+
+
+def test_every_block_but_the_first_uses_the_same_basis_object():
+    model = create_model("resnet-dsfb", "smoke")
+    bases = model.shared_bases()
+    assert len(bases) == len(model.stages) == 3 and len({id(b) for b in bases}) == 3
+    for stage, basis in zip(model.stages, bases):
+        first, *rest = stage.blocks
+        assert not shared_convs(first)  # the first block of a stage is unshared
+        convs = [conv for block in rest for conv in (block.conv1, block.conv2)]
+        assert convs == shared_convs(stage)
+        assert all(conv.shared_basis is basis for conv in convs)
+        assert all(conv.shared_basis.weight is basis.weight for conv in convs)
+        assert len({id(conv.unique_basis) for conv in convs}) == len(convs)  # unique bases are per layer
+    # a shared parameter is counted once
+    all_uses = sum(p.numel() for _, p in model.named_parameters(remove_duplicate=False))
+    assert count_params(model) < all_uses
+
+
+def test_penalty_is_zero_for_orthonormal_bases_and_positive_otherwise():
+    model = create_model("resnet-dsfb", "smoke")
+    targets = torch.zeros(2, dtype=torch.long)
+    assert float(model.orthogonality_penalty()) < 1e-10  # orthogonal initialization
+    assert float(model.extra_loss(targets)) < 1e-9
+    basis = model.shared_bases()[1]
+    with torch.no_grad():
+        basis.weight.mul_(1.5)
+    assert float(orthogonality_penalty(basis)) > 0.1
+    torch.testing.assert_close(model.extra_loss(targets), ORTHOGONALITY_LAMBDA * model.orthogonality_penalty())
+    # a hand-made orthonormal basis: rows of the identity
+    eye_basis = nn.Conv2d(1, 4, 3, bias=False)
+    with torch.no_grad():
+        eye_basis.weight.copy_(torch.eye(9)[:4].view(4, 1, 3, 3))
+    assert float(orthogonality_penalty(eye_basis)) == 0.0
+    assert create_model("resnet-dsfb-noreg", "smoke").extra_loss(targets) is None
+    assert create_model("resnet-dsfb-depth-ref", "smoke").extra_loss(targets) is None
+
+
+def test_counterparts_match_depth_and_parameters():
+    dsfb = create_model("resnet-dsfb", "mini")
+    depth_ref = create_model("resnet-dsfb-depth-ref", "mini")
+    param_ref = create_model("resnet-dsfb-param-ref", "mini")
+    assert len(dsfb.blocks()) == len(depth_ref.blocks()) == 27  # ResNet-56
+    assert abs(count_params(param_ref) / count_params(dsfb) - 1) < 0.05
+    assert count_params(dsfb) < 0.4 * count_params(depth_ref)
+    # on CIFAR the basis is wider than the layer (s + u > C): FLOPs rise although parameters fall
+    assert count_flops(dsfb, (3, 32, 32)) > count_flops(depth_ref, (3, 32, 32))
+
+
+def test_block_gradient_norms_are_recorded_per_epoch_and_only_in_training():
+    model = create_model("resnet-dsfb", "smoke")
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    for _ in range(2):
+        F.cross_entropy(model(x), y).backward()
+    norms = model.epoch_metrics()["block_grad_norm"]
+    assert len(norms) == 3 * SMOKE_BLOCKS and all(n > 0 for n in norms)
+    assert model.epoch_metrics() == {}  # read and reset
+    model.eval()
+    F.cross_entropy(model(x), y).backward()
+    assert model.epoch_metrics() == {}
+
+
+def test_shared_basis_receives_gradient_at_several_timestamps():
+    model = create_model("resnet-dsfb", "smoke")
+    report = analyze_model(model, (3, 32, 32))
+    params = report.parameters.set_index("module")
+    layers = report.layers
+    for i in range(3):
+        name = f"stages.{i}.shared_basis"
+        assert params.loc[name, "positions"] == 2 * (SMOKE_BLOCKS - 1)
+        per_position = [set(t) for t in layers.loc[layers["module"] == name, "timestamps"]]
+        union = set().union(*per_position)
+        assert set(params.loc[name, "timestamps"]) == union
+        assert all(len(union) > len(stamps) for stamps in per_position)
+
+
+@pytest.mark.parametrize("name", ["resnet-dsfb", "resnet-dsfb-noreg"])
+def test_smoke_run_records_block_gradient_norms(tmp_path, name: str):
+    config = classify_config(name, "smoke", 0, epochs=1)
+    record = ensure_run(config, results_dir=tmp_path, device="cpu", progress=False)
+    assert record["status"] == "ok"
+    history = record["metrics"]["history"]
+    assert len(history) == 1 and len(history[0]["block_grad_norm"]) == 3 * SMOKE_BLOCKS
+    assert record["params"] == count_params(create_model(name, "smoke"))
