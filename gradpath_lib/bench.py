@@ -218,6 +218,7 @@ def bench_train(
         "scale": scale,
         "device": device_name(dev),
         "torch": torch.__version__,
+        "cuda": torch.version.cuda,
         "batch_size": recipe.batch_size,
         "steps": steps,
         "repeats": repeats,

@@ -13,6 +13,9 @@ one GPU per rank on CUDA, gloo on CPU. The trainers then keep one-process semant
 - rank 0 alone writes checkpoints and records (`is_main`); every rank resumes from the same
   checkpoint, so a killed multi-process run resumes like a one-process run.
 
+The detection trainer does the same, except that each rank normalizes its loss by the positives
+of its own shard (as YOLOv5 does), so its multi-rank runs are close to, not equal to, one process.
+
 BatchNorm: on CUDA every BatchNorm becomes a SyncBatchNorm, which normalizes with the statistics of
 the whole global batch, as one process does. torch 2.13's SyncBatchNorm refuses CPU tensors, so
 with gloo on CPU each rank normalizes with its shard's statistics ("ghost batch" BN of batch/N):
@@ -43,11 +46,10 @@ NO_STEP = -1  # "no non-finite step" in the trainers' first-bad-step tensors
 
 @dataclass(frozen=True)
 class World:
-    """This process's rank among `size` ranks (and its rank on this machine)."""
+    """This process's rank among `size` ranks."""
 
     rank: int = 0
     size: int = 1
-    local_rank: int = 0
 
     @property
     def is_main(self) -> bool:
@@ -59,7 +61,7 @@ def world() -> World:
     """The process group this process belongs to (a one-rank world when not distributed)."""
     if not (dist.is_available() and dist.is_initialized()):
         return World()
-    return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+    return World(dist.get_rank(), dist.get_world_size())
 
 
 def is_main() -> bool:
@@ -147,15 +149,6 @@ def earliest_step(first_step: torch.Tensor) -> torch.Tensor:
     steps = torch.where(first_step < 0, never, first_step)
     dist.all_reduce(steps, dist.ReduceOp.MIN)
     return torch.where(steps == never, NO_STEP, steps)
-
-
-def broadcast_from_main(value: object) -> object:
-    """Rank 0's `value` on every rank (any picklable object)."""
-    if world().size == 1:
-        return value
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 def barrier() -> None:

@@ -53,7 +53,8 @@ def import_ray() -> Any:
     try:
         import ray
     except ImportError as err:
-        raise GradpathError("--executor ray needs Ray: pip install 'gradpath[ray]' (or pip install 'ray[default]')") from err
+        raise GradpathError("--executor ray needs Ray: pip install 'gradpath[ray]' "
+                            "(or pip install 'ray[default]')") from err
     return ray
 
 

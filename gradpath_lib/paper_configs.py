@@ -41,7 +41,6 @@ from .train.detect import detect_config
 
 IMAGENET_DIRNAME = "imagenet"
 IMAGENET_SPLITS = ("train", "val")
-IMAGENET_CLASSES = 1000
 IMAGENET_INPUT = 224  # the evaluation crop of the CSPNet ImageNet results
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 COCO_INPUT = PAPER_COCO_CONFIG["input_size"]
@@ -80,8 +79,7 @@ def paper_configs(table: str, seeds: Sequence[int] = (0,)) -> list[dict[str, Any
     check_choice("paper table", table, PAPER_TABLES)
     spec = PAPER_TABLES[table]
     if spec.dataset == "imagenet":
-        return [classify_config(model, "paper", seed, model_kwargs={"num_classes": IMAGENET_CLASSES})
-                for model in spec.models for seed in seeds]
+        return [classify_config(model, "paper", seed) for model in spec.models for seed in seeds]
     return [detect_config(model, "paper", seed) for model in spec.models for seed in seeds]
 
 

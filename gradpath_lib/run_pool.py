@@ -75,20 +75,37 @@ def ensure_runs(
             outcomes[key] = _train(unique[key], str(results_dir), device, progress)
             bar.update()
     elif to_train:
-        pool, run_device = make_executor(executor, jobs=jobs, device=device, address=address,
-                                         initializer=share_cpu, initargs=(jobs,))
-        with pool:
-            shared_dir = str(Path(results_dir).resolve())  # workers may start in another folder
-            futures = {pool.submit(_train, unique[k], shared_dir, run_device, False): k for k in to_train}
-            for future in as_completed(futures):
-                key = futures[future]
-                try:
-                    outcomes[key] = future.result()
-                except WORKER_LOST as err:  # a worker died (killed, out of memory, crashed)
-                    outcomes[key] = RunOutcome(unique[key], None, FAILED, f"worker process died: {err}")
-                bar.update()
+        lost = _train_pooled(to_train, unique, outcomes, bar, str(Path(results_dir).resolve()), device,
+                             executor=executor, jobs=jobs, address=address)
+        if executor == "local":
+            # One crashing worker breaks a process pool and every run still pending in it; retry
+            # those one per fresh process, so only a run that crashes by itself is failed.
+            for key in lost:
+                _train_pooled([key], unique, outcomes, None, str(Path(results_dir).resolve()), device,
+                              executor=executor, jobs=1, address=address)
     bar.close()
     return [outcomes[run_id(normalize_config(c))] for c in configs]
+
+
+def _train_pooled(keys: list[str], unique: dict[str, dict[str, Any]], outcomes: dict[str, RunOutcome],
+                  bar: Any, results_dir: str, device: str, *, executor: str, jobs: int,
+                  address: str | None) -> list[str]:
+    """Train `keys` on the executor into `outcomes`; the keys whose worker died (failed, for now)."""
+    lost = []
+    pool, run_device = make_executor(executor, jobs=jobs, device=device, address=address,
+                                     initializer=share_cpu, initargs=(jobs,))
+    with pool:  # results_dir is absolute: workers may start in another folder
+        futures = {pool.submit(_train, unique[k], results_dir, run_device, False): k for k in keys}
+        for future in as_completed(futures):
+            key = futures[future]
+            try:
+                outcomes[key] = future.result()
+            except WORKER_LOST as err:  # a worker died (killed, out of memory, crashed)
+                outcomes[key] = RunOutcome(unique[key], None, FAILED, f"worker process died: {err}")
+                lost.append(key)
+            if bar is not None:
+                bar.update()
+    return lost
 
 
 def _train(config: dict[str, Any], results_dir: str, device: str, progress: bool) -> RunOutcome:

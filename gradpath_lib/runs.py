@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,25 @@ def resolve_device(device: str = "auto") -> torch.device:
     raise GradpathError(f"unknown device {device!r}; valid choices: auto, cpu, cuda, cuda:N")
 
 
+# CPU kernels sum in an order that depends on the thread count, so a CPU run always uses this many
+# intra-op threads: its record is then the same bit for bit whatever --jobs, executor or machine.
+CPU_RUN_THREADS = 1
+
+
+@contextmanager
+def fixed_cpu_threads(device: torch.device) -> Iterator[None]:
+    """On the CPU, run the body with `CPU_RUN_THREADS` intra-op threads (restored afterwards)."""
+    if device.type != "cpu":
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(CPU_RUN_THREADS)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def normalize_config(config: dict[str, Any]) -> dict[str, Any]:
     """Check the config's required keys and add the library's numerics version."""
     missing = {"task", "model", "scale", "seed"} - set(config)
@@ -139,10 +159,11 @@ def ensure_run(
     if main and force:
         ctx.checkpoint.unlink(missing_ok=True)
     barrier()  # no rank reads the checkpoint before rank 0 is done with it
-    prov = provenance(dev, None)
     start = time.perf_counter()
     try:
-        result = _TASKS[config["task"]](config, ctx)
+        with fixed_cpu_threads(dev):
+            prov = provenance(dev, None)
+            result = _TASKS[config["task"]](config, ctx)
     except GradpathError:
         raise
     except Exception as err:

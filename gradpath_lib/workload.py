@@ -213,7 +213,7 @@ def bench_reproduce(scale: str, *, results_dir: str | Path = "results", measure:
 
 def performance_table(results_dir: str | Path, scale: str) -> pd.DataFrame:
     """Per benched model: family, device (CPU numbers labelled so), images/s of our loop and of the
-    reference loop, their ratio, fraction of the measured peak, batch and torch version."""
+    reference loop, their ratio, fraction of the measured peak, batch, torch and CUDA versions."""
     from .models.registry import get_entry
 
     rows = []
@@ -231,10 +231,11 @@ def performance_table(results_dir: str | Path, scale: str) -> pd.DataFrame:
             "peak TFLOP/s": round(bench["peak_flops_per_s"] / 1e12, 3),
             "peak dtype": bench["peak_dtype"],
             "torch": bench["torch"],
+            "CUDA": bench.get("cuda"),
         })
     return pd.DataFrame(rows, columns=["model", "family", "device", "batch", "images/s (gradpath)",
                                        "images/s (reference loop)", "ratio to reference", "fraction of peak",
-                                       "peak TFLOP/s", "peak dtype", "torch"])
+                                       "peak TFLOP/s", "peak dtype", "torch", "CUDA"])
 
 
 def jobs_table(results_dir: str | Path, scale: str) -> pd.DataFrame:

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 SMOKE_JOBS = 2  # the CI machine has two cores
+# The first test that needs the reproduction pays for it (minutes on two busy cores).
+SMOKE_TIMEOUT_S = 1800
 
 
 @pytest.fixture(scope="session")

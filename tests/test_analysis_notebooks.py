@@ -8,6 +8,7 @@ import pytest
 from gradpath_lib.analysis.figures import FIG7_MODELS, FIG9_MODELS, SPECTRUM_MODELS
 from gradpath_lib.analysis.summary import STRUCTURAL_METRICS, TABLE1_MODELS
 from gradpath_lib.paper import claims
+from gradpath_lib.tables import NOT_AVAILABLE
 
 FIGURES = ("fig7_gradient_timestamps", "fig8_gradient_sources", "fig9_stop_gradient", "measured_spectra")
 
@@ -35,7 +36,8 @@ def test_analysis_tables(smoke_results):
     assert table1.model.tolist() == list(TABLE1_MODELS)
     assert set(STRUCTURAL_METRICS) | {"params", "flops", "top1"} <= set(table1.columns)
     correlations = table(results, "table1_rank_correlations")
-    assert (correlations.n_models == len(TABLE1_MODELS)).all()  # every smoke run is trained
+    with_accuracy = int((table1.top1.astype(str) != NOT_AVAILABLE).sum())  # runs that did not diverge
+    assert with_accuracy >= 3 and (correlations.n_models == with_accuracy).all()
     verdicts = table(results, "table1_verdicts")
     assert verdicts.claim.tolist() == [c.text for c in claims("table1")]
 

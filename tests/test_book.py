@@ -4,9 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from gradpath_lib.book import ANNOUNCEMENTS, api_markdown, choose_scale, full_toc_yaml, toc_yaml
 from gradpath_lib.runner import select_chapters
 from gradpath_lib.store import REPO_ROOT
+
+from conftest import SMOKE_TIMEOUT_S
+
+pytestmark = pytest.mark.timeout(SMOKE_TIMEOUT_S)  # the shared smoke reproduction runs in the first test
 
 
 def test_committed_toc_is_the_generated_one() -> None:

@@ -212,3 +212,16 @@ def test_plot_predictions_draws_every_canvas(smoke_train):
     figure = plot_predictions(create_model("yolor-v3", "smoke"), smoke_train, n=4, columns=2)
     drawn = [ax for ax in figure.axes if ax.images]
     assert len(drawn) == 4 and drawn[0].images[0].get_array().shape == (64, 64, 3)
+
+
+def test_train_command_trains_a_detector_and_reports_its_aps(tmp_path, capsys):
+    from gradpath_lib.cli import main
+
+    argv = ["train", "--model", "yolor-v3", "--scale", "smoke", "--epochs", "1",
+            "--results-dir", str(tmp_path), "--no-progress", "--device", "cpu"]
+    assert main(argv) == 0
+    path, line = capsys.readouterr().out.strip().splitlines()[-2:]
+    record = json.loads(Path(path).read_text())
+    assert record["config"]["task"] == "detect" and record["status"] == "ok"
+    assert f"bbox_AP {record['metrics']['bbox_AP']:.4f}" in line and "segm_AP" in line
+    assert main(argv) == 0 and capsys.readouterr().out.strip().endswith("[cached]")

@@ -1,4 +1,5 @@
-"""Data-parallel training: 2 gloo processes on CPU give the one-process record, and resume from its checkpoint."""
+"""Data-parallel training: 2 gloo processes on CPU give the one-process record, and resume from its
+checkpoint; the detection trainer runs on 2 processes too."""
 
 from __future__ import annotations
 
@@ -22,10 +23,14 @@ from gradpath_lib.runs import normalize_config
 from gradpath_lib.store import checkpoint_path, load_checkpoint, record_path
 from gradpath_lib.train import classify
 from gradpath_lib.train.classify import classify_config, strip_timing
+from gradpath_lib.train.detect import detect_config
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = "tiny-bn-free-net"
 RANKS = 2
+# Detection on 2 CPU ranks is checked for its plumbing, not for equality: BatchNorm statistics
+# (no SyncBatchNorm on CPU) and the loss normalizer (the rank's own positives) are per rank.
+DETECT_CONFIG = detect_config("yolor-v3", "smoke", 0, epochs=1)
 EPOCHS = 2  # the run is resumed after its first
 # Summation order differs between one process and two ranks (all-reduce): float32 round-off only.
 TOLERANCE = 1e-5
@@ -60,8 +65,10 @@ import test_distributed
 test_distributed.register_bn_free_net()
 from gradpath_lib.cli import main
 from gradpath_lib.distributed import process_group
-with process_group("cpu"):  # one launch trains into every results dir: each rank imports torch once
-    for results_dir in sys.argv[1:]:
+from gradpath_lib.runs import ensure_run
+with process_group("cpu") as device:  # one launch trains everything: each rank imports torch once
+    ensure_run(test_distributed.DETECT_CONFIG, results_dir=sys.argv[1], device=device, progress=False)
+    for results_dir in sys.argv[2:]:
         assert main(test_distributed.train_argv(results_dir)) == 0
 """
 
@@ -71,12 +78,13 @@ def train_argv(results_dir: Path | str) -> list[str]:
             "--results-dir", str(results_dir), "--no-progress"]
 
 
-def run_two_ranks(tmp_path: Path, *results_dirs: Path) -> subprocess.CompletedProcess:
-    """`gradpath train` into each of `results_dirs` on 2 gloo ranks started by torchrun (as `--nproc 2` does)."""
+def run_two_ranks(tmp_path: Path, detect_dir: Path, *results_dirs: Path) -> subprocess.CompletedProcess:
+    """On 2 gloo ranks started by torchrun (as `--nproc 2` does): the smoke detection run into `detect_dir`,
+    then `gradpath train` into each of `results_dirs`."""
     script = tmp_path / "rank.py"
     script.write_text(RANK_SCRIPT)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={RANKS}",
-               str(script), *map(str, results_dirs)]
+               str(script), str(detect_dir), *map(str, results_dirs)]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
 
@@ -131,8 +139,8 @@ def test_two_gloo_ranks_match_one_process_and_resume_its_checkpoint(tmp_path, mo
     config = normalize_config(classify_config(MODEL, "smoke", 0, epochs=EPOCHS))
     first_epoch = load_checkpoint(checkpoint_path(resumed, config))["history"][0]
 
-    two = tmp_path / "two"
-    result = run_two_ranks(tmp_path, two, resumed)
+    two, detect = tmp_path / "two", tmp_path / "detect"
+    result = run_two_ranks(tmp_path, detect, two, resumed)
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(result.stdout.strip().splitlines()) == 4, "only rank 0 prints the record path and summary"
     record = the_record(two)
@@ -140,6 +148,12 @@ def test_two_gloo_ranks_match_one_process_and_resume_its_checkpoint(tmp_path, mo
     assert record["provenance"]["processes"] == RANKS
     assert_close(strip_timing(record["metrics"]), strip_timing(reference["metrics"]))
     assert not list((two / "smoke" / "checkpoints").glob("*")), "rank 0 removes the checkpoint after the record"
+
+    detection = the_record(detect)
+    assert detection["status"] == "ok" and detection["provenance"]["processes"] == RANKS
+    assert detection["metrics"]["epochs_done"] == 1 and not list((detect / "smoke" / "checkpoints").glob("*"))
+    losses = [detection["metrics"]["history"][0][f"train_{part}_loss"] for part in ("box", "cls", "mask")]
+    assert all(math.isfinite(loss) for loss in losses)
 
     record = json.loads(record_path(resumed, config).read_text())
     assert record["metrics"]["history"][0] == first_epoch, "epoch 1 came from the checkpoint, not retrained"
@@ -158,16 +172,33 @@ def test_shards_and_batch_split(monkeypatch):
         distributed.check_global_batch(64)
 
 
-def test_nproc_relaunches_the_command_under_torchrun(monkeypatch, tmp_path):
-    launched = []
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "gradpath_lib"]
+
+
+@pytest.fixture
+def launches(monkeypatch) -> list[list[str]]:
+    """The commands `distributed.launch` would run (nothing is started)."""
+    launched: list[list[str]] = []
     monkeypatch.setattr(distributed.subprocess, "run",
                         lambda command, check: launched.append(command) or subprocess.CompletedProcess(command, 0))
+    return launched
+
+
+def test_nproc_relaunches_the_command_under_torchrun(launches, tmp_path):
     assert main(["train", "--model", "resnet", "--nproc", "2", "--results-dir", str(tmp_path)]) == 0
-    (command,) = launched
-    assert command[:7] == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           "-m", "gradpath_lib"]
-    assert build_parser().parse_args(command[7:]).model == "resnet" and "--nproc" not in command
+    assert main(["reproduce", "--scale", "smoke", "--only", "table2", "--runs-only", "--nproc", "2",
+                 "--results-dir", str(tmp_path)]) == 0
+    (train, reproduce) = launches
+    assert train[:7] == TORCHRUN and reproduce[:7] == TORCHRUN
+    assert build_parser().parse_args(train[7:]).model == "resnet" and "--nproc" not in train
+    again = build_parser().parse_args(reproduce[7:])
+    assert again.runs_only and again.only == ["table2"] and again.nproc == 1
     assert not tmp_path.exists() or not any(tmp_path.iterdir()), "the launcher itself trains nothing"
+
+
+def test_data_parallel_reproduce_only_trains(launches, capsys):
+    assert main(["reproduce", "--scale", "smoke", "--nproc", "2"]) == 2
+    assert "need --runs-only with --jobs 1 and the local executor" in capsys.readouterr().err and not launches
 
 
 def test_relaunch_argv_and_rank_devices():

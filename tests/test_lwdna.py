@@ -119,7 +119,7 @@ def test_threshold_is_global_and_unreachable_target_is_an_error():
 
 
 def test_taylor_score_ranks_a_silenced_channel_lowest_and_leaves_the_model_unchanged():
-    model = randomize_norms(wide_model("resnet"))
+    model = wide_model("resnet")  # fresh BatchNorm: every channel passes the ReLU somewhere
     graph = trace_channels(model, IMAGE)
     bn = model.get_submodule("stages.1.0.body.0.bn")
     with torch.no_grad():
@@ -143,7 +143,8 @@ def test_channel_slicing_models_are_refused():
 def test_widened_kwargs_and_settings_are_checked():
     wide = widened_kwargs("resnet", "smoke", 2.0, **TINY)
     assert (wide["widths"], wide["stem_width"]) == ((8, 16, 16), 8)
-    assert {k: v for k, v in wide.items() if k not in TINY} == model_kwargs("resnet", "smoke")
+    assert {k: v for k, v in wide.items() if k not in TINY} == {
+        k: v for k, v in model_kwargs("resnet", "smoke").items() if k not in TINY}
     with pytest.raises(GradpathError, match="cannot be widened"):
         widened_kwargs("resnet-dsfb", "smoke", 2.0)
     with pytest.raises(GradpathError, match="search_epochs"):
@@ -152,9 +153,8 @@ def test_widened_kwargs_and_settings_are_checked():
         lwdna_config("resnet", "smoke", score="magnitude")
 
 
-@pytest.mark.parametrize("score", ["taylor", "random"])
-def test_lwdna_smoke_run_meets_the_baseline_flops(tmp_path, score: str):
-    config = lwdna_config("resnet", "smoke", 0, score=score, model_kwargs=TINY, score_batches=1, epochs=2)
+def test_lwdna_smoke_run_meets_the_baseline_flops(tmp_path):
+    config = lwdna_config("resnet", "smoke", 0, model_kwargs=TINY, score_batches=1, epochs=2)
     record = ensure_run(config, results_dir=tmp_path, device="cpu", progress=False)
     summary = record["metrics"]["lwdna"]
     assert record["status"] == "ok" and record["metrics"]["epochs_done"] == 2

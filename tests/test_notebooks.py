@@ -12,13 +12,21 @@ import pytest
 from gradpath_lib.errors import GradpathError
 from gradpath_lib.experiments import chapters
 from gradpath_lib.experiments.classification import TABLE2_MODELS, TABLE3_MODELS, TABLE4_MODELS
+from gradpath_lib.experiments.detection import (TABLE3_DETECTION_MODELS, TABLE5_MODELS, TABLE6_MODELS,
+                                                TABLE7_MODELS, TABLE8_MODELS)
 from gradpath_lib.notebook import check_seeds, setup
 from gradpath_lib.paper import claims
 from gradpath_lib.runner import NOTEBOOKS_DIR, executed_notebook, select_chapters
 from gradpath_lib.verdicts import VERDICTS
 
+from conftest import SMOKE_TIMEOUT_S
+
+pytestmark = pytest.mark.timeout(SMOKE_TIMEOUT_S)  # the shared smoke reproduction runs in the first test
+
 STANDARD_PARAMETERS = ("scale", "seeds", "device", "allow_train", "jobs", "results_dir")
 VERDICT_COLUMNS = ["claim", "kind", "paper", "ours", "verdict", "why", "n"]
+DETECTION_COLUMNS = ["model", "status", "params (M)", "GFLOPs (run input)", "GFLOPs (640)", "params vs yolor-v3",
+                     "FLOPs vs yolor-v3", "FLOPs (640) vs yolor-v3", "AP box", "AP75 box", "AP mask", "AP75 mask"]
 # chapter -> {table csv: (expected first column values, columns that must be present)}
 EXPECTED_TABLES = {
     "table2": {"table2": (list(TABLE2_MODELS), ["model", "status", "params", "mflops", "top1",
@@ -32,11 +40,20 @@ EXPECTED_TABLES = {
                                                  "probe top-1 (%), aux-loss"])},
     "reproducing": {"reproducing": (None, ["chapter", "runs needed", "recorded", "training time (min)",
                                            "devices"])},
+    "cifar_det": {"cifar_det_stats": (None, ["split", "class", "small", "medium", "large", "all"])},
+    **{name: {name: (list(models), DETECTION_COLUMNS)} for name, models in [
+        ("table5", TABLE5_MODELS), ("table6", TABLE6_MODELS), ("table7", TABLE7_MODELS)]},
+    "table3_detection": {"table3_detection": (list(TABLE3_DETECTION_MODELS), [
+        *DETECTION_COLUMNS, "longest shortest path", "longest path"])},
+    "table8": {"table8": (list(TABLE8_MODELS), DETECTION_COLUMNS),
+               "table8_sizes": (list(TABLE8_MODELS), ["model", "status", "APs box", "APm box", "APl mask"])},
 }
 EXPECTED_VERDICTS = {"table2": "table2", "table3_classification": "table3", "table4": "table4",
-                     "fig1_objective": "fig1"}
+                     "fig1_objective": "fig1", **{n: n for n in ("table5", "table6", "table7", "table3_detection",
+                                                                 "table8")}}
 EXPECTED_FIGURES = {"architecture": [f"fig{n}" for n in range(2, 7)], "table4": ["table4_training_loss"],
-                    "fig1_objective": ["fig1_probes"]}
+                    "fig1_objective": ["fig1_probes"], "cifar_det": ["cifar_det_train", "cifar_det_val"],
+                    "table8": [f"table8_predictions_{m}" for m in TABLE8_MODELS]}
 
 
 def source_notebooks() -> list[Path]:
@@ -67,6 +84,8 @@ def test_every_chapter_notebook_executes(smoke_results) -> None:
     assert [r.name for r in reports] == [c.name for c in select_chapters()]
     failed = {r.name: r.error for r in reports if r.status != "executed"}
     assert not failed, failed
+    failed_runs = {r.name: r.runs for r in reports if r.runs.get("failed")}
+    assert not failed_runs, failed_runs
     for report in reports:
         page = nbformat.read(executed_notebook(results, "smoke", report.name), as_version=4)
         errors = [o for c in page.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]

@@ -13,12 +13,12 @@ from PIL import Image
 from gradpath_lib.cli import main
 from gradpath_lib.errors import GradpathError
 from gradpath_lib.paper_configs import (
-    IMAGENET_CLASSES,
     PAPER_TABLES,
     check_paper,
     paper_configs,
 )
 from gradpath_lib.runs import normalize_config
+from gradpath_lib.models.registry import PAPER_NUM_CLASSES, model_kwargs
 
 COCO_CATEGORIES = 80
 RESNET50_PARAMS = 25_557_032  # ResNet-50 with a 1000-class head (torchvision's count)
@@ -31,7 +31,7 @@ def jpeg_bytes() -> bytes:
     return buffer.getvalue()
 
 
-def write_imagenet(root: Path, classes: int = IMAGENET_CLASSES) -> None:
+def write_imagenet(root: Path, classes: int = PAPER_NUM_CLASSES["classify"]) -> None:
     """`imagenet/{train,val}/<wnid>/<one image>` with `classes` class folders."""
     data = jpeg_bytes()
     for split in ("train", "val"):
@@ -63,7 +63,7 @@ def test_every_paper_table_is_a_list_of_complete_runs():
             normalize_config(config)
             assert config["scale"] == "paper" and config["data"] == spec.dataset
             if spec.dataset == "imagenet":
-                assert config["model_kwargs"] == {"num_classes": IMAGENET_CLASSES}
+                assert model_kwargs(config["model"], "paper", **config["model_kwargs"])["num_classes"] == 1000
                 assert config["recipe"]["epochs"] == 100 and config["recipe"]["schedule"] == "cosine"
             else:
                 assert config["task"] == "detect" and config["recipe"]["epochs"] == 300

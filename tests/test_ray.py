@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from gradpath_lib.cli import main
-from gradpath_lib.executors import RayExecutor, ray_gpus
+from gradpath_lib.executors import RayExecutor, WorkerLostError, ray_gpus
 from gradpath_lib.run_pool import CACHED, TRAINED, ensure_runs
 from gradpath_lib.runs import ensure_run, normalize_config
 from gradpath_lib.store import checkpoint_path, load_checkpoint, record_path
@@ -92,6 +92,17 @@ def test_a_lost_worker_is_retried_and_resumes_from_its_checkpoint(tmp_path, ray_
     assert ray.is_initialized(), "an executor leaves a Ray session it did not open"
     recorded = ensure_run(CONFIG, results_dir=tmp_path, allow_train=False)
     assert strip_timing(recorded["metrics"]) == strip_timing(local_record["metrics"])
+
+
+def die() -> None:
+    """A Ray task whose worker process exits at once."""
+    os._exit(1)
+
+
+def test_a_worker_that_keeps_dying_is_a_worker_lost_error(ray_session):
+    executor = RayExecutor(device="cpu", max_retries=0)
+    with pytest.raises(WorkerLostError, match="Ray worker died 1 times"):
+        executor.submit(die).result(timeout=300)
 
 
 def test_gpu_requests_and_command_line_checks(tmp_path, capsys):

@@ -17,6 +17,10 @@ from gradpath_lib.runner import (DONE, FAILED_NB, UP_TO_DATE, executed_notebook,
                                  summary_frame)
 from gradpath_lib.store import REPO_ROOT
 
+from conftest import SMOKE_TIMEOUT_S
+
+pytestmark = pytest.mark.timeout(SMOKE_TIMEOUT_S)  # the shared smoke reproduction runs in the first test
+
 KILL_TIMEOUT_S = 300  # the killed reproduction must reach its first notebook within this
 
 

@@ -28,11 +28,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                              "(one GPU per run on CUDA; pip install 'gradpath[ray]')")
     parser.add_argument("--address", help="the Ray cluster to use (e.g. auto or ray://head:10001); "
                                           "default: start a local Ray instance")
+    parser.add_argument("--nproc", type=int, default=1,
+                        help="with --runs-only: train each run on this many data-parallel processes (one per "
+                             "GPU), relaunching the command under torchrun")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Reproduce, print the summary table, and return 0 only if everything succeeded."""
+    from ..distributed import is_main, launch, launched_by_torchrun, process_group, relaunch_argv
     from ..errors import GradpathError
     from ..executors import cluster_session
     from ..runner import reproduce, succeeded, summary_frame
@@ -43,9 +47,16 @@ def run(args: argparse.Namespace) -> int:
         raise GradpathError("--no-train and --runs-only exclude each other (runs-only only trains)")
     if args.address is not None and args.executor != "ray":
         raise GradpathError("--address names a Ray cluster; it needs --executor ray")
-    with cluster_session(args.executor, args.address):
-        reports = reproduce(args.scale, only=args.only, jobs=args.jobs, device=args.device,
+    data_parallel = args.nproc != 1 or launched_by_torchrun()
+    if data_parallel and (not args.runs_only or args.jobs != 1 or args.executor != "local"):
+        raise GradpathError("data-parallel runs (--nproc or torchrun) need --runs-only with --jobs 1 and the local "
+                            "executor: every process trains the same runs in the same order")
+    if args.nproc != 1 and not launched_by_torchrun():
+        return launch(args.nproc, relaunch_argv(args))
+    with cluster_session(args.executor, args.address), process_group(args.device) as device:
+        reports = reproduce(args.scale, only=args.only, jobs=args.jobs, device=device,
                             train=not args.no_train, runs_only=args.runs_only, results_dir=args.results_dir,
-                            executor=args.executor, address=args.address)
-    print(summary_frame(reports).to_string(index=False))
+                            executor=args.executor, address=args.address, progress=is_main())
+    if is_main():
+        print(summary_frame(reports).to_string(index=False))
     return 0 if succeeded(reports) else 1

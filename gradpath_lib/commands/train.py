@@ -1,4 +1,4 @@
-"""`gradpath train`: train one classification run, or return its cached record at once."""
+"""`gradpath train`: train one run (classifier or detector), or return its cached record at once."""
 
 from __future__ import annotations
 
@@ -8,12 +8,19 @@ from ..distributed import is_main, launch, launched_by_torchrun, process_group, 
 from ..runs import cached_record, ensure_run
 from ..scales import SCALES
 from ..store import record_path
+from ..models import get_entry
 from ..train.classify import classify_config
+from ..train.detect import detect_config
+
+# How a registered model's task turns (model, scale, seed, recipe overrides) into a run config,
+# and the metrics its summary line shows.
+CONFIG_BUILDERS = {"classify": classify_config, "detect": detect_config}
+HEADLINE_METRICS = {"classify": ("test_acc", "best_test_acc"), "detect": ("bbox_AP", "segm_AP")}
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register `gradpath train`."""
-    parser = subparsers.add_parser("train", help="train one classifier run (cached if recorded)")
+    parser = subparsers.add_parser("train", help="train one run of a classifier or detector (cached if recorded)")
     parser.add_argument("--model", required=True, help="registered model name (see `gradpath models`)")
     parser.add_argument("--scale", default="smoke", choices=SCALES)
     parser.add_argument("--seed", type=int, default=0)
@@ -29,11 +36,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def summary(record: dict) -> str:
-    """One line: run id, status, accuracy, epochs, throughput and wall time."""
+    """One line: run id, status, the task's headline metrics, epochs, throughput and wall time."""
     m = record["metrics"]
-    acc = "n/a" if m.get("test_acc") is None else f"{m['test_acc']:.4f}"
-    best = "n/a" if m.get("best_test_acc") is None else f"{m['best_test_acc']:.4f}"
-    line = (f"{record['run_id']}: {record['status']}, test_acc {acc} (best {best}), "
+    shown = ", ".join(f"{k} {'n/a' if m.get(k) is None else format(m[k], '.4f')}"
+                      for k in HEADLINE_METRICS[record["config"]["task"]])
+    line = (f"{record['run_id']}: {record['status']}, {shown}, "
             f"{m.get('epochs_done')} epochs, {m.get('images_per_s')} img/s, "
             f"{record['wall_time_s']} s on {record['provenance']['device_name']}")
     if record["status"] == "diverged":
@@ -47,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
     if args.nproc != 1 and not launched_by_torchrun():
         return launch(args.nproc, relaunch_argv(args))
     overrides = {"epochs": args.epochs} if args.epochs is not None else {}
-    config = classify_config(args.model, args.scale, args.seed, **overrides)
+    build_config = CONFIG_BUILDERS[get_entry(args.model).task]
+    config = build_config(args.model, args.scale, args.seed, **overrides)
     cached = not args.force and cached_record(config, args.results_dir) is not None
     with process_group(args.device) as device:
         record = ensure_run(config, results_dir=args.results_dir, force=args.force,

@@ -7,7 +7,7 @@ any, and `tables.verdict_frame` judges the paper's claims from the same runs.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pandas as pd
@@ -35,9 +35,10 @@ def classification_runs(models: Sequence[str]) -> Any:
     return runs
 
 
-def classification_frame(runs: list[Run]) -> pd.DataFrame:
-    """One row per run: status, params, MFLOPs, top-1 (%), final train loss."""
-    frame = runs_frame(runs, metrics={"top1": "test_acc", "train_loss": "train_loss"})
+def classification_frame(runs: list[Run], label: Callable[[dict[str, Any]], str] | None = None) -> pd.DataFrame:
+    """One row per run (row group: `label(config)`, default the model): status, params, MFLOPs,
+    top-1 (%), final train loss."""
+    frame = runs_frame(runs, metrics={"top1": "test_acc", "train_loss": "train_loss"}, label=label)
     frame["top1"] *= PERCENT
     frame["mflops"] = frame["flops"] / 1e6
     return frame

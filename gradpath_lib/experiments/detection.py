@@ -25,7 +25,6 @@ TABLE8_MODELS = ("yolor-v3", "yolor-prn", "yolor-csp", "yolor-elan", "yolov5")
 # The AP columns each table shows (keys of detection_tables.AP_COLUMNS).
 MAIN_APS = ("ap_box", "ap50_box", "ap75_box", "ap_mask", "ap50_mask", "ap75_mask")
 SIZE_APS = ("aps_box", "apm_box", "apl_box", "aps_mask", "apm_mask", "apl_mask")
-SAMPLE_CANVASES = 8  # canvases shown per CIFAR-Det split
 PREDICTION_CANVASES = 3  # val canvases shown per detector in the Table 8 pictures
 
 
@@ -39,43 +38,44 @@ def detection_runs(models: Sequence[str]) -> Any:
     return runs
 
 
-def cifar_det_overview(scale: str) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Object counts per split, class and COCO size range, and a figure of sample canvases (with
-    their masks, boxes and classes) per split, for CIFAR-Det at `scale` (smoke or mini)."""
+def cifar_det_table(scale: str) -> pd.DataFrame:
+    """Object counts per split, class (rows, plus "all") and COCO size range (columns, plus "all")
+    of CIFAR-Det at `scale` (smoke or mini)."""
     from ..data.cifar_det import SPLITS, cifar_det_stats, load_cifar_det
-    from ..data.detection_plots import plot_detection_samples
 
-    stats, figures = [], {}
+    stats = []
     for split in SPLITS:
-        dataset = load_cifar_det(scale, split, progress=False)
-        counts = cifar_det_stats(dataset).reset_index()
+        counts = cifar_det_stats(load_cifar_det(scale, split, progress=False)).reset_index()
         stats.append(counts.assign(split=split)[["split", *counts.columns]])
-        figures[split] = plot_detection_samples(dataset, count=SAMPLE_CANVASES)
     table = pd.concat(stats, ignore_index=True)
     table.columns.name = None
-    return table, figures
+    return table
 
 
-def prediction_figures(runs: list[Run], models: Sequence[str], results_dir: str | Path) -> tuple[dict[str, Any], list[str]]:
-    """Pictures of each model's detections on the first val canvases, from its first recorded
-    seed's saved weights; also the models without saved weights (their pictures are not drawn)."""
+def stop_gradient_table(frame: pd.DataFrame, costs: pd.DataFrame, scale: str) -> pd.DataFrame:
+    """Table 3 (detection form): costs and APs (`detection_table`) beside each detector's longest
+    shortest and longest gradient path (`classification.path_lengths`, the same analysis)."""
+    from ..detection_tables import detection_table
+    from .classification import path_lengths
+
+    table = detection_table(frame, costs, MAIN_APS)
+    return table.merge(path_lengths(list(table["model"]), scale), on="model", how="left")
+
+
+def prediction_figure(runs: list[Run], model: str, results_dir: str | Path) -> Any:
+    """`model`'s detections on the first val canvases, from the saved weights of its first run that
+    ended ok; None when no such run has its weights here (they are kept where a run was trained)."""
     from ..data.cifar_det import load_cifar_det
     from ..train.det_plots import plot_predictions
     from ..train.detect import load_trained_detector
 
-    figures, lacking = {}, []
-    val = None
-    for model in models:
-        recorded = [config for config, record in runs if config["model"] == model and record
-                    and record["status"] == "ok"]
-        detector = load_trained_detector(recorded[0], results_dir) if recorded else None
-        if detector is None:
-            lacking.append(model)
-            continue
-        if val is None:
-            val = load_cifar_det(recorded[0]["scale"], "val", progress=False)
-        figures[model] = plot_predictions(detector, val, n=PREDICTION_CANVASES, columns=PREDICTION_CANVASES)
-    return figures, lacking
+    for config, record in runs:
+        if config["model"] == model and record is not None and record["status"] == "ok":
+            detector = load_trained_detector(config, results_dir)
+            if detector is not None:
+                val = load_cifar_det(config["scale"], "val", progress=False)
+                return plot_predictions(detector, val, n=PREDICTION_CANVASES, columns=PREDICTION_CANVASES)
+    return None
 
 
 register_chapter(Chapter("cifar_det", "CIFAR-Det: a detection and segmentation set from CIFAR images", no_runs, 140))

@@ -31,6 +31,9 @@ class ModelEntry:
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
+# The paper scale's datasets: ImageNet for classifiers, MS COCO 2017 for detectors.
+PAPER_NUM_CLASSES = {"classify": 1000, "detect": 80}
+
 
 def register(
     name: str,
@@ -74,6 +77,8 @@ def model_kwargs(name: str, scale: str = "mini", **overrides: Any) -> dict[str, 
     check_scale(scale)
     entry = get_entry(name)
     kwargs = dict(entry.presets.get(scale, entry.presets.get("mini", {})))
+    if scale == "paper":
+        kwargs.setdefault("num_classes", PAPER_NUM_CLASSES[entry.task])
     kwargs.update(overrides)
     return kwargs
 

@@ -59,9 +59,12 @@ class DeviceImages:
         return self.images.shape[0]
 
     def normalize(self, batch: torch.Tensor) -> torch.Tensor:
-        """uint8 NHWC -> normalized float32 NCHW (channels-last memory)."""
+        """uint8 NHWC -> normalized float32 NCHW (channels-last memory on CUDA, contiguous on CPU)."""
         x = batch.permute(0, 3, 1, 2).float().div_(PIXEL_MAX)
-        return (x - self.mean) / self.std
+        x = (x - self.mean) / self.std
+        # torch 2.13's CPU conv backward corrupts memory ("double free") on channels-last inputs
+        # when a layer has an odd channel count (e.g. LW-DNA's shrunk widths); CPU runs stay NCHW.
+        return x if x.is_cuda else x.contiguous()
 
     def eval_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The images in order, unaugmented, in batches of at most `batch_size`."""

@@ -34,7 +34,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data import dataset_for_scale, load_classification
-from ..distributed import check_global_batch, data_parallel, earliest_step, is_main, local_slice, shard, sum_across_ranks
+from ..distributed import (
+    check_global_batch, data_parallel, earliest_step, is_main, local_slice, shard, sum_across_ranks,
+)
 from ..errors import GradpathError
 from ..models.cost import count_flops, count_params
 from ..models.registry import create_model, get_entry
@@ -166,7 +168,7 @@ def train_epoch(
         loss_sum += cross_entropy.detach() * y.shape[0]
         correct += (logits.argmax(1) == y).sum()
         seen += y.shape[0]
-    seen = int(sum_across_ranks(torch.tensor(seen)).item())
+    seen = int(sum_across_ranks(torch.tensor(seen, device=device)).item())
     first = int(earliest_step(first_bad).item())
     return EpochStats(
         loss=sum_across_ranks(loss_sum).item() / seen,

@@ -75,58 +75,50 @@ def _gather(values: Tensor, index: Tensor) -> Tensor:
     return values.gather(1, flat)
 
 
-def positive_mask_logits(coeffs: Tensor, protos: Tensor, foreground: Tensor) -> Tensor:
-    """Mask logits (P, h, w) of the foreground points: coeffs (B, A, k) times their image's protos (B, k, h, w).
+def packed_positives(foreground: Tensor, slots: int) -> tuple[Tensor, Tensor]:
+    """(point index (B, slots), is positive (B, slots)): every image's positive points first, in order.
 
-    The positives are packed into a (B, most positives per image, k) batch, so one batched matmul serves all.
+    A fixed number of slots (at least the most positives an image can have) keeps shapes static,
+    so the loss never waits for the device to count positives.
     """
-    batch, _, height, width = protos.shape
-    image_index, point_index = foreground.nonzero(as_tuple=True)
-    slot = (foreground.cumsum(1) - 1)[image_index, point_index]
-    packed = coeffs.new_zeros(batch, int(foreground.sum(1).max()), coeffs.shape[-1])
-    packed[image_index, slot] = coeffs[image_index, point_index]
-    logits = torch.bmm(packed, protos.flatten(2).to(packed.dtype))
-    return logits[image_index, slot].view(-1, height, width)
+    order = foreground.to(torch.uint8).sort(dim=1, descending=True, stable=True).indices[:, :slots]
+    return order, foreground.gather(1, order)
 
 
 def mask_loss(logits: Tensor, target_masks: Tensor, target_boxes: Tensor, stride: float) -> Tensor:
-    """BCE of mask logits (P, h, w) vs targets (P, h, w), inside target boxes (P, 4) px, per-box mean."""
+    """Per-mask BCE of logits (..., h, w) vs targets (..., h, w), averaged inside target boxes (..., 4) px."""
     height, width = logits.shape[-2:]
     ys = (torch.arange(height, device=logits.device, dtype=torch.float32) + 0.5) * stride
     xs = (torch.arange(width, device=logits.device, dtype=torch.float32) + 0.5) * stride
-    inside = (
-        (xs[None, None, :] >= target_boxes[:, 0, None, None]) & (xs[None, None, :] < target_boxes[:, 2, None, None])
-        & (ys[None, :, None] >= target_boxes[:, 1, None, None]) & (ys[None, :, None] < target_boxes[:, 3, None, None])
-    )
+    x0, y0, x1, y1 = (target_boxes[..., i, None, None] for i in range(4))
+    inside = (xs >= x0) & (xs < x1) & (ys[:, None] >= y0) & (ys[:, None] < y1)
     bce = F.binary_cross_entropy_with_logits(logits.float(), target_masks, reduction="none") * inside
-    area = inside.flatten(1).sum(-1).clamp(min=1)
-    return (bce.flatten(1).sum(-1) / area).mean()
+    return bce.sum((-2, -1)) / inside.sum((-2, -1)).clamp(min=1)
 
 
 def detection_loss(
     outputs: dict[str, Tensor], targets: Targets, points: Tensor, strides: Tensor, proto_stride: float
 ) -> tuple[Tensor, Tensor]:
-    """Total loss of a batch and its detached parts (box, cls, mask) for logging."""
+    """Total loss of a batch and its detached parts (box, cls, mask) for logging (no host syncs)."""
     cls_logits = outputs["cls"].float()
     pred_boxes = decode_ltrb(outputs["box"], points, strides)
     foreground, gt_index, soft = assign_tal(
         cls_logits.detach().sigmoid(), pred_boxes.detach(), points, targets.boxes, targets.labels, targets.valid
     )
     labels = _gather(targets.labels.clamp(min=0), gt_index)
-    cls_target = F.one_hot(labels, cls_logits.shape[-1]).float() * (soft * foreground)[..., None]
+    weight = soft * foreground
+    cls_target = F.one_hot(labels, cls_logits.shape[-1]).float() * weight[..., None]
     norm = cls_target.sum().clamp(min=1)
     cls = F.binary_cross_entropy_with_logits(cls_logits, cls_target, reduction="sum") / norm
     box_target = _gather(targets.boxes, gt_index)
-    weight = soft[foreground]
-    box = ((1 - box_ciou(pred_boxes[foreground], box_target[foreground])) * weight).sum() / norm
-    if foreground.any():
-        masks = mask_loss(
-            positive_mask_logits(outputs["coef"].float(), outputs["protos"].float(), foreground),
-            _gather(targets.masks, gt_index)[foreground],
-            box_target[foreground],
-            proto_stride,
-        )
-    else:
-        masks = outputs["coef"].sum() * 0
+    box = ((1 - box_ciou(pred_boxes, box_target)) * weight).sum() / norm
+    # each ground truth has at most TOPK positives, so an image has at most M * TOPK
+    point, positive = packed_positives(foreground, min(foreground.shape[1], targets.labels.shape[1] * TOPK))
+    coeffs = _gather(outputs["coef"].float(), point)  # (B, P, k)
+    protos = outputs["protos"].float()
+    logits = torch.bmm(coeffs, protos.flatten(2)).view(*point.shape, *protos.shape[-2:])
+    assigned = gt_index.gather(1, point)
+    per_mask = mask_loss(logits, _gather(targets.masks, assigned), _gather(targets.boxes, assigned), proto_stride)
+    masks = (per_mask * positive).sum() / positive.sum().clamp(min=1)
     total = BOX_GAIN * box + CLS_GAIN * cls + MASK_GAIN * masks
     return total, torch.stack([box, cls, masks]).detach()

@@ -5,8 +5,8 @@ scale, the seed and the full recipe (`DetectRecipe`, one per scale below). Train
 whole set on the device (`DeviceDetections`, flip + scale-jitter augmentation on the device),
 checkpoints every epoch and resumes from the checkpoint, so a killed run ends with the same
 metrics as an uninterrupted one (exactly, on CPU). On CUDA: bf16 autocast, channels-last, fused
-AdamW, and the loss sums and first non-finite step stay on the device until the epoch ends (the
-assignment itself syncs once per step to pack the positives' masks).
+AdamW, and no host sync inside an epoch (augmentation, assignment and loss have static shapes;
+the loss sums and the first non-finite step stay on the device until the epoch ends).
 
 Assignment and loss: `gradpath_lib.train.det_loss` (task-aligned assignment, CIoU + BCE + cropped
 mask BCE). Weights are averaged by an exponential moving average (EMA); every evaluation uses the
@@ -37,6 +37,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data.detection import DetectionDataset
+from ..distributed import (
+    check_global_batch, data_parallel, earliest_step, is_main, shard, sum_across_ranks, world,
+)
 from ..errors import GradpathError, check_choice
 from ..models.cost import count_flops, count_params
 from ..models.registry import create_model, get_entry
@@ -48,7 +51,7 @@ from .boxes import anchor_points
 from .classify import autocast, finite_or_none, rng_state, set_rng_state
 from .coco_eval import SUMMARY_NAMES, evaluate_coco
 from .det_data import DeviceDetections
-from .det_loss import detection_loss
+from .det_loss import Targets, detection_loss
 from .det_predict import Detections, coco_predictions, postprocess
 from .recipes import SCHEDULES, lr_at
 
@@ -82,7 +85,7 @@ class DetectRecipe:
     # EMA of the weights: decay * (1 - exp(-updates / ema_tau)) (YOLOv5's ramp, so early EMA tracks).
     ema_decay: float = 0.9998
     ema_tau: float = 2000.0
-    # Evaluate box AP after every eval_every-th epoch (and always after the last one).
+    # Evaluate box AP after every eval_every-th epoch (the last one always gets the full evaluation).
     eval_every: int = 1
     # Canvases per evaluation step.
     eval_batch_size: int = 64
@@ -207,7 +210,9 @@ def train_epoch(
     model: nn.Module, forward: nn.Module, ema: ModelEMA, optimizer: torch.optim.Optimizer, data: DeviceDetections,
     recipe: DetectRecipe, generator: torch.Generator, first_step: int, total_steps: int,
 ) -> EpochStats:
-    """One pass over `data`; reads device values once, at the end."""
+    """One pass over `data`; reads device values once, at the end. Under torch.distributed each rank
+    trains on its shard of every global batch (its loss normalized by its own positives, as YOLOv5
+    does) and the epoch's loss means are averaged over the ranks."""
     device = data.images.device
     points, strides = anchor_points(*data.image_size, model.strides, device)
     model.train()
@@ -218,6 +223,8 @@ def train_epoch(
     steps, lr = 0, 0.0
     for images, targets in data.train_batches(recipe.batch_size, generator, recipe.flip, recipe.scale_jitter,
                                               model.proto_stride):
+        images = shard(images)
+        targets = Targets(**{f.name: shard(getattr(targets, f.name)) for f in fields(targets)})
         lr = lr_at(recipe, first_step + steps, total_steps)  # DetectRecipe has the fields lr_at reads
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -234,8 +241,8 @@ def train_epoch(
         bad = (first_bad < 0) & ~torch.isfinite(loss.detach())
         first_bad = torch.where(bad, step, first_bad)
         loss_sums += parts
-    first = int(first_bad.item())
-    means = (loss_sums / max(steps, 1)).tolist()
+    first = int(earliest_step(first_bad).item())
+    means = (sum_across_ranks(loss_sums) / (max(steps, 1) * world().size)).tolist()
     return EpochStats(dict(zip(LOSS_PARTS, means)), lr, time.perf_counter() - start, first if first >= 0 else None)
 
 
@@ -288,6 +295,7 @@ def fit_detector(
     if steps_per_epoch == 0:
         raise GradpathError(f"recipe batch_size {recipe.batch_size} exceeds the {len(train_data)} training canvases; "
                             "use a smaller batch_size")
+    check_global_batch(recipe.batch_size)
     total_steps = steps_per_epoch * recipe.epochs
     model.to(device)
     if device.type == "cuda":
@@ -303,7 +311,8 @@ def fit_detector(
         optimizer.load_state_dict(state["optimizer"])
         history = state["history"]
         set_rng_state(state["rng"], device)
-    forward = torch.compile(model) if recipe.compile else model
+    forward = data_parallel(model, device)
+    forward = torch.compile(forward) if recipe.compile else forward
     status, extra = "ok", {}
     bar = tqdm(total=recipe.epochs, initial=len(history), desc=desc, unit="epoch", disable=not progress)
     for epoch in range(len(history), recipe.epochs):
@@ -314,9 +323,8 @@ def fit_detector(
             extra.update(diverged_at_step=stats.first_nonfinite_step, diverged_at_epoch=epoch)
             break
         eval_start = time.perf_counter()
-        last = epoch + 1 == recipe.epochs
-        box_ap = None
-        if last or (epoch + 1) % recipe.eval_every == 0:
+        box_ap = None  # the last epoch's comes from the final evaluation below
+        if (epoch + 1) % recipe.eval_every == 0 and epoch + 1 < recipe.epochs:
             box_ap = evaluate_detector(ema.module, val_data, val_set, recipe.eval_batch_size, masks=False)["bbox_AP"]
         history.append({
             "epoch": epoch + 1,
@@ -327,7 +335,7 @@ def fit_detector(
             "train_s": round(stats.seconds, 3),
             "epoch_s": round(stats.seconds + time.perf_counter() - eval_start, 3),
         })
-        if checkpoint is not None:
+        if checkpoint is not None and is_main():
             save_checkpoint(checkpoint, {"model": model.state_dict(), "ema": ema.state_dict(),
                                          "optimizer": optimizer.state_dict(), "history": history,
                                          "rng": rng_state(device)})
@@ -335,6 +343,8 @@ def fit_detector(
         bar.set_postfix(loss=f"{sum(stats.losses.values()):.3f}", box_ap=box_ap)
     bar.close()
     final = evaluate_detector(ema.module, val_data, val_set, recipe.eval_batch_size) if status == "ok" else {}
+    if final:
+        history[-1]["bbox_AP"] = final["bbox_AP"]
     train_seconds = sum(epoch["train_s"] for epoch in history)
     metrics = {
         **final,

@@ -1,0 +1,156 @@
+"""The detection chapters' runs, tables and claims, on made-up records (fast, no training)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from gradpath_lib.detection_tables import AP_COLUMNS, detection_costs, detection_frame, detection_table
+from gradpath_lib.experiments import chapter
+from gradpath_lib.experiments.detection import (
+    MAIN_APS,
+    PREDICTION_CANVASES,
+    SIZE_APS,
+    TABLE3_DETECTION_MODELS,
+    TABLE5_MODELS,
+    TABLE6_MODELS,
+    TABLE7_MODELS,
+    TABLE8_MODELS,
+    prediction_figure,
+    stop_gradient_table,
+)
+from gradpath_lib.models.cost import count_flops, count_params
+from gradpath_lib.models.registry import create_model
+from gradpath_lib.paper import claims
+from gradpath_lib.runs import normalize_config
+from gradpath_lib.store import run_id, save_checkpoint, weights_path
+from gradpath_lib.tables import verdict_frame
+from gradpath_lib.train.detect import detect_config
+
+TABLE_MODELS = {"table5": TABLE5_MODELS, "table6": TABLE6_MODELS, "table7": TABLE7_MODELS,
+                "table3_detection": TABLE3_DETECTION_MODELS, "table8": TABLE8_MODELS}
+
+
+def _record(config: dict, status: str = "ok", box_ap: float = 0.25, params: int = 1000, flops: int = 10**6) -> dict:
+    metrics = {name: box_ap / 2 for name in AP_COLUMNS.values()} | {"bbox_AP": box_ap, "segm_APl": None}
+    return {"run_id": f"{config['model']}-{config['seed']}", "config": config, "status": status,
+            "metrics": metrics if status == "ok" else {}, "params": params, "flops": flops,
+            "provenance": {"device_name": "cpu"}}
+
+
+def _runs(models: tuple[str, ...], seeds: list[int], ap: dict[str, float] | None = None) -> list:
+    configs = [{"task": "detect", "model": m, "scale": "smoke", "seed": s} for m in models for s in seeds]
+    return [(c, _record(c, box_ap=(ap or {}).get(c["model"], 0.2) + 0.01 * c["seed"])) for c in configs]
+
+
+def test_every_detection_chapter_is_registered_in_book_order() -> None:
+    orders = {name: chapter(name).order for name in ("cifar_det", *TABLE_MODELS)}
+    assert orders == {"cifar_det": 140, "table5": 150, "table6": 160, "table7": 170, "table3_detection": 175,
+                      "table8": 180}
+    assert chapter("cifar_det").runs("mini", [0]) == []
+
+
+@pytest.mark.parametrize("name", sorted(TABLE_MODELS))
+def test_chapter_runs_every_model_and_seed_with_one_recipe(name: str) -> None:
+    configs = chapter(name).runs("mini", [0, 1])
+    assert [(c["model"], c["seed"]) for c in configs] == [(m, s) for m in TABLE_MODELS[name] for s in (0, 1)]
+    assert {c["task"] for c in configs} == {"detect"}
+    assert len({repr(c["recipe"]) for c in configs}) == 1
+
+
+def test_a_detector_in_several_tables_is_one_shared_run() -> None:
+    ids = {name: {c["model"]: run_id(normalize_config(c)) for c in chapter(name).runs("smoke", [0])}
+           for name in TABLE_MODELS}
+    assert ids["table5"]["yolor-v3"] == ids["table6"]["yolor-v3"] == ids["table8"]["yolor-v3"]
+    assert ids["table6"]["yolor-csp"] == ids["table3_detection"]["yolor-csp"] == ids["table8"]["yolor-csp"]
+    unique = set().union(*(set(v.values()) for v in ids.values()))
+    assert len(unique) == len(set().union(*TABLE_MODELS.values()))
+
+
+@pytest.mark.parametrize("name", sorted(TABLE_MODELS))
+def test_every_claim_compares_two_models_of_its_table_on_a_frame_column(name: str) -> None:
+    frame = detection_frame(_runs(TABLE_MODELS[name], [0]))
+    assert claims(name)
+    for claim in claims(name):
+        assert {claim.subject, claim.baseline} <= set(TABLE_MODELS[name]), claim.id
+        assert claim.metric in frame.columns, claim.id
+
+
+def test_detection_frame_shows_ap_points_for_ok_runs_only() -> None:
+    ok = {"task": "detect", "model": "yolor-v3", "scale": "smoke", "seed": 0}
+    bad = {**ok, "model": "yolor-prn"}
+    missing = {**ok, "model": "yolor-csp"}
+    frame = detection_frame([(ok, _record(ok, box_ap=0.25)), (bad, _record(bad, status="diverged")), (missing, None)])
+    assert frame["status"].tolist() == ["ok", "diverged", "missing"]
+    assert frame.loc[0, "ap_box"] == pytest.approx(25.0) and frame.loc[0, "ap_mask"] == pytest.approx(12.5)
+    assert math.isnan(frame.loc[0, "apl_mask"])  # COCOeval left it undefined
+    assert frame.loc[1:, list(AP_COLUMNS)].isna().all().all()
+
+
+def test_costs_are_the_models_own_and_relative_to_yolor_v3() -> None:
+    costs = detection_costs(TABLE6_MODELS, "smoke").set_index("model")
+    assert costs.index.tolist() == list(TABLE6_MODELS)
+    with torch.device("meta"):  # counting needs shapes only
+        csp = create_model("yolor-csp", "smoke")
+    assert costs.loc["yolor-csp", "params (M)"] == pytest.approx(count_params(csp) / 1e6)
+    assert costs.loc["yolor-csp", "GFLOPs (run input)"] == pytest.approx(count_flops(csp, (3, 64, 64)) / 1e9)
+    assert costs.loc["yolor-csp", "GFLOPs (640)"] == pytest.approx(count_flops(csp, (3, 640, 640)) / 1e9)
+    assert (costs.loc["yolor-v3", [c for c in costs.columns if c.endswith("vs yolor-v3")]] == 0).all()
+    v3 = costs.loc["yolor-v3"]
+    assert costs.loc["yolor-csp", "FLOPs (640) vs yolor-v3"] == pytest.approx(
+        costs.loc["yolor-csp", "GFLOPs (640)"] / v3["GFLOPs (640)"] - 1)
+    assert (costs.loc[["yolor-csp", "yolor-csp-first", "yolor-csp-last"], "FLOPs vs yolor-v3"] < 0).all()
+
+
+def test_detection_table_shows_costs_and_mean_std_over_seeds() -> None:
+    frame = detection_frame(_runs(TABLE5_MODELS, [0, 1], ap={"yolor-v3": 0.20, "yolor-prn": 0.30}))
+    costs = detection_costs(TABLE5_MODELS, "smoke")
+    table = detection_table(frame, costs, MAIN_APS)
+    assert table["model"].tolist() == list(TABLE5_MODELS)
+    assert table["status"].tolist() == ["2 ok", "2 ok"]
+    assert table.loc[1, "AP box"] == "30.5 ± 0.7"
+    assert table.loc[0, "FLOPs vs yolor-v3"] == "+0.0%"
+    assert {"AP50 box", "AP75 mask", "params (M)", "GFLOPs (640)"} <= set(table.columns)
+    sizes = detection_table(frame, costs, SIZE_APS)
+    assert sizes["APl mask"].tolist() == ["—", "—"]
+
+
+def test_verdicts_follow_the_records() -> None:
+    runs = _runs(TABLE5_MODELS, [0, 1, 2], ap={"yolor-v3": 0.20, "yolor-prn": 0.30})
+    verdicts = verdict_frame(claims("table5"), detection_frame(runs)).set_index("claim")
+    assert verdicts.loc["yolor-prn has higher box AP than yolor-v3", "verdict"] == "reproduced"
+    assert verdicts.loc["yolor-prn costs about the same FLOPs as yolor-v3", "verdict"] == "reproduced"
+    runs = _runs(TABLE5_MODELS, [0, 1, 2], ap={"yolor-v3": 0.30, "yolor-prn": 0.20})
+    verdicts = verdict_frame(claims("table5"), detection_frame(runs)).set_index("claim")
+    assert verdicts.loc["yolor-prn has higher box AP than yolor-v3", "verdict"] == "not reproduced"
+
+
+def test_prediction_figure_needs_saved_weights(tmp_path: Path) -> None:
+    runs = _runs(("yolor-v3",), [0])
+    assert prediction_figure(runs, "yolor-v3", tmp_path) is None
+    assert prediction_figure([(runs[0][0], None)], "yolor-v3", tmp_path) is None
+
+
+def test_prediction_figure_draws_from_the_saved_weights(tmp_path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    config = detect_config("yolor-v3", "smoke", 0)
+    save_checkpoint(weights_path(tmp_path, normalize_config(config)), create_model("yolor-v3", "smoke").state_dict())
+    figure = prediction_figure([(config, _record(config))], "yolor-v3", tmp_path)
+    assert len(figure.axes) == PREDICTION_CANVASES
+    assert prediction_figure([(config, _record(config, status="diverged"))], "yolor-v3", tmp_path) is None
+    plt.close(figure)
+
+
+def test_stop_gradient_table_adds_the_detectors_gradient_path_lengths() -> None:
+    frame = detection_frame(_runs(TABLE3_DETECTION_MODELS, [0]))
+    table = stop_gradient_table(frame, detection_costs(TABLE3_DETECTION_MODELS, "smoke"), "smoke").set_index("model")
+    paths = table[["longest shortest path", "longest path"]]
+    # identical forward passes; the stops only change which paths carry gradient
+    assert table["GFLOPs (640)"].nunique() == 1
+    assert paths.loc["yolor-csp-sg-block", "longest path"] < paths.loc["yolor-csp", "longest path"]
+    assert paths.loc["yolor-csp-sg-block", "longest shortest path"] == paths.loc["yolor-csp", "longest shortest path"]
+    assert paths.loc["yolor-csp-sg-identity", "longest shortest path"] > paths.loc["yolor-csp", "longest shortest path"]
