@@ -43,4 +43,5 @@ def test_analysis_tables(smoke_results):
 
     spectra = table(results, "measured_spectra")
     assert spectra.model.unique().tolist() == list(SPECTRUM_MODELS)
-    assert spectra.groupby("model").share.sum().round(9).eq(1).all()
+    assert set(spectra.weights) == {"trained", "initial"}
+    assert spectra.groupby(["model", "weights"]).share.sum().round(9).eq(1).all()

@@ -164,3 +164,14 @@ def test_lwdna_smoke_run_meets_the_baseline_flops(tmp_path):
     assert all(w2 == 2 * w for w, w2 in zip(summary["baseline_widths"], summary["wide_widths"]))
     assert all(math.ceil(LAYER_FLOOR * wide) <= w <= wide for w, wide in zip(summary["widths"], summary["wide_widths"]))
     assert 0.0 <= record["metrics"]["test_acc"] <= 1.0
+
+
+def test_chapter_compares_at_equal_epochs():
+    from gradpath_lib.experiments import chapter
+    from gradpath_lib.experiments.extensions import LWDNA_MODELS, lwdna_label
+
+    configs = chapter("lwdna").runs("mini", [0, 1])
+    assert len(configs) == len(LWDNA_MODELS) * 2 * 3
+    assert len({str(c["recipe"]) for c in configs}) == 1  # baseline, LW-DNA and control: one budget
+    assert {lwdna_label(c) for c in configs if c["model"] == "elan"} == {"elan", "elan lwdna-taylor",
+                                                                         "elan lwdna-random"}

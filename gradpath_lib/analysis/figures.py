@@ -164,3 +164,15 @@ def spectrum_figure(
     axes[-1].legend(fontsize=7)
     fig.tight_layout()
     return _save(fig, out_dir, name)
+
+
+def spectrum_peaks(spectra: pd.DataFrame, reports: Mapping[str, GradientPathReport]) -> pd.DataFrame:
+    """Per model of a `measured_spectra`-style table: the path length carrying the largest share,
+    the network's longest shortest path, and the share carried by paths no longer than it."""
+    rows = []
+    for model, rows_of_model in spectra.groupby("model", sort=False):
+        shares = rows_of_model.set_index("timestamp").share
+        shortest = reports[model].network["longest_shortest_path"]
+        rows.append({"model": model, "peak path length": int(shares.idxmax()), "longest shortest path": shortest,
+                     "share up to it": float(shares[shares.index <= shortest].sum())})
+    return pd.DataFrame(rows)

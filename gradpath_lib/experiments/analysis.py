@@ -8,14 +8,16 @@ from typing import Any
 from ..analysis.figures import SPECTRUM_MODELS
 from ..analysis.summary import TABLE1_MODELS
 from . import Chapter, register_chapter
+from ..train.spectrum import spectrum_config
 from .classification import classification_runs, no_runs
 
 SPECTRUM_SEEDS = 1  # the spectra are shown for one trained network per architecture
 
 
 def spectrum_runs(scale: str, seeds: list[int]) -> list[dict[str, Any]]:
-    """A `Chapter.runs` function: one classification run of each SPECTRUM_MODELS network."""
-    return classification_runs(SPECTRUM_MODELS)(scale, seeds[:SPECTRUM_SEEDS])
+    """A `Chapter.runs` function: one spectrum run (trained and initial weights) of each
+    SPECTRUM_MODELS network."""
+    return [spectrum_config(model, scale, seed) for model in SPECTRUM_MODELS for seed in seeds[:SPECTRUM_SEEDS]]
 
 
 register_chapter(Chapter("gradient_timestamps", "Figures 7 and 8: gradient timestamps and sources",

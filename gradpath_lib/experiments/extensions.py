@@ -69,7 +69,9 @@ def lwdna_widths(runs: list[Run]) -> dict[str, pd.DataFrame]:
             continue
         frame = widths.setdefault(config["model"], pd.DataFrame({
             "layer": summary["layers"], "baseline": summary["baseline_widths"], "widened": summary["wide_widths"]}))
-        frame.setdefault(f"lwdna-{config['lwdna']['score']}", summary["widths"])
+        column = f"lwdna-{config['lwdna']['score']}"
+        if column not in frame:  # the first recorded seed stands for the model
+            frame[column] = summary["widths"]
     return widths
 
 

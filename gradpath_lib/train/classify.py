@@ -284,6 +284,12 @@ def load_training_data(config: dict[str, Any], recipe: Recipe, device: torch.dev
     )
 
 
+def initial_model(config: dict[str, Any]) -> nn.Module:
+    """The network of a classify `config` with the initial weights its run starts from."""
+    torch.manual_seed(config["seed"])
+    return create_model(config["model"], config["scale"], **config.get("model_kwargs", {}))
+
+
 def prepare_model(model: nn.Module, device: torch.device) -> nn.Module:
     """`model` on `device` (channels-last memory and cuDNN autotuning on CUDA)."""
     model.to(device)
@@ -340,8 +346,7 @@ def train_classify(config: dict[str, Any], ctx: TaskContext) -> TaskResult:
     check_global_batch(recipe.batch_size)
     data = load_training_data(config, recipe, ctx.device)
 
-    torch.manual_seed(config["seed"])
-    model = create_model(config["model"], config["scale"], **config.get("model_kwargs", {}))
+    model = initial_model(config)
     params = count_params(model)
     flops = count_flops(model, data.image_shape)
     prepare_model(model, ctx.device)

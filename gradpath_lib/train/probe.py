@@ -14,13 +14,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import GradpathError
-from ..models.registry import create_model
 from ..probes import RIDGE_L2, probe_model
-from ..runs import TaskContext, TaskResult, ensure_run, normalize_config, register_task
-from ..store import load_checkpoint, weights_path
+from ..runs import TaskContext, TaskResult, register_task
 from .classify import classify_config, load_training_data, prepare_model
 from .recipes import recipe_from_config
+from .trained import trained_target
 
 TASK = "probe"
 PROBE_SETTINGS = {"features": "global average pool of the stem and of each stage", "method": "ridge",
@@ -36,23 +34,12 @@ def probe_config(model: str, scale: str = "mini", seed: int = 0, **classify_kwar
 
 def train_probe(config: dict[str, Any], ctx: TaskContext) -> TaskResult:
     """Ensure the target run, then probe its trained layers; the trainer of task "probe"."""
-    target = normalize_config(config["target"])
-    if not target.get("save_weights"):
-        raise GradpathError("a probe's target must be a classify config with save_weights=True "
-                            "(build it with gradpath_lib.train.probe.probe_config)")
-    record = ensure_run(target, results_dir=ctx.results_dir, allow_train=True, device=str(ctx.device),
-                        progress=ctx.progress)
+    record, model = trained_target(config, ctx)
     base = {"target_run_id": record["run_id"], "target_test_acc": record["metrics"].get("test_acc")}
-    if record["status"] != "ok":
+    if model is None:
         return TaskResult("diverged", base, record["params"], record["flops"],
                           record["provenance"].get("dataset_sha256"))
-    state = load_checkpoint(weights_path(ctx.results_dir, target))
-    if state is None:
-        raise GradpathError(
-            f"run {record['run_id']} is recorded but its weights {weights_path(ctx.results_dir, target)} are "
-            "not on this machine (weights are git-ignored); move its record away to retrain it here")
-    model = create_model(target["model"], target["scale"], **target["model_kwargs"])
-    model.load_state_dict(state)
+    target = config["target"]
     prepare_model(model, ctx.device)
     recipe = recipe_from_config(target["recipe"])
     data = load_training_data(target, recipe, ctx.device)

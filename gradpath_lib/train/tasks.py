@@ -3,3 +3,4 @@ from . import classify  # noqa: F401
 from . import lwdna  # noqa: F401
 from . import detect  # noqa: F401
 from . import probe  # noqa: F401
+from . import spectrum  # noqa: F401
