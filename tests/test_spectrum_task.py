@@ -43,8 +43,8 @@ def test_records_both_spectra_of_the_target_run(spectrum_record):
     assert not frame[frame.weights == "trained"].share.equals(frame[frame.weights == "initial"].share)
 
 
-def test_target_must_keep_its_weights(tmp_path):
+def test_target_must_be_a_classify_run(tmp_path):
     config = spectrum_config(MODEL, "smoke", 0)
-    del config["target"]["save_weights"]
-    with pytest.raises(GradpathError, match="save_weights=True"):
+    config["target"]["task"] = "detect"
+    with pytest.raises(GradpathError, match="must be a classify config"):
         ensure_run(config, results_dir=tmp_path, device="cpu", progress=False)

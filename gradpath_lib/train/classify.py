@@ -58,14 +58,13 @@ def classify_config(
     *,
     model_kwargs: dict[str, Any] | None = None,
     data: str | None = None,
-    save_weights: bool = False,
     **recipe_overrides: Any,
 ) -> dict[str, Any]:
     """The complete run config of `model` at `scale` (recipe fields may be overridden by name).
 
-    `save_weights=True` adds `"save_weights": True` (a new run id): a run that ends `ok` then saves
-    its final state_dict to `store.weights_path` (`<results>/<scale>/weights/<run_id>.pt`,
-    git-ignored) for analyses that need the trained network, such as `gradpath_lib.probes`.
+    A run that ends `ok` also saves its final state_dict to `store.weights_path`
+    (`<results>/<scale>/weights/<run_id>.pt`, git-ignored) for the analyses that need the trained
+    network (probes, measured spectra); the weights are not part of the record.
     """
     check_scale(scale)
     entry = get_entry(model)
@@ -79,7 +78,7 @@ def classify_config(
         "model_kwargs": dict(model_kwargs or {}),
         "data": data or dataset_for_scale(scale),
         "recipe": recipe_for(scale, **recipe_overrides),
-    } | ({"save_weights": True} if save_weights else {})
+    }
 
 
 def strip_timing(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -361,7 +360,7 @@ def train_classify(config: dict[str, Any], ctx: TaskContext) -> TaskResult:
         set_rng_state(state["rng"], ctx.device)
     divergence = fit(model, optimizer, data, recipe, config["seed"], history, recipe.epochs, ctx,
                      desc=config["model"])
-    if config.get("save_weights") and not divergence and is_main():
+    if not divergence and is_main():
         save_checkpoint(weights_path(ctx.results_dir, config), model.state_dict())
     return TaskResult(
         status="diverged" if divergence else "ok",

@@ -1,6 +1,6 @@
 """The probe task ("probe"): linear probes per layer of one trained classification run.
 
-A probe config names its `target`, a `classify` config with `save_weights=True`. Running it
+A probe config names its `target`, a `classify` config. Running it
 ensures the target run (trained here if it is not recorded, with the same device and results
 folder), loads the target's final weights (`store.weights_path`), and fits a ridge probe on the
 pooled features of the stem and every stage (`gradpath_lib.probes`). The record's
@@ -26,8 +26,8 @@ PROBE_SETTINGS = {"features": "global average pool of the stem and of each stage
 
 
 def probe_config(model: str, scale: str = "mini", seed: int = 0, **classify_kwargs: Any) -> dict[str, Any]:
-    """The probe run of `classify_config(model, scale, seed, save_weights=True, **classify_kwargs)`."""
-    target = classify_config(model, scale, seed, save_weights=True, **classify_kwargs)
+    """The probe run of `classify_config(model, scale, seed, **classify_kwargs)`."""
+    target = classify_config(model, scale, seed, **classify_kwargs)
     return {"task": TASK, "model": model, "scale": scale, "seed": int(seed), "target": target,
             "probe": dict(PROBE_SETTINGS)}
 

@@ -1,7 +1,7 @@
 """The spectrum task ("spectrum"): the measured gradient spectrum of one trained classification
 run and of the same network at its initial weights.
 
-A spectrum config names its `target`, a `classify` config with `save_weights=True`, trained first
+A spectrum config names its `target`, a `classify` config, trained first
 if it is not recorded (see `trained.py`). On the first `batch` test images of the scale's dataset,
 `gradpath_lib.analysis.measured` splits every layer's gradient by path length exactly; the record's
 `metrics["spectrum"]` holds, for "trained" and "initial" weights, the share of gradient norm that
@@ -25,8 +25,8 @@ WEIGHTS = ("trained", "initial")
 
 
 def spectrum_config(model: str, scale: str = "mini", seed: int = 0, batch: int = SPECTRUM_BATCH) -> dict[str, Any]:
-    """The spectrum run of `classify_config(model, scale, seed, save_weights=True)`."""
-    target = classify_config(model, scale, seed, save_weights=True)
+    """The spectrum run of `classify_config(model, scale, seed)`."""
+    target = classify_config(model, scale, seed)
     return {"task": TASK, "model": model, "scale": scale, "seed": int(seed), "target": target, "batch": int(batch)}
 
 

@@ -1,5 +1,6 @@
 """Tasks that study a trained classifier (probes, measured spectra) start from its run: a
-`target` classify config with `save_weights=True`, trained here if it is not recorded yet."""
+`target` classify config, trained here if it is not recorded yet (a classify run keeps its final
+weights beside its record, git-ignored)."""
 
 from __future__ import annotations
 
@@ -17,9 +18,9 @@ def trained_target(config: dict[str, Any], ctx: TaskContext) -> tuple[dict[str, 
     """(record, trained network on the CPU) of `config["target"]`; the network is None when the
     target run diverged. The target is trained first if needed, on the same device and folder."""
     target = normalize_config(config["target"])
-    if target["task"] != "classify" or not target.get("save_weights"):
-        raise GradpathError(f"the target of a {config['task']} run must be a classify config with "
-                            "save_weights=True (build it with classify_config(..., save_weights=True))")
+    if target["task"] != "classify":
+        raise GradpathError(f"the target of a {config['task']} run must be a classify config, "
+                            f"not {target['task']!r} (build it with classify_config)")
     record = ensure_run(target, results_dir=ctx.results_dir, allow_train=True, device=str(ctx.device),
                         progress=ctx.progress)
     if record["status"] != "ok":
