@@ -14,7 +14,10 @@ from .errors import GradpathError
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand found in `gradpath_lib.commands`."""
-    parser = argparse.ArgumentParser(prog="gradpath", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="gradpath",
+        description="Gradient path analysis, training and the reproducible book of the PRN / CSPNet / ELAN paper.",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
         importlib.import_module(f"{commands.__name__}.{info.name}").add_parser(sub)
