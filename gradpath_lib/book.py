@@ -133,9 +133,10 @@ def build_config(scale: str, folder: Path) -> Path:
 
 
 def build_book(scale: str | None = None, *, results_dir: str | Path = "results", jobs: int = 1,
-               output_dir: str | Path = REPO_ROOT) -> int:
-    """Build `<output_dir>/_build/html` (see the module docstring); 0 when the reproduction and the
-    build succeeded."""
+               output_dir: str | Path | None = None) -> int:
+    """Build `<output_dir>/_build/html` (default: the repository root; see the module docstring); 0 when
+    the reproduction and the build succeeded."""
+    output_dir = REPO_ROOT if output_dir is None else Path(output_dir)
     scale = choose_scale(results_dir, scale)
     reproduced_ok = True
     if scale == "smoke":

@@ -13,7 +13,6 @@ which scale, hardware and code the numbers come from, and whether they are smoke
 from __future__ import annotations
 
 import datetime as _dt
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,8 +103,6 @@ def setup(
     )
     for name, (value, valid) in (choices or {}).items():
         check_choice(f"value for parameter {name}", value, valid)
-    # Pages are static: tqdm's missing-widget warning would only print a local path into them.
-    warnings.filterwarnings("ignore", message="IProgress not found")
     show_markdown(banner(ctx))
     return ctx
 
@@ -175,6 +172,10 @@ def provenance_note(outcomes: Sequence[RunOutcome], allow_train: bool) -> str:
         datasets = _distinct(str(p.get("dataset_sha256"))[:12] for p in prov if p.get("dataset_sha256"))
         if datasets:
             lines.append("**Dataset sha256:** " + ", ".join(f"`{d}…`" for d in datasets))
+        if len(datasets) > 1:
+            lines.append("**Warning: these runs were trained on different copies of the data** (above); "
+                         "their numbers are not comparable. Retrain the odd ones with `gradpath train --force` "
+                         "on one copy (`GRADPATH_DATA`).")
     absent = [o for o in outcomes if o.source in (MISSING, "failed")]
     text = "\n\n".join(lines)
     if absent:

@@ -29,6 +29,7 @@ from .store import (
     provenance,
     record_path,
     run_id,
+    set_aside,
     write_record,
 )
 
@@ -152,7 +153,7 @@ def ensure_run(
         try:
             load_record(path)
         except GradpathError:
-            path.rename(path.with_suffix(".corrupt"))
+            set_aside(path)
     dev = resolve_device(device)
     ctx = TaskContext(device=dev, checkpoint=checkpoint_path(results_dir, config), progress=progress,
                       results_dir=Path(results_dir))

@@ -24,6 +24,8 @@ from .distributed import world
 from .errors import GradpathError
 
 STATUSES = ("ok", "diverged", "failed")
+# Every record has these keys (DESIGN.md); `params` and `flops` are None in a failed record.
+RECORD_KEYS = ("run_id", "config", "status", "metrics", "params", "flops", "wall_time_s", "provenance")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -86,10 +88,23 @@ def load_record(path: str | Path) -> dict[str, Any]:
             f"corrupted run record {path}: {err}. Move it away (it is kept, never overwritten "
             "silently) or rerun with --force, which keeps it as <name>.corrupt"
         ) from err
-    missing = {"run_id", "config", "status", "metrics"} - set(record) if isinstance(record, dict) else {"all keys"}
+    missing = set(RECORD_KEYS) - set(record) if isinstance(record, dict) else {"all keys"}
     if missing:
         raise GradpathError(f"corrupted run record {path}: missing {sorted(missing)}")
+    if record["status"] not in STATUSES:
+        raise GradpathError(f"corrupted run record {path}: status {record['status']!r} is not one of {STATUSES}")
     return record
+
+
+def set_aside(path: Path) -> Path:
+    """Rename an unreadable file to the first free `<name>.corrupt[.N]` beside it (never overwriting)."""
+    target = path.with_suffix(".corrupt")
+    n = 1
+    while target.exists():
+        target = path.with_suffix(f".corrupt.{n}")
+        n += 1
+    path.rename(target)
+    return target
 
 
 def iter_records(results_dir: str | Path, scale: str) -> list[dict[str, Any]]:

@@ -90,6 +90,9 @@ def test_every_chapter_notebook_executes(smoke_results) -> None:
         page = nbformat.read(executed_notebook(results, "smoke", report.name), as_version=4)
         errors = [o for c in page.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
         assert not errors
+        streams = [o.get("text", "") for c in page.cells if c.cell_type == "code" for o in c.outputs
+                   if o.output_type == "stream" and o.get("name") == "stderr"]
+        assert not [t for t in streams if "Warning" in t], f"{report.name}: a warning on the page: {streams}"
         injected = [c for c in page.cells if "injected-parameters" in c.metadata.get("tags", [])]
         assert injected and "allow_train = False" in injected[0].source
 
@@ -176,3 +179,17 @@ def test_bad_parameter_fails_the_executed_notebook_with_a_clear_message(tmp_path
                                    parameters={"scale": "huge", "results_dir": str(tmp_path)},
                                    kernel_name="python3", progress_bar=False)
     assert err.value.ename == "GradpathError" and "valid choices: smoke, mini, paper" in err.value.evalue
+
+
+def test_provenance_note_warns_when_records_come_from_different_datasets() -> None:
+    from gradpath_lib.notebook import provenance_note
+    from gradpath_lib.run_pool import RunOutcome
+
+    def outcome(seed: int, sha: str) -> RunOutcome:
+        record = {"provenance": {"device_name": "cpu", "dataset_sha256": sha}}
+        return RunOutcome({"model": "resnet", "seed": seed}, record, "cached")
+
+    same = provenance_note([outcome(0, "a" * 64), outcome(1, "a" * 64)], allow_train=False)
+    mixed = provenance_note([outcome(0, "a" * 64), outcome(1, "b" * 64)], allow_train=False)
+    assert "different copies of the data" not in same and "`aaaaaaaaaaaa…`" in same
+    assert "different copies of the data" in mixed and "`bbbbbbbbbbbb…`" in mixed

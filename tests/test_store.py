@@ -22,7 +22,8 @@ CONFIG = {"task": "classify", "model": "resnet", "scale": "smoke", "seed": 1, "r
 
 
 def record_of(config: dict, status: str = "ok") -> dict:
-    return {"run_id": run_id(config), "config": config, "status": status, "metrics": {"test_acc": 0.5}}
+    return {"run_id": run_id(config), "config": config, "status": status, "metrics": {"test_acc": 0.5},
+            "params": 10, "flops": 20, "wall_time_s": 1.0, "provenance": {"device": "cpu"}}
 
 
 def test_run_id_depends_on_the_whole_config_not_on_key_order():
@@ -51,7 +52,9 @@ def test_invalid_status_is_refused_and_nothing_is_written(tmp_path):
     assert not path.exists()
 
 
-@pytest.mark.parametrize("content", ["{\"run_id\": ", "[1, 2]", json.dumps({"run_id": "x"})])
+@pytest.mark.parametrize("content", ["{\"run_id\": ", "[1, 2]", json.dumps({"run_id": "x"}),
+                                     json.dumps({k: v for k, v in record_of(CONFIG).items() if k != "provenance"}),
+                                     json.dumps({**record_of(CONFIG), "status": "great"})])
 def test_damaged_record_names_the_file(tmp_path, content):
     path = record_path(tmp_path, CONFIG)
     path.parent.mkdir(parents=True)

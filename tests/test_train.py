@@ -22,10 +22,10 @@ from gradpath_lib.cli import main
 from gradpath_lib.errors import GradpathError
 from gradpath_lib.models import registry
 from gradpath_lib.runs import ensure_run, normalize_config
-from gradpath_lib.store import checkpoint_path, record_path
+from gradpath_lib.store import checkpoint_path, load_record, record_path
 from gradpath_lib.train import classify
 from gradpath_lib.train.batches import DeviceImages, epoch_generator
-from gradpath_lib.train.classify import classify_config, strip_timing
+from gradpath_lib.train.classify import classify_config, rng_state, set_rng_state, strip_timing
 from gradpath_lib.train.recipes import Recipe, lr_at, recipe_for
 
 REPO = Path(__file__).resolve().parent.parent
@@ -241,9 +241,25 @@ def test_corrupted_record_and_checkpoint_give_clear_errors(tmp_path):
     ckpt.unlink()
     record = ensure_run(config, results_dir=tmp_path, device="cpu", progress=False)
     path = record_path(tmp_path, record["config"])
-    path.write_text('{"run_id": "x", "conf')
+    damaged = '{"run_id": "x", "conf'
+    path.write_text(damaged)
     with pytest.raises(GradpathError, match="corrupted run record .*" + path.name):
         ensure_run(config, results_dir=tmp_path, device="cpu", progress=False)
+    assert path.read_text() == damaged  # nothing is overwritten without --force
+    for n in range(2):  # --force retrains and sets every damaged record aside, never overwriting one
+        forced = ensure_run(config, results_dir=tmp_path, device="cpu", progress=False, force=True)
+        assert forced["status"] == "ok" and strip_timing(load_record(path)["metrics"]) == strip_timing(record["metrics"])
+        path.write_text(damaged + str(n))
+    kept = sorted(p.name for p in path.parent.glob(path.stem + ".corrupt*"))
+    assert kept == [path.stem + ".corrupt", path.stem + ".corrupt.1"]
+    assert (path.parent / kept[0]).read_text() == damaged
+
+
+def test_a_checkpoint_resumes_only_on_the_device_kind_that_saved_it():
+    saved_on_cuda = {"cpu": torch.get_rng_state(), "cuda": torch.zeros(8, dtype=torch.uint8)}
+    with pytest.raises(GradpathError, match="saved on cuda and cannot resume on cpu.*--device cuda"):
+        set_rng_state(saved_on_cuda, torch.device("cpu"))
+    set_rng_state(rng_state(torch.device("cpu")), torch.device("cpu"))
 
 
 KILLED_RUN = """

@@ -8,12 +8,19 @@ shares its weights but has two positions). BatchNorm, activations, pooling, upsa
 identity and flattening pass channels through. Channel slices, `torch.cat`, `split`/`chunk`
 along the channel axis, elementwise `+ - * /` (including partial adds built from slices and a
 cat) and multiplication by a constant channel mask (a buffer or parameter) are tracked;
-`.detach()` cuts the gradient edge; `permute`/`transpose` move the channel axis (as a detection
-head does before its output). Tensors computed from constants alone carry no gradient path.
+`.detach()` and `torch.detach(x)` cut the gradient edge; `permute`/`transpose` move the channel
+axis (as a detection head does before its output; each position records the axis of its output
+channels). Tensors computed from constants alone carry no gradient path.
 A grouped convolution is treated as dense (every output channel depends on every input channel),
 which over-counts its connections inside the layer but changes no timestamp of whole groups.
 Anything else that may move gradient between channels raises `GradpathError` naming it, and so
 do in-place methods such as `x.add_(y)`, whose effect fx's graph does not show to later uses.
+
+fx records neither autograd's grad mode nor custom backward passes: it traces through
+`torch.no_grad()` blocks and into the forward of a custom `torch.autograd.Function`. So after
+tracing, the model runs once more with gradients enabled and its autograd graph is walked from
+the output: a custom Function in it raises `GradpathError` naming the Function, and so does a
+position that the traced graph connects to the loss but autograd does not reach.
 """
 
 from __future__ import annotations
@@ -21,12 +28,15 @@ from __future__ import annotations
 import math
 import operator
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
+
+from torch.autograd.function import BackwardCFunction
 
 from ..errors import GradpathError
 from .channels import (
@@ -78,25 +88,28 @@ RESHAPES = {torch.flatten, "flatten", "view", "reshape"}
 PERMUTES = {torch.permute, "permute"}
 TRANSPOSES = {torch.transpose, "transpose"}
 SPLITS = {torch.split, torch.chunk, "split", "chunk"}
+DETACHES = {torch.detach, "detach"}
 CONCATS = {torch.cat, torch.concat}
 SUPPORTED = (
     "weighted layers (Conv1d/2d/3d, ConvTranspose, Linear); channel-wise modules and functions "
     "(BatchNorm, InstanceNorm, activations, pooling, upsampling/interpolate, dropout, padding, "
     "Identity, Flatten); channel slices x[:, a:b], torch.cat, split/chunk, elementwise + - * /, "
     "permute/transpose, reductions over other dims, flatten/view/reshape that keep the channels, "
-    "and .detach()"
+    "and .detach() / torch.detach()"
 )
 
 
 @dataclass(frozen=True)
 class Position:
-    """One call of a weighted module: its id, module name, call index and output channels."""
+    """One call of a weighted module: its id, module name, call index, output channels, module
+    type and the dimension of its output tensor that holds those channels."""
 
     id: int
     module: str
     call: int
     out_channels: int
     kind: str
+    axis: int = 1
 
     @property
     def name(self) -> str:
@@ -127,14 +140,15 @@ def _unsupported(node: fx.Node, what: str) -> GradpathError:
     )
 
 
-def _has_tensor(value: Any) -> bool:
+def _tensors(value: Any) -> list[torch.Tensor]:
+    """Every tensor in a (nested) tuple, list or dict of outputs."""
     if isinstance(value, torch.Tensor):
-        return True
+        return [value]
     if isinstance(value, (tuple, list)):
-        return any(_has_tensor(v) for v in value)
+        return [t for v in value for t in _tensors(v)]
     if isinstance(value, dict):
-        return any(_has_tensor(v) for v in value.values())
-    return False
+        return [t for v in value.values() for t in _tensors(v)]
+    return []
 
 
 def _dim_arg(node: fx.Node, index: int, default: Any) -> Any:
@@ -167,7 +181,7 @@ class _ChannelTracer(fx.Interpreter):
             self.shapes[n] = result.shape
         if n.op == "output":
             self._consume(LOSS, n.args[0], n)
-        elif not _has_tensor(result):
+        elif not _tensors(result):
             self.values[n] = None
         else:
             self.values[n] = self._channels(n, result)
@@ -224,7 +238,7 @@ class _ChannelTracer(fx.Interpreter):
             return self._reduce(n, result)
         if target in PERMUTES or target in TRANSPOSES:
             return self._permute(n, result)
-        if target == "detach":
+        if target in DETACHES:
             return detach(self._input_map(n))
         if target in CHANNELWISE_FUNCTIONS or target in CHANNELWISE_METHODS:
             return self._channelwise(n, result)
@@ -246,7 +260,7 @@ class _ChannelTracer(fx.Interpreter):
         if m.axis != axis:
             raise _unsupported(n, f"{type(module).__name__} {n.target!r} reading channels from dim {m.axis}")
         pos = Position(len(self.layer_graph.positions), n.target, self.calls[n.target], result.shape[axis],
-                       type(module).__name__)
+                       type(module).__name__, axis)
         self.calls[n.target] += 1
         self.layer_graph.positions.append(pos)
         self._consume(pos.id, n.args[0], n)
@@ -365,6 +379,77 @@ def _symbolic_trace(model: nn.Module) -> fx.GraphModule:
         ) from err
 
 
+def _reaching_loss(graph: LayerGraph) -> set[int]:
+    """Ids of the positions whose output reaches the loss through live (not detached) edges."""
+    consumers: dict[int, set[int]] = {}
+    for consumer, producer, _, _ in graph.edges:
+        consumers.setdefault(producer, set()).add(consumer)
+    reached = {LOSS}
+    for pos in reversed(graph.positions):  # consumers always come after their producers
+        if consumers.get(pos.id, set()) & reached:
+            reached.add(pos.id)
+    return reached - {LOSS}
+
+
+def _autograd_run(model: nn.Module, x: torch.Tensor) -> tuple[dict[tuple[str, int], Any], Any]:
+    """One forward of `model` with gradients on: each weighted position's output node, and the output."""
+    nodes: dict[tuple[str, int], Any] = {}
+    calls: Counter[str] = Counter()
+
+    def keeper(name: str) -> Callable[[nn.Module, Any, torch.Tensor], None]:
+        def keep(_module: nn.Module, _args: Any, output: torch.Tensor) -> None:
+            nodes[(name, calls[name])] = output.grad_fn  # taken now: a later in-place op replaces it
+            calls[name] += 1
+        return keep
+
+    handles = [m.register_forward_hook(keeper(name))
+               for name, m in model.named_modules() if isinstance(m, WEIGHTED_MODULES)]
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    for p in frozen:  # every weighted output then has an autograd node unless grad mode is off
+        p.requires_grad_(True)
+    try:
+        with torch.enable_grad():
+            return nodes, model(x)
+    finally:
+        for h in handles:
+            h.remove()
+        for p in frozen:
+            p.requires_grad_(False)
+
+
+def _reached_nodes(model: nn.Module, output: Any) -> set[Any]:
+    """The autograd nodes reachable backward from `output`; a custom Function among them is an error."""
+    stack = [t.grad_fn for t in _tensors(output)]
+    seen: set[Any] = set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        if isinstance(node, BackwardCFunction):
+            name = type(node).__name__.removesuffix("Backward")
+            raise GradpathError(
+                f"gradient path analysis does not support the custom autograd Function {name!r} in "
+                f"{type(model).__name__}: torch.fx traces its forward but cannot see its backward"
+            )
+        seen.add(node)
+        stack += [child for child, _ in node.next_functions]
+    return seen
+
+
+def _check_autograd(model: nn.Module, graph: LayerGraph, x: torch.Tensor) -> None:
+    """Raise unless autograd reaches every position the traced graph connects to the loss."""
+    nodes, output = _autograd_run(model, x)
+    seen = _reached_nodes(model, output)
+    cut = [p.name for p in graph.positions
+           if p.id in _reaching_loss(graph) and nodes.get((p.module, p.call)) not in seen]
+    if cut:
+        raise GradpathError(
+            f"{type(model).__name__}: layer(s) {', '.join(repr(c) for c in cut)} receive gradient in the "
+            "traced graph but autograd does not reach them: gradient is cut somewhere the tracer cannot "
+            "see, e.g. torch.no_grad() or a custom Function"
+        )
+
+
 def trace_layers(model: nn.Module, input_shape: tuple[int, ...] = (3, 32, 32)) -> LayerGraph:
     """The weighted-layer DAG of `model` for one input of shape `input_shape` (without batch)."""
     if not input_shape or not all(isinstance(d, int) and d > 0 for d in input_shape):
@@ -372,11 +457,15 @@ def trace_layers(model: nn.Module, input_shape: tuple[int, ...] = (3, 32, 32)) -
     gm = _symbolic_trace(model)
     device = next(model.parameters(), torch.empty(0)).device
     tracer = _ChannelTracer(gm)
-    modes = {m: m.training for m in gm.modules()}
-    gm.eval()
+    modes = {m: m.training for m in (*gm.modules(), *model.modules())}
+    for m in modes:
+        m.training = False
+    x = torch.randn(TRACE_BATCH, *input_shape, device=device)
     try:
         with torch.no_grad():
-            tracer.run(torch.randn(TRACE_BATCH, *input_shape, device=device))
+            tracer.run(x)
+        if tracer.layer_graph.positions:
+            _check_autograd(model, tracer.layer_graph, x)
     except GradpathError:
         raise
     except Exception as err:  # the model itself rejects the input

@@ -115,7 +115,8 @@ def measured_gradient_spectrum(
     """Gradient norm per (layer position, channel group, timestamp) on one batch.
 
     Columns: layer, module, position, group_start, group_stop, timestamp, grad_norm, share
-    (grad_norm over the group's summed norms). `report` (the structural analysis) is computed
+    (grad_norm over the group's summed norms). A group's channels are cut along the dimension
+    that holds its position's output channels (the last one for a Linear on a channels-last map). `report` (the structural analysis) is computed
     when not given; the number of replicas is its longest path.
     """
     report = report or analyze_model(model, tuple(images.shape[1:]))
@@ -129,7 +130,8 @@ def measured_gradient_spectrum(
         if grad is None:
             norms = [0.0] * replicas
         else:
-            norms = grad[:, :, g.start:g.stop].reshape(replicas, -1).norm(dim=1).tolist()
+            channels = grad.narrow(g.position.axis + 1, g.start, g.stop - g.start)  # +1: the replica axis
+            norms = channels.reshape(replicas, -1).norm(dim=1).tolist()
         total = sum(norms)
         for t, norm in enumerate(norms, start=1):
             rows.append({

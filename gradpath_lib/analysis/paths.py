@@ -19,11 +19,16 @@ Definitions (the counting convention of the whole library):
   channels of a group have the same consumers; it is induced by the downstream slicing, splits,
   concatenations and partial adds (PRN's masked and unmasked channels are separate groups).
 - A module called at several places is one parameter with several *positions*; each position
-  is reported, and `GradientPathReport.parameters` aggregates them (timestamps = union).
-- Network level: the *longest shortest path* is the largest shortest path over all positions,
-  the *longest path* the largest timestamp of any; *aggregated features* of a position is the
-  number of distinct producers (weighted layers or the network input) whose outputs are
-  concatenated or added into its input, detached ones included.
+  is reported, and `GradientPathReport.parameters` aggregates them (timestamps = union, number
+  of paths = the sum over positions of each position's distinct paths, which counts a path once
+  even when several channel groups of the position share it).
+- Network level: the *longest shortest path* is taken over layers, not groups: a position's
+  shortest path is the smallest timestamp of the union of its groups (its best-reached
+  channels), and the network's is the largest of these over all positions; the *longest path*
+  is the largest timestamp of any group. The *gradient-combination size*, in contrast, is a
+  per-group quantity, averaged over the network's filters (output channels). *Aggregated
+  features* of a position is the number of distinct producers (weighted layers or the network
+  input) whose outputs are concatenated or added into its input, detached ones included.
 """
 
 from __future__ import annotations
@@ -78,6 +83,7 @@ class GradientPathReport:
 
     graph: LayerGraph
     groups: list[GroupPaths]
+    position_paths: dict[int, int]  # position id -> distinct paths from its output to the loss
 
     @cached_property
     def layers(self) -> pd.DataFrame:
@@ -99,22 +105,28 @@ class GradientPathReport:
 
     @cached_property
     def parameters(self) -> pd.DataFrame:
-        """One row per weighted module, its positions aggregated (timestamps = union)."""
+        """One row per weighted module, its positions aggregated (timestamps = union, n_paths =
+        the sum of each position's distinct paths)."""
         rows = []
         for module, frame in self.layers.groupby("module", sort=False):
             groups = [g for g in self.groups if g.position.module == module]
+            positions = {p.id for p in self.graph.positions if p.module == module}
             stamps = sorted(set().union(*(g.timestamps for g in groups)))
             rows.append({
                 "module": module, "positions": frame["position"].nunique(), "timestamps": tuple(stamps),
                 "shortest": stamps[0] if stamps else None, "longest": stamps[-1] if stamps else None,
-                "n_paths": sum(g.n_paths for g in groups),
+                "n_paths": sum(self.position_paths[p] for p in positions),
                 "combination_size": len(frozenset().union(*(g.combination for g in groups))),
             })
         return pd.DataFrame(rows)
 
     @cached_property
     def network(self) -> dict[str, Any]:
-        """Network-level metrics (Table 1 and the paper's network-level criterion)."""
+        """Network-level metrics (Table 1 and the paper's network-level criterion).
+
+        `longest_shortest_path` is taken over layers (each position's shortest path over the
+        union of its groups' timestamps); `combination_size_mean` is per group, averaged over
+        filters (every output channel counts once)."""
         per_position: dict[int, set[int]] = {}
         for g in self.groups:
             per_position.setdefault(g.position.id, set()).update(g.timestamps)
@@ -171,7 +183,7 @@ def gradient_paths(graph: LayerGraph) -> GradientPathReport:
                 t: tuple(sorted(names[q] for q in users if stamps[q] >> (t - 1) & 1)) for t in timestamps
             }
             rows.append(GroupPaths(pos, start, stop, timestamps, sources, sum(n_paths[q] for q in users)))
-    return GradientPathReport(graph, rows)
+    return GradientPathReport(graph, rows, {p.id: n_paths[p.id] for p in graph.positions})
 
 
 def _reach(users: set[int] | frozenset[int], stamps: dict[int, int]) -> int:

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from ..errors import GradpathError, check_choice
 from ..store import atomic_write_bytes

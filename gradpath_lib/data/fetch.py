@@ -9,7 +9,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from ..errors import GradpathError
 from .checksums import CHUNK_BYTES, file_checksum

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from ..data import dataset_for_scale, load_classification
 from ..distributed import (
@@ -204,7 +204,14 @@ def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
 
 
 def set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
-    """Restore what `rng_state` saved."""
+    """Restore what `rng_state` saved; a checkpoint resumes only on the kind of device that saved it
+    (CUDA and CPU runs differ in numerics: bf16 vs fp32)."""
+    saved_on = "cuda" if "cuda" in state else "cpu"
+    if saved_on != device.type:
+        raise GradpathError(
+            f"this run's checkpoint was saved on {saved_on} and cannot resume on {device.type} (numerics "
+            f"differ); resume it with --device {saved_on}, or delete its checkpoint (results/<scale>/"
+            "checkpoints/<run id>.pt) to restart it from scratch")
     torch.set_rng_state(state["cpu"])
     if "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], device)
