@@ -39,7 +39,9 @@ EXPECTED_TABLES = {
     "fig1_objective": {"fig1_objective": (None, ["layer", "probe top-1 (%), no-aux-loss",
                                                  "probe top-1 (%), aux-loss"])},
     "reproducing": {"reproducing": (None, ["chapter", "runs needed", "recorded", "training time (min)",
-                                           "devices"])},
+                                           "devices"]),
+                    "recipes_classification": (None, ["field", "smoke", "mini", "paper", "why"]),
+                    "recipes_detection": (None, ["field", "smoke", "mini", "paper", "why"])},
     "cifar_det": {"cifar_det_stats": (None, ["split", "class", "small", "medium", "large", "all"])},
     **{name: {name: (list(models), DETECTION_COLUMNS)} for name, models in [
         ("table5", TABLE5_MODELS), ("table6", TABLE6_MODELS), ("table7", TABLE7_MODELS)]},

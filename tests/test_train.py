@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -23,7 +24,7 @@ from gradpath_lib.errors import GradpathError
 from gradpath_lib.models import registry
 from gradpath_lib.runs import ensure_run, normalize_config
 from gradpath_lib.store import checkpoint_path, load_record, record_path
-from gradpath_lib.train import classify
+from gradpath_lib.train import classify, recipes
 from gradpath_lib.train.batches import DeviceImages, epoch_generator
 from gradpath_lib.train.classify import classify_config, rng_state, set_rng_state, strip_timing
 from gradpath_lib.train.recipes import Recipe, lr_at, recipe_for
@@ -316,3 +317,11 @@ def test_train_command_prints_record_path_and_summary(tmp_path, capsys):
     assert capsys.readouterr().out.strip().endswith("[cached]")
     assert main(argv[:2] + ["no-such-net"] + argv[3:]) == 2
     assert "unknown model 'no-such-net'" in capsys.readouterr().err
+
+
+def test_recipe_table_gives_every_field_its_value_per_scale_and_its_reason():
+    table = recipes.recipe_table(recipes.RECIPES).set_index("field")
+    assert list(table.index) == [f.name for f in dataclasses.fields(Recipe)]
+    assert table.at["epochs", "mini"] == recipes.RECIPES["mini"].epochs
+    assert table.at["lr", "paper"] == recipes.RECIPES["paper"].lr
+    assert (table["why"].str.len() > 20).all()  # no field without a reason

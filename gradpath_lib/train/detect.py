@@ -53,7 +53,7 @@ from .coco_eval import SUMMARY_NAMES, evaluate_coco
 from .det_data import DeviceDetections
 from .det_loss import Targets, detection_loss
 from .det_predict import Detections, coco_predictions, postprocess
-from .recipes import SCHEDULES, lr_at
+from .recipes import SCHEDULES, lr_at, why
 
 TASK = "detect"
 DATASETS = {"smoke": "cifar-det", "mini": "cifar-det", "paper": "coco"}
@@ -64,33 +64,26 @@ LOSS_PARTS = ("box", "cls", "mask")
 class DetectRecipe:
     """How a detector is trained; every field says why it has its value."""
 
-    # Passes over the training canvases.
-    epochs: int
-    # Canvases per optimizer step.
-    batch_size: int
-    # Peak AdamW learning rate: AdamW converges faster than SGD on short from-scratch schedules.
-    lr: float
-    # Decoupled weight decay on conv weights only (BN scales and biases are not decayed).
-    weight_decay: float = 0.05
-    # Fraction of all steps spent warming the learning rate up linearly from zero.
-    warmup_fraction: float = 0.05
-    # Decay after warm-up, per step down to zero: "linear" or "cosine".
-    schedule: str = "cosine"
-    # Random horizontal flips (CIFAR-Det and COCO objects are mirror-symmetric classes).
-    flip: bool = True
-    # Canvases are zoomed by a factor uniform in [1 - s, 1 + s] about the centre (YOLO's "scale").
-    scale_jitter: float = 0.25
-    # Gradient-norm clipping: keeps the first steps stable while the assignment is still random.
-    grad_clip: float = 10.0
-    # EMA of the weights: decay * (1 - exp(-updates / ema_tau)) (YOLOv5's ramp, so early EMA tracks).
-    ema_decay: float = 0.9998
-    ema_tau: float = 2000.0
-    # Evaluate box AP after every eval_every-th epoch (the last one always gets the full evaluation).
-    eval_every: int = 1
-    # Canvases per evaluation step.
-    eval_batch_size: int = 64
-    # torch.compile the model: off until measured.
-    compile: bool = False
+    epochs: int = why("Passes over the training canvases.")
+    batch_size: int = why("Canvases per optimizer step.")
+    lr: float = why("Peak AdamW learning rate: AdamW converges faster than SGD on short from-scratch schedules.")
+    weight_decay: float = why("Decoupled weight decay on conv weights only "
+                              "(BN scales and biases are not decayed).", 0.05)
+    warmup_fraction: float = why("Fraction of all steps spent warming "
+                                 "the learning rate up linearly from zero.", 0.05)
+    schedule: str = why("Decay after warm-up, per step down to zero: \"linear\" or \"cosine\".", "cosine")
+    flip: bool = why("Random horizontal flips (CIFAR-Det and COCO objects are mirror-symmetric classes).", True)
+    scale_jitter: float = why("Canvases are zoomed by a factor uniform in [1 "
+                              "- s, 1 + s] about the centre (YOLO's \"scale\").", 0.25)
+    grad_clip: float = why("Gradient-norm clipping: keeps the first steps "
+                           "stable while the assignment is still random.", 10.0)
+    ema_decay: float = why("EMA of the weights: decay * (1 - "
+                           "exp(-updates / ema_tau)) (YOLOv5's ramp, so early EMA tracks).", 0.9998)
+    ema_tau: float = why("Time constant, in optimizer steps, of the EMA decay ramp (see ema_decay).", 2000.0)
+    eval_every: int = why("Evaluate box AP after every eval_every-th epoch "
+                          "(the last one always gets the full evaluation).", 1)
+    eval_batch_size: int = why("Canvases per evaluation step.", 64)
+    compile: bool = why("torch.compile the model: off until measured.", False)
 
 
 RECIPES: dict[str, DetectRecipe] = {

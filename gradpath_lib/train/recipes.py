@@ -13,8 +13,11 @@ it cannot be trained here without an ImageNet loader.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from collections.abc import Mapping
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import Any
+
+import pandas as pd
 
 from ..errors import GradpathError
 from ..scales import check_scale
@@ -22,36 +25,44 @@ from ..scales import check_scale
 SCHEDULES = ("linear", "cosine")
 
 
+def why(reason: str, default: Any = MISSING) -> Any:
+    """A dataclass field carrying the reason for its value (shown by `recipe_table`)."""
+    return field(metadata={"why": reason}) if default is MISSING else field(default=default, metadata={"why": reason})
+
+
+def recipe_table(recipes: Mapping[str, Any]) -> pd.DataFrame:
+    """One row per field of the recipes (dataclasses keyed by scale): its value per scale and why."""
+    first = next(iter(recipes.values()))
+    rows = [{"field": f.name, **{scale: getattr(r, f.name) for scale, r in recipes.items()},
+             "why": f.metadata.get("why", "")} for f in fields(first)]
+    return pd.DataFrame(rows)
+
+
 @dataclass(frozen=True)
 class Recipe:
     """How a classifier is trained; every field says why it has its value."""
 
-    # Passes over the training set; the smallest count that reaches the scale's target.
-    epochs: int
-    # Images per optimizer step; large enough to keep a GPU busy, small enough to generalize.
-    batch_size: int
-    # Peak learning rate of SGD, reached at the end of warm-up (tuned together with batch_size).
-    lr: float
-    # SGD momentum; 0.9 is the standard value for ResNet-style networks.
-    momentum: float = 0.9
-    # Nesterov momentum: slightly better and more stable than heavy-ball at high learning rates.
-    nesterov: bool = True
-    # L2 weight decay on conv / linear weights only (norm scales and biases are not decayed).
-    weight_decay: float = 5e-4
-    # Label smoothing: cheap regularization that helps short schedules generalize.
-    label_smoothing: float = 0.1
-    # Fraction of all steps spent linearly warming the learning rate up from zero.
-    warmup_fraction: float = 0.1
-    # Decay after warm-up, per step down to zero: "linear" (fast schedules) or "cosine".
-    schedule: str = "linear"
-    # Random-crop padding in pixels (0 turns the crop off); 4 px is the CIFAR standard.
-    crop_padding: int = 4
-    # Random horizontal flips (CIFAR classes are mirror-symmetric).
-    flip: bool = True
-    # torch.compile the model: off everywhere until `gradpath bench train --compile` measures it.
-    compile: bool = False
-    # Images per evaluation step (no gradients, so larger than batch_size is fine).
-    eval_batch_size: int = 1024
+    epochs: int = why("Passes over the training set; the smallest count that reaches the scale's target.")
+    batch_size: int = why("Images per optimizer step; large enough to "
+                          "keep a GPU busy, small enough to generalize.")
+    lr: float = why("Peak learning rate of SGD, reached at the end of warm-up (tuned together with batch_size).")
+    momentum: float = why("SGD momentum; 0.9 is the standard value for ResNet-style networks.", 0.9)
+    nesterov: bool = why("Nesterov momentum: slightly better and more "
+                         "stable than heavy-ball at high learning rates.", True)
+    weight_decay: float = why("L2 weight decay on conv / linear weights "
+                              "only (norm scales and biases are not decayed).", 5e-4)
+    label_smoothing: float = why("Label smoothing: cheap regularization "
+                                 "that helps short schedules generalize.", 0.1)
+    warmup_fraction: float = why("Fraction of all steps spent linearly "
+                                 "warming the learning rate up from zero.", 0.1)
+    schedule: str = why("Decay after warm-up, per step down to "
+                        "zero: \"linear\" (fast schedules) or \"cosine\".", "linear")
+    crop_padding: int = why("Random-crop padding in pixels (0 turns the crop off); 4 px is the CIFAR standard.", 4)
+    flip: bool = why("Random horizontal flips (CIFAR classes are mirror-symmetric).", True)
+    compile: bool = why("torch.compile the model: off everywhere until "
+                        "`gradpath bench train --compile` measures it.", False)
+    eval_batch_size: int = why("Images per evaluation step (no gradients, "
+                               "so larger than batch_size is fine).", 1024)
 
 
 RECIPES: dict[str, Recipe] = {
