@@ -16,7 +16,7 @@ from gradpath_lib.models.cost import count_flops, count_params
 CLASSIFIERS = model_names("classify")
 PAPER_NAMES = [
     "plain", "resnet", "resnext", "prn", "prn-asym", "darknet", "densenet", "sparsenet",
-    "csp-resnet", "csp-resnext", "csp-darknet", "csp-densenet", "csp-darknet-first", "csp-resnet-last",
+    *(f"csp-{base}{fusion}" for base in ("resnet", "resnext", "darknet", "densenet") for fusion in ("", "-first", "-last")),
     "vovnet", "vovnet-deep", "vovnet-deep-planned", "vovnet-deep-planned-csp", "elan",
     "resnet-sg-identity", "resnet-sg-block", "plain-deep", "resnet-deep",
 ]
@@ -128,3 +128,22 @@ def test_models_command_rejects_an_unknown_scale_or_name(capsys):
         main(["models", "--scale", "huge"])
     assert main(["models", "resnet-9000"]) == 2
     assert "unknown model 'resnet-9000'" in capsys.readouterr().err
+
+
+def test_smoke_plain_and_resnet_costs_are_hand_computed():
+    """smoke presets: 3x3 stem 3->8 at 32x32; stages (8, 16, 32) of one basic block (two 3x3 convs,
+    bias-free, each followed by BN), strides 1, 2, 2; a 10-way linear head. ResNet adds a 1x1
+    projection (+ BN) where the shape changes (stages 2 and 3)."""
+    convs = [(3, 8, 32), (8, 8, 32), (8, 8, 32), (8, 16, 16), (16, 16, 16), (16, 32, 8), (32, 32, 8)]
+    weights = sum(9 * c_in * c_out for c_in, c_out, _ in convs)
+    bn = sum(2 * c_out for _, c_out, _ in convs)
+    head = 32 * 10 + 10
+    conv_flops = sum(2 * 9 * c_in * c_out * side * side for c_in, c_out, side in convs)
+    plain = create_model("plain", "smoke")
+    assert count_params(plain) == weights + bn + head == 19218
+    assert count_flops(plain, (3, 32, 32)) == conv_flops + 2 * 32 * 10
+    projections = [(8, 16, 16), (16, 32, 8)]
+    resnet = create_model("resnet", "smoke")
+    assert count_params(resnet) == count_params(plain) + sum(c_in * c_out + 2 * c_out for c_in, c_out, _ in projections)
+    assert count_flops(resnet, (3, 32, 32)) == count_flops(plain, (3, 32, 32)) + sum(
+        2 * c_in * c_out * side * side for c_in, c_out, side in projections)

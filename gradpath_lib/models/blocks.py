@@ -122,7 +122,8 @@ class ResidualBlock(nn.Module):
     shortcut: "identity" adds to every channel (1x1 projection when shape changes); "masked" (PRN)
     adds to the first round(mask_ratio * c_out) channels (a 1x1 projection to that many channels
     when shape changes); "asymmetric" (Darknet) adds the first min(c_in, c_out) input channels to
-    the first min(c_in, c_out) output channels, parameter-free (AvgPool2d when strided); "none" is
+    the first min(c_in, c_out) output channels, parameter-free (AvgPool2d when strided, where darknet's
+    shortcut layer picks every stride-th pixel: averaging keeps all pixels in the gradient); "none" is
     a plain block. sg: "identity" is `sg(x) + F(x)`, "block" is `x + F(sg(x))`.
     """
 
