@@ -12,6 +12,7 @@ import pytest
 from gradpath_lib.errors import GradpathError
 from gradpath_lib.experiments import chapters
 from gradpath_lib.experiments.classification import TABLE2_MODELS, TABLE3_MODELS, TABLE4_MODELS
+from gradpath_lib.experiments.extensions import DSFB_MODELS, LWDNA_MODELS, lwdna_claims
 from gradpath_lib.experiments.detection import (TABLE3_DETECTION_MODELS, TABLE5_MODELS, TABLE6_MODELS,
                                                 TABLE7_MODELS, TABLE8_MODELS)
 from gradpath_lib.notebook import check_seeds, setup
@@ -47,13 +48,20 @@ EXPECTED_TABLES = {
         ("table5", TABLE5_MODELS), ("table6", TABLE6_MODELS), ("table7", TABLE7_MODELS)]},
     "table3_detection": {"table3_detection": (list(TABLE3_DETECTION_MODELS), [
         *DETECTION_COLUMNS, "longest shortest path", "longest path"])},
+    "lwdna": {"lwdna": ([f"{m}{s}" for m in LWDNA_MODELS for s in ("", " lwdna-taylor", " lwdna-random")],
+                        ["model", "status", "params", "mflops", "top1"])},
+    "dsfb": {"dsfb": (list(DSFB_MODELS), ["model", "status", "params", "mflops", "top1", "paper model",
+                                          "paper params (M)", "paper top-1 (%)"]),
+             "dsfb_shared_basis_paths": (None, ["module", "positions", "n_timestamps", "shortest", "longest",
+                                                "combination_size"])},
     "table8": {"table8": (list(TABLE8_MODELS), DETECTION_COLUMNS),
                "table8_sizes": (list(TABLE8_MODELS), ["model", "status", "APs box", "APm box", "APl mask"])},
 }
 EXPECTED_VERDICTS = {"table2": "table2", "table3_classification": "table3", "table4": "table4",
                      "fig1_objective": "fig1", **{n: n for n in ("table5", "table6", "table7", "table3_detection",
-                                                                 "table8")}}
+                                                                 "table8", "dsfb")}}
 EXPECTED_FIGURES = {"architecture": [f"fig{n}" for n in range(2, 7)], "table4": ["table4_training_loss"],
+                    "lwdna": ["lwdna_widths"], "dsfb": ["dsfb_gradient_norms"],
                     "fig1_objective": ["fig1_probes"], "cifar_det": ["cifar_det_train", "cifar_det_val"],
                     "table8": [f"table8_predictions_{m}" for m in TABLE8_MODELS]}
 
@@ -111,12 +119,13 @@ def test_chapter_tables(smoke_results, name: str) -> None:
             assert (frame["status"] == "1 ok").all() or frame["status"].str.contains("diverged").any()
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED_VERDICTS))
+@pytest.mark.parametrize("name", [*sorted(EXPECTED_VERDICTS), "lwdna"])
 def test_chapter_verdicts_judge_every_claim(smoke_results, name: str) -> None:
     results, _ = smoke_results
     frame = pd.read_csv(results / "smoke" / "tables" / f"{name}_verdicts.csv")
     assert list(frame.columns) == VERDICT_COLUMNS
-    assert frame["claim"].tolist() == [c.text for c in claims(EXPECTED_VERDICTS[name])]
+    expected = lwdna_claims() if name == "lwdna" else claims(EXPECTED_VERDICTS[name])
+    assert frame["claim"].tolist() == [c.text for c in expected]
     assert set(frame["verdict"]) <= set(VERDICTS)
     # one smoke seed: accuracy claims cannot be decided, exact cost claims can
     accuracy = frame[frame["paper"].str.contains("top-1") | frame["kind"].str.startswith("stated")]

@@ -3,6 +3,7 @@ that dies mid-run is retried and the retry resumes from the run's checkpoint."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import threading
@@ -14,6 +15,7 @@ import torch
 
 from gradpath_lib.cli import main
 from gradpath_lib.executors import RayExecutor, WorkerLostError, ray_gpus
+from gradpath_lib.experiments import chapter
 from gradpath_lib.run_pool import CACHED, TRAINED, ensure_runs
 from gradpath_lib.runs import ensure_run, normalize_config
 from gradpath_lib.store import checkpoint_path, load_checkpoint, record_path
@@ -110,3 +112,19 @@ def test_gpu_requests_and_command_line_checks(tmp_path, capsys):
     assert ray_gpus("auto", 8) == 1
     assert main(["reproduce", "--scale", "smoke", "--address", "auto", "--results-dir", str(tmp_path)]) == 2
     assert "--address names a Ray cluster; it needs --executor ray" in capsys.readouterr().err
+
+
+def test_a_smoke_reproduction_through_ray_gives_the_local_records(tmp_path, ray_session):
+    """`gradpath reproduce --executor ray` (runs only) writes the records `--executor local` writes."""
+    def reproduce(executor: str) -> dict[str, dict]:
+        results = tmp_path / executor
+        assert main(["reproduce", "--scale", "smoke", "--only", "table4", "--runs-only", "--device", "cpu",
+                     "--jobs", "2", "--executor", executor, "--results-dir", str(results)]) == 0
+        records = [json.loads(p.read_text()) for p in sorted((results / "smoke" / "runs").glob("*.json"))]
+        return {r["run_id"]: r for r in records}
+
+    local, remote = reproduce("local"), reproduce("ray")
+    assert len(local) == len(chapter("table4").runs("smoke", [0])) and remote.keys() == local.keys()
+    for run in local:
+        assert remote[run]["status"] == local[run]["status"]
+        assert strip_timing(remote[run]["metrics"]) == strip_timing(local[run]["metrics"]), run
