@@ -10,16 +10,17 @@ the same FLOP counter as the records (FLOPs = 2 x multiply-accumulates).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import pandas as pd
 
+from .errors import GradpathError
 from .models.cost import cost_table
-from .models.yolor import INPUT_SIZES, PAPER_INPUT
-from .paper import references
+from .models.yolor import BASELINE, PAPER_INPUT
+from .paper import STATED_DELTA, Claim, references
 from .tables import Run, readable, runs_frame, summarize
 
-BASELINE = "yolor-v3"  # every cost ratio of the detection chapters is relative to YOLOR-v3
 POINTS = 100.0  # records hold AP as a fraction; the tables show AP points like the paper
 # table column -> COCOeval summary name in the record (bbox_* for boxes, segm_* for masks)
 AP_COLUMNS = {
@@ -28,6 +29,7 @@ AP_COLUMNS = {
     for name in ("AP", "AP50", "AP75", "APs", "APm", "APl")
 }
 AP_FORMAT = "{:.1f}"
+STATED_PERCENT = re.compile(r"\s*([+-]?\d+(?:\.\d+)?)\s*%")  # "-26 % computation" -> -26
 
 
 def detection_frame(runs: list[Run]) -> pd.DataFrame:
@@ -41,13 +43,12 @@ def detection_costs(models: Sequence[str], scale: str) -> pd.DataFrame:
     """Per model at `scale`'s preset: params (M), GFLOPs at the run input and at 640, and their
     ratios to YOLOR-v3 (`-0.22` = 22 % less)."""
     names = list(dict.fromkeys([BASELINE, *models]))
-    at_input = cost_table(scale, INPUT_SIZES[scale], names=names).loc[names]
-    at_paper = cost_table(scale, PAPER_INPUT, names=names).loc[names]
+    counted = cost_table(scale, names=names).loc[names]  # detectors: their scale's canvas and 640
     table = pd.DataFrame({
         "model": names,
-        "params (M)": at_input["params"].to_numpy() / 1e6,
-        "GFLOPs (run input)": at_input["flops"].to_numpy() / 1e9,
-        f"GFLOPs ({PAPER_INPUT})": at_paper["flops"].to_numpy() / 1e9,
+        "params (M)": counted["params"].to_numpy() / 1e6,
+        "GFLOPs (run input)": counted["flops"].to_numpy() / 1e9,
+        f"GFLOPs ({PAPER_INPUT})": counted[f"flops_{PAPER_INPUT}"].to_numpy(dtype=float) / 1e9,
     })
     for column, label in (("params (M)", "params"), ("GFLOPs (run input)", "FLOPs"),
                           (f"GFLOPs ({PAPER_INPUT})", f"FLOPs ({PAPER_INPUT})")):
@@ -75,6 +76,34 @@ def _cost_text(costs: pd.DataFrame) -> pd.DataFrame:
 def _ap_name(column: str) -> str:
     metric, kind = column.split("_")
     return f"AP{metric[2:]} {kind}"
+
+
+def stated_fraction(claim: Claim) -> float:
+    """The change a claim's paper text opens with, as a fraction ("-26 % computation" -> -0.26)."""
+    match = STATED_PERCENT.match(claim.paper.replace("\u2212", "-"))
+    if match is None:
+        raise GradpathError(f"claim {claim.id!r} states no percentage: {claim.paper!r}")
+    return float(match.group(1)) / 100
+
+
+def stated_cost_comparison(costs: pd.DataFrame, claims: Sequence[Claim]) -> str:
+    """A sentence putting our FLOPs change vs YOLOR-v3 (`detection_costs`, run input) beside the
+    percentage each stated-delta FLOPs claim among `claims` gives (the verdicts judge only its sign)."""
+    ratios = costs.set_index("model")[f"FLOPs vs {BASELINE}"]
+    stated = [c for c in claims if c.metric == "flops" and c.relative and c.kind == STATED_DELTA
+              and c.baseline == BASELINE]
+    if not stated:
+        raise GradpathError(f"none of these claims states a FLOPs change vs {BASELINE}")
+    parts = []
+    for claim in stated:
+        if claim.subject not in ratios.index:
+            raise GradpathError(f"claim {claim.id!r} is about {claim.subject!r}, which has no costs here; "
+                                f"models with costs: {', '.join(ratios.index)}")
+        ours, paper = float(ratios[claim.subject]), stated_fraction(claim)
+        size = "larger" if ours < paper else "smaller"
+        parts.append(f"`{claim.subject}` {ours:+.1%} against the paper's {claim.paper}, "
+                     f"a cut {abs(ours - paper) * 100:.1f} points {size} than stated")
+    return f"FLOPs vs {BASELINE} at this scale's preset: " + "; ".join(parts) + "."
 
 
 def paper_references(table: str) -> pd.DataFrame:

@@ -36,7 +36,7 @@ from .models.registry import get_entry, model_kwargs
 LAYER_FLOOR = 0.4  # keep at least this fraction of every layer's widened width (as the paper)
 DEFAULT_WIDEN = 2.0  # the paper's width multiplier before shrinking
 # The search stops at the first channel whose removal brings FLOPs <= target, so the error is
-# below one channel's cost; the task checks it stays within this relative tolerance.
+# below one channel's cost; the task fails (`check_flops`) when it exceeds this relative tolerance.
 FLOPS_TOLERANCE = 0.02
 WIDTH_KEYS = ("widths", "stem_width")  # the factory arguments that set a network's channel widths
 
@@ -144,6 +144,15 @@ def find_architecture(graph: ChannelGraph, scores: list[torch.Tensor], target_fl
         keep.append(mask)
     threshold = float(flat_scores[order[hi - 1]]) if hi > 0 else float("-inf")
     return Shrink(keep, counts, graph.flops(counts), int(target_flops), threshold)
+
+
+def check_flops(shrink: Shrink, model: str, tolerance: float = FLOPS_TOLERANCE) -> None:
+    """Raise GradpathError if the architecture found for `model` misses its FLOPs target by more than `tolerance`."""
+    if abs(shrink.flops_error) > tolerance:
+        raise GradpathError(
+            f"LW-DNA on {model!r}: the found architecture has {shrink.flops} FLOPs, {shrink.flops_error:+.1%} from "
+            f"the target {shrink.target_flops} (tolerance {tolerance:.0%}): at these widths one channel costs more "
+            "than the tolerance; widen the network, change the target or raise the tolerance")
 
 
 def widened_kwargs(name: str, scale: str, factor: float, **overrides: Any) -> dict[str, Any]:

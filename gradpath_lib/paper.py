@@ -1,6 +1,6 @@
 """What the papers state, as data: the numbers they print and the claims their text makes.
 
-Two kinds of facts, for Tables 1-8, Fig. 1 and the two extension papers (source: the papers and
+Three kinds of facts, for Tables 1-8, Fig. 1 and the two extension papers (source: the papers and
 the official READMEs/configs they point to, summarised in the project's PAPER.md):
 
 - a `Reference` is a number *printed* in a table or an official README (e.g. CSPResNet-50's
@@ -9,7 +9,10 @@ the official READMEs/configs they point to, summarised in the project's PAPER.md
   where its paper value comes from: `PRINTED` (the difference of two printed numbers),
   `STATED_DELTA` (a difference stated in the text, e.g. "+0.5 AP", with no table printed) or
   `STATED` (a qualitative statement without a number). `gradpath_lib.verdicts` judges each claim
-  from the records.
+  from the records;
+- a `CorrelationClaim` says that a structural metric does or does not track accuracy across a
+  table's networks (Table 1: SparseNet's and the paper's reading of it); it is judged from the
+  metric's rank correlation with accuracy by `gradpath_lib.verdicts.judge_correlation`.
 
 Claims name two row labels of a chapter's runs frame (`subject`, `baseline`: the registry model
 names, unless the chapter labels its runs otherwise, as Fig. 1 and LW-DNA do) and a *metric column* of
@@ -23,6 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .errors import check_choice
+from .verdicts import CORRELATION_DIRECTIONS, DOES_NOT_TRACK, TRACKS
 
 PRINTED = "printed value"
 STATED_DELTA = "stated delta"
@@ -76,6 +80,25 @@ class Claim:
     def __post_init__(self) -> None:
         check_choice("claim kind", self.kind, CLAIM_KINDS)
         check_choice("claim direction", self.direction, ("higher", "lower", "equal"))
+
+
+@dataclass(frozen=True)
+class CorrelationClaim:
+    """A claim that a structural metric does (`TRACKS`) or does not (`DOES_NOT_TRACK`) track
+    accuracy across a table's networks, judged by `verdicts.judge_correlation`."""
+
+    id: str
+    table: str
+    text: str  # the claim in words
+    metric: str  # a structural metric column of `gradpath_lib.analysis.summary.structural_table`
+    direction: str  # TRACKS | DOES_NOT_TRACK
+    paper: str  # what the paper says, as shown in the "paper" column
+    source: str
+    kind: str = STATED
+
+    def __post_init__(self) -> None:
+        check_choice("claim kind", self.kind, CLAIM_KINDS)
+        check_choice("correlation claim direction", self.direction, CORRELATION_DIRECTIONS)
 
 
 def _ref(table: str, model: str, ours: str | None, source: str, **values: float) -> list[Reference]:
@@ -276,6 +299,21 @@ def _claims() -> list[Claim]:
 
 CLAIMS: tuple[Claim, ...] = tuple(_claims())
 
+# Table 1: the SparseNet comparison as the paper reads it (PAPER.md section 3), tested on our networks.
+CORRELATION_CLAIMS: tuple[CorrelationClaim, ...] = (
+    CorrelationClaim("table1-shortest-path-vs-accuracy", "table1",
+                     "the longest shortest gradient path does not track accuracy", "longest_shortest_path",
+                     DOES_NOT_TRACK, "shortest gradient path does not track accuracy (SparseNet's Table 1)",
+                     MAIN_PAPER),
+    CorrelationClaim("table1-aggregation-vs-accuracy", "table1",
+                     "the number of aggregated features does not track accuracy", "aggregated_features_mean",
+                     DOES_NOT_TRACK, "number of aggregated features does not track accuracy (SparseNet's Table 1)",
+                     MAIN_PAPER),
+    CorrelationClaim("table1-combination-vs-accuracy", "table1",
+                     "the gradient combination size tracks accuracy", "combination_size_mean", TRACKS,
+                     "richer gradient combinations make networks learn better", MAIN_PAPER),
+)
+
 
 def references(table: str) -> list[Reference]:
     """The printed numbers of `table` (e.g. "table2"), in the paper's order."""
@@ -287,3 +325,9 @@ def claims(table: str) -> list[Claim]:
     """The claims of `table` (e.g. "table4"), in the paper's order."""
     check_choice("table", table, sorted({c.table for c in CLAIMS}))
     return [c for c in CLAIMS if c.table == table]
+
+
+def correlation_claims(table: str) -> list[CorrelationClaim]:
+    """The correlation claims of `table` (e.g. "table1"), in the paper's order."""
+    check_choice("table", table, sorted({c.table for c in CORRELATION_CLAIMS}))
+    return [c for c in CORRELATION_CLAIMS if c.table == table]

@@ -19,6 +19,22 @@ verdict is **inconclusive** (one seed says nothing about seed noise). A determin
 (parameters, FLOPs: the same for every seed) has no spread: its margin is 0 and one value suffices.
 Runs that diverged carry no accuracy; a side with no usable value is inconclusive, and the reason
 says why. The verdict is computed, never typed by hand.
+
+A *correlation claim* (Table 1) says that a structural metric does or does not track accuracy
+across networks. It is judged from the Spearman rank correlation `rho` of the metric with the
+networks' mean accuracy and its two-sided p-value (`SIGNIFICANCE` = 0.05; `STRONG_RHO` = 0.5):
+
+- `tracks` (the metric rises with accuracy): **reproduced** if `rho > 0` and `p < 0.05`;
+  **not reproduced** otherwise if `rho < 0.5` (the association is weak or negative);
+  **inconclusive** if `rho >= 0.5` without significance (a strong trend too few networks confirm).
+- `does not track`: **reproduced** if `|rho| < 0.5`; **not reproduced** if `|rho| >= 0.5` and
+  `p < 0.05`; **inconclusive** if `|rho| >= 0.5` without significance.
+
+Either is **inconclusive** when rho is undefined (a constant metric or accuracy), when fewer than
+`MIN_MODELS` networks have an accuracy (an exact rank test on four cannot reach p < 0.05), or when
+a network's mean accuracy rests on fewer than `MIN_SEEDS` seeds (one seed cannot rank networks
+apart from seed noise). With a handful of networks, `|rho| < 0.5` means "no strong association
+shows", not "no association": the reason column says which rule decided.
 """
 
 from __future__ import annotations
@@ -39,6 +55,13 @@ DIRECTIONS = ("higher", "lower", "equal")
 MARGIN_STDS = 2.0  # a difference counts only beyond two pooled seed standard deviations
 MIN_SEEDS = 2  # fewer seeds per side cannot tell a difference from seed noise
 
+TRACKS = "tracks"
+DOES_NOT_TRACK = "does not track"
+CORRELATION_DIRECTIONS = (TRACKS, DOES_NOT_TRACK)
+SIGNIFICANCE = 0.05  # two-sided p-value below which a rank correlation counts
+STRONG_RHO = 0.5  # |rho| from which a rank correlation counts as a strong association
+MIN_MODELS = 5  # the fewest networks with which an exact rank test can reach p < SIGNIFICANCE
+
 
 @dataclass(frozen=True)
 class Verdict:
@@ -49,6 +72,17 @@ class Verdict:
     margin: float  # MARGIN_STDS x pooled seed std (0 for deterministic metrics)
     n_subject: int
     n_baseline: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class CorrelationVerdict:
+    """The outcome of one correlation claim: the verdict, the rank correlation and why."""
+
+    verdict: str
+    rho: float  # Spearman rank correlation of the metric with accuracy (NaN: undefined)
+    p_value: float
+    n_models: int
     reason: str
 
 
@@ -107,3 +141,38 @@ def _decide(diff: float, margin: float, direction: str, tolerance: float) -> tup
 
 def _finite(value: object) -> bool:
     return isinstance(value, numbers.Real) and math.isfinite(value)
+
+
+def judge_correlation(
+    rho: float, p_value: float, direction: str, *, n_models: int, seeds: int
+) -> CorrelationVerdict:
+    """Apply the module's correlation rule; `seeds` is the fewest seeds behind a network's accuracy."""
+    check_choice("correlation claim direction", direction, CORRELATION_DIRECTIONS)
+    if not (_finite(rho) and _finite(p_value)):
+        reason = "rho undefined (a constant metric or accuracy, or fewer than 3 networks)"
+        return CorrelationVerdict(INCONCLUSIVE, rho, p_value, n_models, reason)
+    if n_models < MIN_MODELS:
+        reason = f"needs >= {MIN_MODELS} networks with an accuracy (has {n_models})"
+        return CorrelationVerdict(INCONCLUSIVE, rho, p_value, n_models, reason)
+    if seeds < MIN_SEEDS:
+        reason = f"needs >= {MIN_SEEDS} seeds per network (has {seeds})"
+        return CorrelationVerdict(INCONCLUSIVE, rho, p_value, n_models, reason)
+    decide = _decide_tracks if direction == TRACKS else _decide_does_not_track
+    verdict, reason = decide(rho, p_value < SIGNIFICANCE)
+    return CorrelationVerdict(verdict, rho, p_value, n_models, reason)
+
+
+def _decide_tracks(rho: float, significant: bool) -> tuple[str, str]:
+    if rho > 0 and significant:
+        return REPRODUCED, f"rho > 0 with p < {SIGNIFICANCE:g}"
+    if rho < STRONG_RHO:
+        return NOT_REPRODUCED, f"rho < {STRONG_RHO:g} and not significantly positive"
+    return INCONCLUSIVE, f"rho >= {STRONG_RHO:g} but p >= {SIGNIFICANCE:g}"
+
+
+def _decide_does_not_track(rho: float, significant: bool) -> tuple[str, str]:
+    if abs(rho) < STRONG_RHO:
+        return REPRODUCED, f"|rho| < {STRONG_RHO:g}"
+    if significant:
+        return NOT_REPRODUCED, f"|rho| >= {STRONG_RHO:g} with p < {SIGNIFICANCE:g}"
+    return INCONCLUSIVE, f"|rho| >= {STRONG_RHO:g} but p >= {SIGNIFICANCE:g}"

@@ -65,6 +65,33 @@ def test_measured_support_equals_structural_timestamps(seed):
         assert measured.get((g.position.name, g.start), ()) == g.timestamps, (g.position.name, g.start)
 
 
+class ChannelsLast(nn.Module):
+    """Linear layers on a permuted (N, H, W, C) map; `lin`'s two halves reach the loss differently."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 2 * C, 1)
+        self.lin = nn.Linear(2 * C, 2 * C)
+        self.inner = nn.Linear(C, C)
+        self.fc = nn.Linear(2 * C, 3)
+
+    def forward(self, x):
+        y = self.lin(self.stem(x).permute(0, 2, 3, 1))
+        z = torch.cat([self.inner(y[..., :C]), y[..., C:]], -1)
+        return self.fc(z.mean((1, 2)))
+
+
+def test_measured_support_follows_channels_last_groups():
+    torch.manual_seed(0)
+    model = ChannelsLast()
+    report = analyze_model(model, SHAPE)
+    assert [(g.start, g.timestamps) for g in report.groups if g.position.module == "lin"] == [(0, (3,)), (C, (2,))]
+    spectrum = measured_gradient_spectrum(model, *batch(), report=report)
+    measured = spectrum[spectrum.grad_norm > 0].groupby(["layer", "group_start"]).timestamp.apply(tuple)
+    for g in report.groups:
+        assert measured.get((g.position.name, g.start), ()) == g.timestamps, (g.position.name, g.start)
+
+
 def test_timestamp_slices_sum_to_the_ordinary_gradient():
     torch.manual_seed(0)
     model = RandomNet(3)

@@ -46,6 +46,8 @@ class Chain(nn.Module):
                 x = x + bn(conv_(x))
             elif self.shortcut == "sg-identity":
                 x = x.detach() + bn(conv_(x))
+            elif self.shortcut == "sg-identity-function":
+                x = torch.detach(x) + bn(conv_(x))
             elif self.shortcut == "sg-block":
                 x = x + bn(conv_(x.detach()))
         return self.head(x)
@@ -93,6 +95,8 @@ def test_sg_identity_is_the_plain_net_and_sg_block_stays_short_however_deep():
     sg_identity = analyze_model(Chain(depth, "sg-identity"), SHAPE).layers
     assert (sg_identity.shortest == sg_identity.longest).all()
     assert list(sg_identity.timestamps) == list(plain.timestamps)
+    sg_function = analyze_model(Chain(depth, "sg-identity-function"), SHAPE).layers
+    assert list(sg_function.timestamps) == list(plain.timestamps)  # torch.detach(x) cuts like x.detach()
     sg_block = analyze_model(Chain(depth, "sg-block"), SHAPE)
     convs = sg_block.layers[sg_block.layers.layer.str.startswith("convs")]
     assert set(convs.timestamps) == {(2,)}
@@ -132,6 +136,10 @@ def test_prn_masked_and_unmasked_channels_get_different_timestamps():
     # gradient combination of stem[0:2]: (2, fc), (3, convs.0..2), (4, convs.0..1), (5, convs.0)
     assert row_of(report, "stem", 0).combination_size == 7
     assert row_of(report, "stem", 0).n_paths == 8
+    # stem[2:4] only feeds convs.0, whose 4 paths stem[0:2] also counts: the module has 8 distinct
+    # paths (convs.0: 4, convs.1: 2, convs.2: 1, head.fc: 1), not 8 + 4
+    assert row_of(report, "stem", 2).n_paths == 4
+    assert report.parameters.set_index("module").loc["stem", "n_paths"] == 8
 
 
 class Aggregation(nn.Module):
@@ -236,6 +244,7 @@ def test_shared_module_is_one_parameter_with_two_positions():
     params = report.parameters.set_index("module")
     assert params.loc["shared", "positions"] == 2
     assert params.loc["shared", "timestamps"] == (2, 3)
+    assert params.loc["shared", "n_paths"] == 2  # one path from each position
     assert report.network["n_weighted_layers"] == 3 and report.network["n_positions"] == 4
 
 
@@ -317,6 +326,67 @@ class Branching(nn.Module):
 def test_unsupported_constructs_raise_an_error_naming_them(model, names):
     with pytest.raises(GradpathError, match=names):
         analyze_model(model, (3, 4, 4))
+
+
+class FlipGrad(torch.autograd.Function):
+    """Identity forward whose backward reverses the channels: fx sees only the forward."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.flip(1)
+
+
+class CustomFunction(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.head = conv(3, C), conv(C // 2, C // 2), Head()
+
+    def forward(self, x):
+        y = FlipGrad.apply(self.a(x))
+        return self.head(torch.cat([self.b(y[:, : C // 2]), y[:, C // 2 :]], 1))
+
+
+class NoGrad(nn.Module):
+    """`a` (or only the activation after it, `where="activation"`) runs under torch.no_grad()."""
+
+    def __init__(self, where: str):
+        super().__init__()
+        self.a, self.b, self.head = conv(3, C), conv(), Head()
+        self.where = where
+
+    def forward(self, x):
+        if self.where == "layer":
+            with torch.no_grad():
+                y = self.a(x)
+        else:
+            y = self.a(x)
+            with torch.no_grad():
+                y = torch.relu(y)
+        return self.head(self.b(y))
+
+
+def test_custom_autograd_function_is_an_error_naming_it():
+    with pytest.raises(GradpathError, match="custom autograd Function 'FlipGrad'"):
+        analyze_model(CustomFunction(), (3, 4, 4))
+
+
+@pytest.mark.parametrize("where", ["layer", "activation"])
+def test_no_grad_inside_forward_is_an_error_naming_the_cut_layer(where):
+    with pytest.raises(GradpathError, match=r"layer\(s\) 'a' receive gradient .* e\.g\. torch\.no_grad\(\)"):
+        analyze_model(NoGrad(where), (3, 4, 4))
+
+
+def test_frozen_weights_are_analysed_and_stay_frozen():
+    model = Chain(3)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    report = analyze_model(model, SHAPE)
+    assert stamps(report, "convs.0") == (4,)
+    assert not any(p.requires_grad for p in model.parameters())
 
 
 def test_bad_input_shape_is_a_clear_error():

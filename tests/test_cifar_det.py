@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from gradpath_lib.data import load_classification
+from gradpath_lib.data import cifar_det
 from gradpath_lib.data.builders import BUILDERS
 from gradpath_lib.data.cifar_det import (
     SETTINGS,
@@ -172,3 +173,39 @@ def test_damaged_cache_is_regenerated(tmp_path, monkeypatch, smoke_train):
         again = load_cifar_det("smoke", "train", progress=False)
     assert np.array_equal(again.images, smoke_train.images)
     assert json.loads(again.annotation_file.read_text()) == json.loads(smoke_train.annotation_file.read_text())
+
+
+def _flat_source(split: str) -> ImageDataset:
+    """A classification split of one flat colour and one class, different for "train" and "test"."""
+    label = {"train": 2, "test": 7}[split]
+    images = np.full((20, 32, 32, 3), 30 * label, np.uint8)
+    return ImageDataset(images, np.full(20, label, np.int64), tuple(f"class{k}" for k in range(10)),
+                        f"flat {split} images", f"{label:064d}")
+
+
+def test_train_canvases_hold_cifar_train_objects_and_val_canvases_cifar_test(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRADPATH_CACHE", str(tmp_path))
+    requested = []
+
+    def load_source(name: str, split: str) -> ImageDataset:
+        requested.append((name, split))
+        return _flat_source(split)
+
+    monkeypatch.setattr(cifar_det, "load_classification", load_source)
+    for split, source_split in (("train", "train"), ("val", "test")):
+        data = load_cifar_det("smoke", split, progress=False)
+        source = _flat_source(source_split)
+        labels = np.concatenate([t["labels"] for t in data.targets])
+        assert set(labels.tolist()) == {int(source.labels[0])}, f"{split} objects must come from CIFAR {source_split}"
+        shown = np.concatenate([image[target["masks"].any(0).astype(bool)]
+                                for image, target in zip(data.images, data.targets)])
+        assert len(shown) and (shown == source.images[0, 0, 0]).all(), "object pixels are the source's"
+    assert requested == [(SMOKE.source, "train"), (SMOKE.source, "test")]
+
+
+def test_generation_does_not_depend_on_the_number_of_worker_processes(smoke_source, monkeypatch):
+    monkeypatch.setattr(cifar_det, "GENERATION_CHUNK", 4)  # 10 canvases: 3 chunks over 2 processes
+    one = generate_cifar_det(smoke_source, SMOKE, 10, seed=5, split="val", workers=1)
+    two = generate_cifar_det(smoke_source, SMOKE, 10, seed=5, split="val", workers=2)
+    assert np.array_equal(one[0], two[0]) and one[1] == two[1]
+    assert [a["id"] for a in two[1]["annotations"]] == list(range(1, len(two[1]["annotations"]) + 1))

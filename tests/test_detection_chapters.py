@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from gradpath_lib.detection_tables import AP_COLUMNS, detection_costs, detection_frame, detection_table
+from gradpath_lib.detection_tables import (
+    AP_COLUMNS,
+    detection_costs,
+    detection_frame,
+    detection_table,
+    stated_cost_comparison,
+    stated_fraction,
+)
+from gradpath_lib.errors import GradpathError
 from gradpath_lib.experiments import chapter
 from gradpath_lib.experiments.detection import (
     MAIN_APS,
@@ -20,11 +28,13 @@ from gradpath_lib.experiments.detection import (
     TABLE7_MODELS,
     TABLE8_MODELS,
     prediction_figure,
+    show_predictions,
     stop_gradient_table,
 )
 from gradpath_lib.models.cost import count_flops, count_params
 from gradpath_lib.models.registry import create_model
-from gradpath_lib.paper import claims
+from gradpath_lib.notebook import setup
+from gradpath_lib.paper import STATED, STATED_DELTA, Claim, claims
 from gradpath_lib.runs import normalize_config
 from gradpath_lib.store import run_id, save_checkpoint, weights_path
 from gradpath_lib.tables import verdict_frame
@@ -154,3 +164,54 @@ def test_stop_gradient_table_adds_the_detectors_gradient_path_lengths() -> None:
     assert paths.loc["yolor-csp-sg-block", "longest path"] < paths.loc["yolor-csp", "longest path"]
     assert paths.loc["yolor-csp-sg-block", "longest shortest path"] == paths.loc["yolor-csp", "longest shortest path"]
     assert paths.loc["yolor-csp-sg-identity", "longest shortest path"] > paths.loc["yolor-csp", "longest shortest path"]
+
+
+@pytest.mark.parametrize("name", sorted(TABLE_MODELS))
+def test_show_predictions_saves_one_figure_per_model_with_weights(tmp_path: Path, capsys, name: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    models = TABLE_MODELS[name]
+    drawn = models[0]
+    configs = [detect_config(model, "smoke", 0) for model in models]
+    save_checkpoint(weights_path(tmp_path, normalize_config(configs[0])), create_model(drawn, "smoke").state_dict())
+    ctx = setup(name, scale="smoke", results_dir=tmp_path)
+    capsys.readouterr()
+    saved = show_predictions(ctx, [(c, _record(c)) for c in configs], models)
+    assert saved == [tmp_path / "smoke" / "figures" / f"{name}_predictions_{drawn}.png"]
+    assert saved[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    out = capsys.readouterr().out
+    assert f"**{drawn}**" in out and "No saved weights here for:" in out
+    assert all(f"`{model}`" in out for model in models[1:]) and f"`{drawn}`" not in out
+
+
+def _flops_claim(subject: str, paper: str, kind: str = STATED_DELTA) -> Claim:
+    return Claim(f"{subject}-flops", "table7", f"{subject} needs fewer FLOPs", subject, "yolor-v3", "flops", "lower",
+                 kind, paper, "test", relative=True, deterministic=True)
+
+
+def test_stated_cost_comparison_is_computed_from_the_cost_table() -> None:
+    costs = detection_costs(TABLE7_MODELS, "smoke")
+    ratios = costs.set_index("model")["FLOPs vs yolor-v3"]
+    text = stated_cost_comparison(costs, claims("table7"))
+    for claim in claims("table7"):
+        if claim.metric == "flops":
+            gap = abs(ratios[claim.subject] - stated_fraction(claim)) * 100
+            assert f"`{claim.subject}` {ratios[claim.subject]:+.1%} against the paper's {claim.paper}" in text
+            assert f"a cut {gap:.1f} points smaller than stated" in text  # smoke widths cut far less
+    made_up = costs.assign(**{"FLOPs vs yolor-v3": [0.0, -0.40, -0.10, 0.05]})
+    text = stated_cost_comparison(made_up, [_flops_claim("yolor-elan", "-26 % computation"),
+                                            _flops_claim("yolor-elan-b2n2", "-35 % computation")])
+    assert "`yolor-elan` -40.0% against the paper's -26 % computation, a cut 14.0 points larger than stated" in text
+    assert "`yolor-elan-b2n2` +5.0% against the paper's -35 % computation, a cut 40.0 points smaller" in text
+
+
+def test_stated_cost_comparison_needs_a_stated_percentage_and_the_claims_model() -> None:
+    assert stated_fraction(_flops_claim("yolor-elan", "−35 % computation")) == pytest.approx(-0.35)
+    with pytest.raises(GradpathError, match="states no percentage"):
+        stated_fraction(_flops_claim("yolor-elan", "much less computation"))
+    costs = detection_costs(TABLE5_MODELS, "smoke")
+    with pytest.raises(GradpathError, match="none of these claims states a FLOPs change"):
+        stated_cost_comparison(costs, [_flops_claim("yolor-prn", "-1 %", kind=STATED)])
+    with pytest.raises(GradpathError, match="'yolor-elan', which has no costs here"):
+        stated_cost_comparison(costs, claims("table7"))

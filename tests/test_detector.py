@@ -6,11 +6,14 @@ import pytest
 import torch
 import torch.fx
 
+from gradpath_lib.cli import main
 from gradpath_lib.errors import GradpathError
 from gradpath_lib.models import create_model, get_entry, model_names
 from gradpath_lib.models.blocks import CSPStage, ELANBlock, ResidualBlock
+from gradpath_lib.models.cost import count_flops, count_params
 from gradpath_lib.models.detector import parse_elan_stacks
-from gradpath_lib.models.yolor import VARIANTS, detector_cost
+from gradpath_lib.models.yolor import BASELINE, INPUT_SIZES, PAPER_INPUT, VARIANTS, detector_cost
+from gradpath_lib.paper import references
 from gradpath_lib.train.boxes import anchor_points, box_iou, decode_ltrb, mask_extents, pairwise_iou
 from gradpath_lib.train.det_predict import batched_nms, nms
 
@@ -93,6 +96,54 @@ def test_cost_scales_with_input_area():
     small, large = detector_cost("yolor-v3", "smoke", 64), detector_cost("yolor-v3", "smoke", 128)
     assert small["params"] == large["params"]
     assert large["flops"] == pytest.approx(4 * small["flops"], rel=0.01)
+
+
+def _meta_cost(name: str, scale: str, side: int) -> tuple[int, int]:
+    with torch.device("meta"):  # shapes only
+        model = create_model(name, scale)
+    return count_params(model), count_flops(model, (3, side, side))
+
+
+def test_models_command_counts_detectors_at_their_canvas_and_at_640_relative_to_yolor_v3(capsys):
+    assert main(["models", "--task", "detect", "--scale", "smoke", "--format", "csv"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == ("model,family,task,input,params,flops,base,flops_vs_base,params_vs_base,"
+                        f"flops_{PAPER_INPUT},flops_{PAPER_INPUT}_vs_base")
+    rows = {line.split(",")[0]: line.split(",") for line in lines[1:]}
+    assert list(rows) == list(VARIANTS)
+    v3_params, v3_flops = _meta_cost(BASELINE, "smoke", INPUT_SIZES["smoke"])
+    v3_paper = _meta_cost(BASELINE, "smoke", PAPER_INPUT)[1]
+    for name in ("yolor-csp", "yolor-elan"):
+        _, _, _, side, params, flops, base, flops_ratio, params_ratio, paper, paper_ratio = rows[name]
+        assert int(side) == INPUT_SIZES["smoke"] and base == BASELINE
+        assert (int(params), int(flops)) == _meta_cost(name, "smoke", INPUT_SIZES["smoke"])
+        assert int(paper) == _meta_cost(name, "smoke", PAPER_INPUT)[1]
+        assert float(flops_ratio) == round(int(flops) / v3_flops, 3) < 1
+        assert float(params_ratio) == round(int(params) / v3_params, 3)
+        assert float(paper_ratio) == round(int(paper) / v3_paper, 3)
+    assert rows[BASELINE][6:9] == ["", "", ""]  # the base has no ratio to itself
+
+
+def test_models_command_keeps_an_explicit_input_and_rejects_one_detectors_cannot_take(capsys):
+    assert main(["models", "yolor-prn", "--scale", "smoke", "--input", "128", "--format", "csv"]) == 0
+    rows = {line.split(",")[0]: line.split(",") for line in capsys.readouterr().out.splitlines()[1:]}
+    assert set(rows) == {"yolor-prn", BASELINE} and rows["yolor-prn"][3] == "128"
+    assert int(rows["yolor-prn"][5]) == _meta_cost("yolor-prn", "smoke", 128)[1]
+    assert main(["models", "yolor-csp", "--scale", "smoke", "--input", "100"]) == 2
+    assert "input size 100 does not fit 'yolor-v3'" in capsys.readouterr().err
+    assert main(["models", "prn", "--task", "detect"]) == 2
+    assert "none of prn is a 'detect' model" in capsys.readouterr().err
+
+
+def test_paper_preset_against_the_official_configs():
+    # what the yolor module docstring and book/scale_out.md state about the paper preset
+    official = {(r.ours, r.metric): r.value for r in references("table6")}
+    v3_params, v3_flops = _meta_cost("yolor-v3", "paper", PAPER_INPUT)
+    csp_flops = _meta_cost("yolor-csp", "paper", PAPER_INPUT)[1]
+    assert v3_params / 1e6 == pytest.approx(official["yolor-v3", "params_m"], rel=0.02)
+    assert v3_flops / 1e9 == pytest.approx(official["yolor-v3", "gflops"], rel=0.15)
+    official_cut = official["yolor-csp", "gflops"] / official["yolor-v3", "gflops"] - 1
+    assert csp_flops / v3_flops - 1 < official_cut - 0.10, "our CSP cuts more than yolor-csp.yaml"
 
 
 def test_elan_stack_settings():

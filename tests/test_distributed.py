@@ -1,5 +1,6 @@
-"""Data-parallel training: 2 gloo processes on CPU give the one-process record, and resume from its
-checkpoint; the detection trainer runs on 2 processes too."""
+"""Data-parallel training: 2 gloo processes on CPU give the one-process record (per-block gradient
+norms included), and resume from its checkpoint; the detection and LW-DNA trainers run on 2
+processes too."""
 
 from __future__ import annotations
 
@@ -19,18 +20,26 @@ from gradpath_lib.cli import build_parser, main
 from gradpath_lib.distributed import World
 from gradpath_lib.errors import GradpathError
 from gradpath_lib.models import registry
+from gradpath_lib.models.dsfb import GradientNormMonitor
 from gradpath_lib.runs import normalize_config
 from gradpath_lib.store import checkpoint_path, load_checkpoint, record_path
 from gradpath_lib.train import classify
 from gradpath_lib.train.classify import classify_config, strip_timing
 from gradpath_lib.train.detect import detect_config
+from gradpath_lib.train.lwdna import lwdna_config
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = "tiny-bn-free-net"
+MONITORED = "tiny-monitored-net"  # with DSFB's per-block gradient-norm monitor
 RANKS = 2
 # Detection on 2 CPU ranks is checked for its plumbing, not for equality: BatchNorm statistics
 # (no SyncBatchNorm on CPU) and the loss normalizer (the rank's own positives) are per rank.
 DETECT_CONFIG = detect_config("yolor-v3", "smoke", 0, epochs=1)
+# LW-DNA on 2 CPU ranks is checked for its plumbing (the ranks must cut the same channels), not for
+# equality (BatchNorm statistics are per rank). At these widths one channel costs up to 30 % of the
+# target FLOPs, hence the tolerance.
+LWDNA_CONFIG = lwdna_config("resnet", "smoke", 0, model_kwargs={"widths": (4, 8, 8), "stem_width": 4},
+                            score_batches=1, epochs=2, tolerance=0.35)
 EPOCHS = 2  # the run is resumed after its first
 # Summation order differs between one process and two ranks (all-reduce): float32 round-off only.
 TOLERANCE = 1e-5
@@ -52,39 +61,58 @@ class BNFreeNet(nn.Module):
         return self.body(x)
 
 
-def register_bn_free_net() -> None:
-    """Add the test network to the registry of this process (torchrun's ranks call it too)."""
-    if MODEL not in registry.model_names():
-        registry.register(MODEL, BNFreeNet, family="test", presets={"smoke": {}})
+class MonitoredNet(BNFreeNet):
+    """BNFreeNet recording the mean gradient norm at both ReLU outputs per epoch, as resnet-dsfb does per block."""
+
+    def __init__(self, width: int = 8, num_classes: int = 10):
+        super().__init__(width, num_classes)
+        self.gradient_monitor = GradientNormMonitor([self.body[1], self.body[3]])
+
+    def epoch_metrics(self) -> dict[str, list[float]]:
+        norms = self.gradient_monitor.read_and_reset()
+        return {} if norms is None else {"block_grad_norm": norms}
+
+
+TEST_NETS = {MODEL: BNFreeNet, MONITORED: MonitoredNet}
+
+
+def register_test_nets() -> None:
+    """Add the test networks to the registry of this process (torchrun's ranks call it too)."""
+    for name, factory in TEST_NETS.items():
+        if name not in registry.model_names():
+            registry.register(name, factory, family="test", presets={"smoke": {}})
 
 
 RANK_SCRIPT = """
 import sys
 sys.path.insert(0, "tests")
 import test_distributed
-test_distributed.register_bn_free_net()
+test_distributed.register_test_nets()
 from gradpath_lib.cli import main
 from gradpath_lib.distributed import process_group
 from gradpath_lib.runs import ensure_run
+detect_dir, lwdna_dir, *trains = sys.argv[1:]
 with process_group("cpu") as device:  # one launch trains everything: each rank imports torch once
-    ensure_run(test_distributed.DETECT_CONFIG, results_dir=sys.argv[1], device=device, progress=False)
-    for results_dir in sys.argv[2:]:
-        assert main(test_distributed.train_argv(results_dir)) == 0
+    ensure_run(test_distributed.DETECT_CONFIG, results_dir=detect_dir, device=device, progress=False)
+    ensure_run(test_distributed.LWDNA_CONFIG, results_dir=lwdna_dir, device=device, progress=False)
+    for model, results_dir in zip(trains[::2], trains[1::2]):
+        assert main(test_distributed.train_argv(results_dir, model)) == 0
 """
 
 
-def train_argv(results_dir: Path | str) -> list[str]:
-    return ["train", "--model", MODEL, "--scale", "smoke", "--epochs", str(EPOCHS), "--device", "cpu",
+def train_argv(results_dir: Path | str, model: str = MODEL) -> list[str]:
+    return ["train", "--model", model, "--scale", "smoke", "--epochs", str(EPOCHS), "--device", "cpu",
             "--results-dir", str(results_dir), "--no-progress"]
 
 
-def run_two_ranks(tmp_path: Path, detect_dir: Path, *results_dirs: Path) -> subprocess.CompletedProcess:
+def run_two_ranks(tmp_path: Path, detect_dir: Path, lwdna_dir: Path,
+                  *trains: tuple[str, Path]) -> subprocess.CompletedProcess:
     """On 2 gloo ranks started by torchrun (as `--nproc 2` does): the smoke detection run into `detect_dir`,
-    then `gradpath train` into each of `results_dirs`."""
+    the LW-DNA run into `lwdna_dir`, then `gradpath train` of each (model, results dir) of `trains`."""
     script = tmp_path / "rank.py"
     script.write_text(RANK_SCRIPT)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={RANKS}",
-               str(script), str(detect_dir), *map(str, results_dirs)]
+               str(script), str(detect_dir), str(lwdna_dir), *(str(a) for run in trains for a in run)]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
 
@@ -111,17 +139,20 @@ def assert_close(ours: object, reference: object, where: str = "metrics") -> Non
 
 
 @pytest.fixture
-def bn_free_net(monkeypatch):
+def test_nets(monkeypatch):
     registry.model_names()
-    monkeypatch.setitem(registry._REGISTRY, MODEL, registry.ModelEntry(MODEL, BNFreeNet, "test", presets={"smoke": {}}))
+    for name, factory in TEST_NETS.items():
+        monkeypatch.setitem(registry._REGISTRY, name, registry.ModelEntry(name, factory, "test", presets={"smoke": {}}))
 
 
-def test_two_gloo_ranks_match_one_process_and_resume_its_checkpoint(tmp_path, monkeypatch, bn_free_net):
+def test_two_gloo_ranks_match_one_process_and_resume_its_checkpoint(tmp_path, monkeypatch, test_nets):
     torch.set_num_threads(1)
-    one = tmp_path / "one"
+    one, one_monitored = tmp_path / "one", tmp_path / "one-monitored"
     assert main(train_argv(one)) == 0
     reference = the_record(one)
     assert reference["provenance"]["processes"] == 1
+    assert main(train_argv(one_monitored, MONITORED)) == 0
+    monitored_reference = the_record(one_monitored)
 
     # One process is interrupted after its first epoch; two ranks will resume from its checkpoint.
     resumed = tmp_path / "resumed"
@@ -139,10 +170,12 @@ def test_two_gloo_ranks_match_one_process_and_resume_its_checkpoint(tmp_path, mo
     config = normalize_config(classify_config(MODEL, "smoke", 0, epochs=EPOCHS))
     first_epoch = load_checkpoint(checkpoint_path(resumed, config))["history"][0]
 
-    two, detect = tmp_path / "two", tmp_path / "detect"
-    result = run_two_ranks(tmp_path, detect, two, resumed)
+    two, two_monitored = tmp_path / "two", tmp_path / "two-monitored"
+    detect, lwdna = tmp_path / "detect", tmp_path / "lwdna"
+    trains = [(MODEL, two), (MODEL, resumed), (MONITORED, two_monitored)]
+    result = run_two_ranks(tmp_path, detect, lwdna, *trains)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert len(result.stdout.strip().splitlines()) == 4, "only rank 0 prints the record path and summary"
+    assert len(result.stdout.strip().splitlines()) == 2 * len(trains), "only rank 0 prints the record path and summary"
     record = the_record(two)
     assert record["run_id"] == reference["run_id"], "same config, same run: the global batch is unchanged"
     assert record["provenance"]["processes"] == RANKS
@@ -158,6 +191,17 @@ def test_two_gloo_ranks_match_one_process_and_resume_its_checkpoint(tmp_path, mo
     record = json.loads(record_path(resumed, config).read_text())
     assert record["metrics"]["history"][0] == first_epoch, "epoch 1 came from the checkpoint, not retrained"
     assert_close(strip_timing(record["metrics"]), strip_timing(reference["metrics"]))
+
+    # per-block gradient norms: each rank sees only its shard's gradient; the record is the global batch's
+    record = the_record(two_monitored)
+    assert record["provenance"]["processes"] == RANKS
+    norms = [epoch["block_grad_norm"] for epoch in monitored_reference["metrics"]["history"]]
+    assert len(norms) == EPOCHS and all(len(n) == 2 and min(n) > 0 for n in norms)
+    assert_close(strip_timing(record["metrics"]), strip_timing(monitored_reference["metrics"]))
+
+    shrunk = the_record(lwdna)
+    assert shrunk["status"] == "ok" and shrunk["provenance"]["processes"] == RANKS
+    assert shrunk["metrics"]["epochs_done"] == 2 and shrunk["flops"] <= shrunk["metrics"]["lwdna"]["target_flops"]
 
 
 def test_shards_and_batch_split(monkeypatch):

@@ -1,4 +1,5 @@
-"""LW-DNA: channel groups and residual ties, the FLOPs-targeted shrink, exact slicing, scores, a smoke run."""
+"""LW-DNA: channel groups and residual ties, the FLOPs-targeted shrink and its tolerance, exact slicing
+(SyncBatchNorm included), scores, smoke runs and their resume, the Taylor-vs-random claim."""
 
 from __future__ import annotations
 
@@ -21,10 +22,15 @@ from gradpath_lib.models import create_model, model_kwargs
 from gradpath_lib.models.channel_graph import counts_of, masked, slice_network, trace_channels
 from gradpath_lib.models.cost import count_flops
 from gradpath_lib.runs import ensure_run
+from gradpath_lib.train import lwdna as lwdna_task
+from gradpath_lib.train.classify import strip_timing
 from gradpath_lib.train.lwdna import lwdna_config
 
 IMAGE = (1, 3, 32, 32)
 TINY = {"widths": (4, 8, 8), "stem_width": 4}  # keeps the smoke runs to seconds on a shared CPU
+# At TINY widths one channel of the stem-tied group costs 30 % of the baseline's FLOPs.
+TINY_TOLERANCE = 0.35
+HISTORY_ARG, STOP_EPOCH_ARG = 5, 6  # positions of `history` and `stop_epoch` in classify.fit's arguments
 
 
 def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -78,13 +84,18 @@ def test_masks_are_consistent_across_residual_ties():
         assert torch.any(seen[name][:, ~dropped] != 0)
 
 
+@pytest.mark.parametrize("sync", [False, True], ids=["batchnorm", "syncbatchnorm"])
 @pytest.mark.parametrize("name", ["resnet", "elan"])
-def test_sliced_network_equals_masked_wide_network(name: str):
+def test_sliced_network_equals_masked_wide_network(name: str, sync: bool):
     model = randomize_norms(wide_model(name))
     graph = trace_channels(model, IMAGE)
+    if sync:  # what distributed.data_parallel does to the widened net during its search epoch on CUDA
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model).eval()
     gen = torch.Generator().manual_seed(2)
     shrink = find_architecture(graph, random_scores(graph, gen), int(0.5 * graph.flops(graph.sizes)))
     narrow = slice_network(model, graph, shrink.keep).eval()
+    norm_types = {type(m) for m in narrow.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    assert norm_types == {nn.SyncBatchNorm if sync else nn.BatchNorm2d}
     x = torch.randn(4, *IMAGE[1:])
     with torch.no_grad(), masked(model, graph, shrink.keep):
         expected = model(x)
@@ -151,14 +162,17 @@ def test_widened_kwargs_and_settings_are_checked():
         lwdna_config("resnet", "smoke", search_epochs=3, epochs=3)
     with pytest.raises(GradpathError, match="LW-DNA score"):
         lwdna_config("resnet", "smoke", score="magnitude")
+    with pytest.raises(GradpathError, match="tolerance must be > 0"):
+        lwdna_config("resnet", "smoke", tolerance=0)
 
 
 def test_lwdna_smoke_run_meets_the_baseline_flops(tmp_path):
-    config = lwdna_config("resnet", "smoke", 0, model_kwargs=TINY, score_batches=1, epochs=2)
+    config = lwdna_config("resnet", "smoke", 0, model_kwargs=TINY, score_batches=1, epochs=2, tolerance=TINY_TOLERANCE)
     record = ensure_run(config, results_dir=tmp_path, device="cpu", progress=False)
     summary = record["metrics"]["lwdna"]
     assert record["status"] == "ok" and record["metrics"]["epochs_done"] == 2
     assert record["flops"] <= summary["target_flops"] == summary["baseline_flops"]
+    assert abs(summary["flops_error"]) <= TINY_TOLERANCE
     assert record["flops"] < summary["wide_flops"]
     assert len(summary["layers"]) == len(summary["widths"]) == len(summary["baseline_widths"])
     assert all(w2 == 2 * w for w, w2 in zip(summary["baseline_widths"], summary["wide_widths"]))
@@ -175,3 +189,77 @@ def test_chapter_compares_at_equal_epochs():
     assert len({str(c["recipe"]) for c in configs}) == 1  # baseline, LW-DNA and control: one budget
     assert {lwdna_label(c) for c in configs if c["model"] == "elan"} == {"elan", "elan lwdna-taylor",
                                                                          "elan lwdna-random"}
+
+
+def test_missed_flops_target_stops_the_run_before_the_shrunk_net_trains(tmp_path, monkeypatch):
+    # Widened to 2 channels per layer, the floor (ceil(0.4 x 2) = 1 channel) leaves each group one
+    # channel to lose, each far dearer than the tolerance: the search lands far below 90 % of the FLOPs.
+    config = lwdna_config("resnet", "smoke", 0, model_kwargs={"widths": (1, 1, 1), "stem_width": 1},
+                          score="random", target=0.9, epochs=2)
+    stops = []
+    real_fit = lwdna_task.fit
+    monkeypatch.setattr(lwdna_task, "fit",
+                        lambda *args, **kw: stops.append(args[STOP_EPOCH_ARG]) or real_fit(*args, **kw))
+    with pytest.raises(GradpathError, match=r"LW-DNA on 'resnet': the found architecture has \d+ FLOPs, -\d+\.\d% "
+                                            r"from the target \d+ \(tolerance 2%\)"):
+        ensure_run(config, results_dir=tmp_path, device="cpu", progress=False)
+    assert stops == [1], "only the search epoch trained"
+
+
+def interrupting_fit(stop_at: int):
+    """classify.fit that trains at most up to epoch `stop_at` and then interrupts the run (as a kill would)."""
+    real_fit = lwdna_task.fit
+
+    def fit(*args, **kwargs):
+        args = list(args)
+        args[STOP_EPOCH_ARG] = min(args[STOP_EPOCH_ARG], stop_at)
+        divergence = real_fit(*args, **kwargs)
+        if len(args[HISTORY_ARG]) == stop_at:
+            raise KeyboardInterrupt  # not an Exception: no failed record, the checkpoint stays
+        return divergence
+    return fit
+
+
+def test_interrupted_lwdna_runs_resume_to_the_uninterrupted_record(tmp_path, monkeypatch):
+    config = lwdna_config("resnet", "smoke", 0, model_kwargs=TINY, score_batches=1, epochs=3, tolerance=TINY_TOLERANCE)
+    reference = ensure_run(config, results_dir=tmp_path / "uninterrupted", device="cpu", progress=False)
+    real_fit = lwdna_task.fit
+    # after the search epoch (the widened net's checkpoint) and after the first shrunk epoch (the narrow net's)
+    for stop_at, resumed_fits in ((1, [(1, 1), (1, 3)]), (2, [(2, 3)])):
+        results_dir = tmp_path / f"stopped-after-{stop_at}"
+        monkeypatch.setattr(lwdna_task, "fit", interrupting_fit(stop_at))
+        with pytest.raises(KeyboardInterrupt):
+            ensure_run(config, results_dir=results_dir, device="cpu", progress=False)
+        fits = []
+        monkeypatch.setattr(lwdna_task, "fit", lambda *args, **kw: fits.append(
+            (len(args[HISTORY_ARG]), args[STOP_EPOCH_ARG])) or real_fit(*args, **kw))
+        record = ensure_run(config, results_dir=results_dir, device="cpu", progress=False)
+        assert fits == resumed_fits, "the resumed run starts from the checkpoint's epoch"
+        assert (record["status"], record["params"], record["flops"]) == (
+            reference["status"], reference["params"], reference["flops"])
+        assert strip_timing(record["metrics"]) == strip_timing(reference["metrics"])
+
+
+def test_taylor_versus_random_claim_is_judged_per_model():
+    from gradpath_lib.experiments.extensions import LWDNA_MODELS, lwdna_claims, lwdna_frame, lwdna_runs, score_claim
+    from gradpath_lib.tables import verdict_frame
+
+    configs = lwdna_runs("mini", [0, 1, 2])
+
+    def runs(taylor: list[float], random: list[float]) -> list[tuple[dict, dict]]:
+        """The chapter's runs with these per-seed top-1 for each score (baselines: 0.5)."""
+        top1 = {"taylor": taylor, "random": random}
+        return [(c, {"status": "ok", "run_id": f"run-{i}", "params": 1, "flops": 1, "metrics": {
+            "test_acc": top1[c["lwdna"]["score"]][c["seed"]] if c["task"] == "lwdna" else 0.5}})
+            for i, c in enumerate(configs)]
+
+    clearly_better, overlapping = [0.80, 0.81, 0.82], [0.70, 0.72, 0.74]
+    cases = {"reproduced": (clearly_better, [0.70, 0.71, 0.72]), "not reproduced": ([0.70, 0.71, 0.72], clearly_better),
+             "inconclusive": (overlapping, [0.71, 0.73, 0.72])}
+    score_claims = [c.text for c in lwdna_claims() if c.id.startswith("lwdna-score")]
+    assert score_claims == [score_claim(m).text for m in LWDNA_MODELS]
+    for expected, (taylor, random) in cases.items():
+        verdicts = verdict_frame(lwdna_claims(), lwdna_frame(runs(taylor, random))).set_index("claim")
+        for model in LWDNA_MODELS:
+            row = verdicts.loc[score_claim(model).text]
+            assert (row["verdict"], row["n"]) == (expected, "3 vs 3"), (model, expected, row["why"])

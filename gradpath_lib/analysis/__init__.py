@@ -7,10 +7,10 @@ the measured spectrum's method in `gradpath_lib.analysis.measured`.
 from .graph import LayerGraph, Position, trace_layers
 from .measured import gradients_by_timestamp, measured_gradient_spectrum
 from .paths import GradientPathReport, GroupPaths, analyze_model, gradient_paths
-from .summary import rank_correlations, structural_table
+from .summary import Table1, rank_correlations, structural_table, table1
 
 __all__ = [
-    "GradientPathReport", "GroupPaths", "LayerGraph", "Position", "analyze_model", "gradient_paths",
-    "gradients_by_timestamp", "measured_gradient_spectrum", "rank_correlations", "structural_table",
+    "GradientPathReport", "GroupPaths", "LayerGraph", "Position", "Table1", "analyze_model", "gradient_paths",
+    "gradients_by_timestamp", "measured_gradient_spectrum", "rank_correlations", "structural_table", "table1",
     "trace_layers",
 ]

@@ -440,8 +440,8 @@ def _check_autograd(model: nn.Module, graph: LayerGraph, x: torch.Tensor) -> Non
     """Raise unless autograd reaches every position the traced graph connects to the loss."""
     nodes, output = _autograd_run(model, x)
     seen = _reached_nodes(model, output)
-    cut = [p.name for p in graph.positions
-           if p.id in _reaching_loss(graph) and nodes.get((p.module, p.call)) not in seen]
+    reaching = _reaching_loss(graph)
+    cut = [p.name for p in graph.positions if p.id in reaching and nodes.get((p.module, p.call)) not in seen]
     if cut:
         raise GradpathError(
             f"{type(model).__name__}: layer(s) {', '.join(repr(c) for c in cut)} receive gradient in the "

@@ -116,8 +116,9 @@ def measured_gradient_spectrum(
 
     Columns: layer, module, position, group_start, group_stop, timestamp, grad_norm, share
     (grad_norm over the group's summed norms). A group's channels are cut along the dimension
-    that holds its position's output channels (the last one for a Linear on a channels-last map). `report` (the structural analysis) is computed
-    when not given; the number of replicas is its longest path.
+    that holds its position's output channels (the last one for a Linear on a channels-last map).
+    `report` (the structural analysis) is computed when not given; the number of replicas is its
+    longest path.
     """
     report = report or analyze_model(model, tuple(images.shape[1:]))
     replicas = report.network["longest_path"]

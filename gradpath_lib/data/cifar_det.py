@@ -22,7 +22,10 @@ import hashlib
 import io
 import json
 import math
+import multiprocessing
+import os
 import warnings
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -48,7 +51,8 @@ from .detection import (
 )
 
 # Bump when the generator's output changes: it is part of the cache key and the dataset checksum.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: one generator per canvas (parallel generation)
+GENERATION_CHUNK = 250  # canvases per task of a generation worker
 SPLITS = ("train", "val")
 SOURCE_SPLIT = {"train": "train", "val": "test"}  # objects of val canvases are CIFAR test images
 SHAPES = ("ellipse", "polygon", "star", "blob")
@@ -208,18 +212,63 @@ def mask_annotations(masks: np.ndarray, labels: np.ndarray, image_id: int, first
     ]
 
 
+def generate_canvas(source: ImageDataset, settings: CifarDetSettings, seed: int, split: str,
+                    index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Canvas `index` of a split: (image, visible masks, labels), from its own generator (seed, split, index)."""
+    rng = np.random.default_rng((seed, SPLITS.index(split), index))
+    objects = sample_objects(rng, source, settings)
+    return composite(background(settings.canvas, rng), objects, settings.min_visible_area)
+
+
+_WORKER_SOURCE: dict[str, ImageDataset] = {}  # the source images of a generation worker process
+
+
+def _keep_source(source: ImageDataset) -> None:
+    _WORKER_SOURCE["source"] = source
+
+
+def _canvas_range(settings: CifarDetSettings, seed: int, split: str, start: int,
+                  stop: int) -> list[tuple[np.ndarray, list[dict[str, Any]]]]:
+    """Canvases start..stop-1 with their annotations (ids still 0), in a worker holding the source."""
+    out = []
+    for index in range(start, stop):
+        image, masks, labels = generate_canvas(_WORKER_SOURCE["source"], settings, seed, split, index)
+        out.append((image, mask_annotations(masks, labels, index + 1, 0)))
+    return out
+
+
 def generate_cifar_det(source: ImageDataset, settings: CifarDetSettings, count: int, seed: int,
-                       split: str, progress: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
-    """`count` canvases (uint8 (N, H, W, 3)) and their COCO instances dict, deterministic by seed."""
+                       split: str, progress: bool = False,
+                       workers: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """`count` canvases (uint8 (N, H, W, 3)) and their COCO instances dict, deterministic by seed.
+
+    Every canvas has its own generator, so the output does not depend on `workers`, the number of
+    processes generating chunks of `GENERATION_CHUNK` canvases (default: one per CPU core, one
+    process for a single chunk)."""
     check_choice("CIFAR-Det split", split, SPLITS)
-    rng = np.random.default_rng((seed, SPLITS.index(split)))
+    chunks = [(start, min(start + GENERATION_CHUNK, count)) for start in range(0, count, GENERATION_CHUNK)]
+    workers = min(len(chunks), os.cpu_count() or 1) if workers is None else workers
+    bar = tqdm(total=count, desc=f"CIFAR-Det {split}", unit="canvas", disable=not progress, leave=False)
+    parts = []
+    if workers <= 1:
+        _keep_source(source)
+        for start, stop in chunks:
+            parts.append(_canvas_range(settings, seed, split, start, stop))
+            bar.update(stop - start)
+    else:
+        context = multiprocessing.get_context("spawn")  # no fork of a process that may run torch threads
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_keep_source,
+                                 initargs=(source,)) as pool:
+            for future in [pool.submit(_canvas_range, settings, seed, split, a, b) for a, b in chunks]:
+                parts.append(future.result())
+                bar.update(len(parts[-1]))
+    bar.close()
     size = settings.canvas
     images = np.empty((count, size, size, 3), dtype=np.uint8)
     annotations: list[dict[str, Any]] = []
-    for index in tqdm(range(count), desc=f"CIFAR-Det {split}", unit="canvas", disable=not progress, leave=False):
-        objects = sample_objects(rng, source, settings)
-        images[index], masks, labels = composite(background(size, rng), objects, settings.min_visible_area)
-        annotations += mask_annotations(masks, labels, index + 1, len(annotations) + 1)
+    for index, (image, canvas_annotations) in enumerate(item for part in parts for item in part):
+        images[index] = image
+        annotations += [{**a, "id": len(annotations) + k + 1} for k, a in enumerate(canvas_annotations)]
     coco = {
         "info": {"description": f"CIFAR-Det {split} (generator v{GENERATOR_VERSION}, seed {seed})",
                  "source": source.source, "source_sha256": source.sha256},

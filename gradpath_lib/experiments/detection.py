@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from ..tables import Run
 from . import Chapter, no_runs, register_chapter
+
+if TYPE_CHECKING:
+    from ..notebook import Setup
 
 TABLE5_MODELS = ("yolor-v3", "yolor-prn")
 TABLE6_MODELS = ("yolor-v3", "yolor-csp", "yolor-csp-first", "yolor-csp-last")
@@ -25,7 +28,7 @@ TABLE8_MODELS = ("yolor-v3", "yolor-prn", "yolor-csp", "yolor-elan", "yolov5")
 # The AP columns each table shows (keys of detection_tables.AP_COLUMNS).
 MAIN_APS = ("ap_box", "ap50_box", "ap75_box", "ap_mask", "ap50_mask", "ap75_mask")
 SIZE_APS = ("aps_box", "apm_box", "apl_box", "aps_mask", "apm_mask", "apl_mask")
-PREDICTION_CANVASES = 3  # val canvases shown per detector in the Table 8 pictures
+PREDICTION_CANVASES = 3  # val canvases shown per detector in the prediction pictures
 
 
 def detection_runs(models: Sequence[str]) -> Any:
@@ -76,6 +79,29 @@ def prediction_figure(runs: list[Run], model: str, results_dir: str | Path) -> A
                 val = load_cifar_det(config["scale"], "val", progress=False)
                 return plot_predictions(detector, val, n=PREDICTION_CANVASES, columns=PREDICTION_CANVASES)
     return None
+
+
+def show_predictions(ctx: Setup, runs: list[Run], models: Sequence[str]) -> list[Path]:
+    """Draw, save (as `<chapter>_predictions_<model>`) and show each model's `prediction_figure` in
+    chapter `ctx`, then name the models without saved weights here; returns the saved figures."""
+    import matplotlib.pyplot as plt
+
+    from ..notebook import show_markdown
+
+    saved, lacking = [], []
+    for model in models:
+        figure = prediction_figure(runs, model, ctx.results_dir)
+        if figure is None:
+            lacking.append(model)
+            continue
+        show_markdown(f"**{model}**")
+        saved.append(ctx.save_figure(figure, f"{ctx.chapter.name}_predictions_{model}"))
+        plt.show()
+        plt.close(figure)
+    if lacking:
+        show_markdown("**No saved weights here for:** " + ", ".join(f"`{m}`" for m in lacking)
+                      + ". Train them on this machine (`allow_train=True` or `gradpath reproduce`) to draw them.")
+    return saved
 
 
 register_chapter(Chapter("cifar_det", "CIFAR-Det: a detection and segmentation set from CIFAR images", no_runs, 140))

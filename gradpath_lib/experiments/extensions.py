@@ -2,7 +2,8 @@
 
 LW-DNA compares, at equal total epochs, each baseline (regular widths), its LW-DNA network
 (Taylor-scored shrink of the 2x widened net to the baseline's FLOPs) and the random-channel
-control at the same FLOPs. DSFB compares resnet-dsfb with its no-penalty ablation and the
+control at the same FLOPs; besides the paper's claims, it judges whether the Taylor score beats
+the random control. DSFB compares resnet-dsfb with its no-penalty ablation and the
 depth-matched and parameter-matched plain ResNets, and shows per-block gradient norms through
 training and the shared bases' gradient timestamps.
 """
@@ -15,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from ..paper import Claim, claims, references
+from ..paper import LWDNA_PAPER, STATED, Claim, claims, references
 from ..tables import Run, record_value
 from . import Chapter, register_chapter
 from .classification import classification_frame, classification_runs, summary_table
@@ -26,9 +27,11 @@ DSFB_MODELS = ("resnet-dsfb", "resnet-dsfb-noreg", "resnet-dsfb-depth-ref", "res
 
 
 # smoke only: two epochs (one search, one shrunk) and one scoring batch keep the chapter to CPU
-# seconds; baseline and LW-DNA always share the recipe, so the epoch budgets stay equal.
+# seconds; baseline and LW-DNA always share the recipe, so the epoch budgets stay equal. At smoke
+# widths one channel of the smoke resnet's stem-tied group costs 12.5 % of its FLOPs, more than the
+# default FLOPs tolerance, so the smoke runs allow a miss of up to one such channel.
 SMOKE_RECIPE = {"epochs": 2}
-SMOKE_LWDNA = {"score_batches": 1}
+SMOKE_LWDNA = {"score_batches": 1, "tolerance": 0.15}
 
 
 def lwdna_runs(scale: str, seeds: list[int]) -> list[dict[str, Any]]:
@@ -54,10 +57,20 @@ def lwdna_frame(runs: list[Run]) -> pd.DataFrame:
 
 
 def lwdna_claims() -> list[Claim]:
-    """The paper's LW-DNA claims, once per model (subject: the Taylor-scored network)."""
-    return [dataclasses.replace(c, id=f"{c.id}-{model}", text=c.text.replace("LW-DNA", f"{model} LW-DNA"),
-                                subject=f"{model} lwdna-taylor", baseline=model)
-            for model in LWDNA_MODELS for c in claims("lwdna")]
+    """Per model: the paper's LW-DNA claims (subject: the Taylor-scored network), then whether the
+    Taylor score beats the random-channel control at the same FLOPs."""
+    return [claim for model in LWDNA_MODELS for claim in (
+        *(dataclasses.replace(c, id=f"{c.id}-{model}", text=c.text.replace("LW-DNA", f"{model} LW-DNA"),
+                              subject=f"{model} lwdna-taylor", baseline=model) for c in claims("lwdna")),
+        score_claim(model))]
+
+
+def score_claim(model: str) -> Claim:
+    """Taylor-scored LW-DNA on `model` is more accurate than the random-channel control at the same FLOPs."""
+    return Claim(f"lwdna-score-{model}", "lwdna",
+                 f"{model} LW-DNA with the Taylor score is more accurate than random channels at the same FLOPs",
+                 f"{model} lwdna-taylor", f"{model} lwdna-random", "top1", "higher", STATED,
+                 "implied: channels are kept by their score", LWDNA_PAPER)
 
 
 def lwdna_widths(runs: list[Run]) -> dict[str, pd.DataFrame]:

@@ -11,9 +11,10 @@ weights into a smaller dense network that computes the same function (activation
 0, as ReLU/SiLU/LeakyReLU/Mish do). `flops` counts FLOPs (2 x MACs of convs and linears, the
 convention of torch's FlopCounterMode) for any channel counts without building the network.
 
-Supported: Conv2d (groups=1), BatchNorm2d, Linear, parameter-free activations/pooling/identity,
-`+`, `torch.cat(..., 1)`, `.detach()`, flatten; anything that reads a channel range (`x[:, a:b]`)
-or grouped convs raise a GradpathError naming the operation.
+Supported: Conv2d (groups=1), BatchNorm2d and the SyncBatchNorm that data parallelism makes of it
+(any `_BatchNorm`), Linear, parameter-free activations/pooling/identity, `+`, `torch.cat(..., 1)`,
+`.detach()`, flatten; anything that reads a channel range (`x[:, a:b]`) or grouped convs raise a
+GradpathError naming the operation.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..errors import GradpathError
 
@@ -43,7 +45,8 @@ PASS_THROUGH_FUNCTIONS = {
 PASS_THROUGH_METHODS = {"detach", "flatten", "contiguous", "relu", "mul", "div"}
 ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
 NON_TENSOR_METHODS = {"size", "dim"}
-WEIGHTED = (nn.Conv2d, nn.BatchNorm2d, nn.Linear)
+# _BatchNorm: BatchNorm2d, and the SyncBatchNorm that `distributed.data_parallel` makes of it on CUDA
+WEIGHTED = (nn.Conv2d, _BatchNorm, nn.Linear)
 
 
 @dataclass
@@ -119,14 +122,14 @@ class _Tracer:
         """Record a conv/BN/linear call and return the segments of its output."""
         name = str(node.target)
         seen = self.layers.get(name)
-        expected = module.num_features if isinstance(module, nn.BatchNorm2d) else module.weight.shape[1]
+        expected = module.num_features if isinstance(module, _BatchNorm) else module.weight.shape[1]
         if self.width(segments) != expected:
             raise GradpathError(f"{name}: reads {self.width(segments)} traced channels, expected {expected}")
         if isinstance(module, nn.Conv2d) and module.groups != 1:
             raise GradpathError(f"{name}: grouped convolutions (groups={module.groups}) are not supported")
         if seen is not None:  # a shared module called again: its channels are the same channels
             self.tie(seen.inputs, segments, name)
-        if isinstance(module, nn.BatchNorm2d):
+        if isinstance(module, _BatchNorm):
             if seen is None:
                 self.layers[name] = LayerChannels(segments, None)
             return segments
@@ -249,8 +252,10 @@ def masked(model: nn.Module, graph: ChannelGraph, keep: list[torch.Tensor]) -> I
 
 def _sliced(module: nn.Module, in_idx: torch.Tensor, out_idx: torch.Tensor | None) -> nn.Module:
     """A copy of a conv/BN/linear module keeping input channels `in_idx` and outputs `out_idx`."""
-    if isinstance(module, nn.BatchNorm2d):
-        new = nn.BatchNorm2d(len(in_idx), module.eps, module.momentum, module.affine, module.track_running_stats)
+    if isinstance(module, _BatchNorm):  # the same class: a SyncBatchNorm stays one, in its process group
+        new = type(module)(len(in_idx), module.eps, module.momentum, module.affine, module.track_running_stats)
+        if isinstance(module, nn.SyncBatchNorm):
+            new.process_group = module.process_group
         state = {k: (v if v.dim() == 0 else v[in_idx]) for k, v in module.state_dict().items()}
     else:
         weight = module.weight[out_idx][:, in_idx]

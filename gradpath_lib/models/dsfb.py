@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..distributed import sum_across_ranks, world
 from .registry import register
 
 ORTHOGONALITY_LAMBDA = 10.0  # the paper's weight of the orthogonality penalty
@@ -103,10 +104,15 @@ class Stage(nn.Module):
 
 class GradientNormMonitor:
     """Mean L2 norm of the loss gradient at each watched module's output, over the training steps
-    since the last `read_and_reset` (sums stay on the device: no synchronization per step)."""
+    since the last `read_and_reset`, as one process on the whole global batch would measure it.
+
+    Per-step squared norms stay on the device (no synchronization per step). Under data
+    parallelism each rank sees only its shard's gradient, of a loss averaged over the shard (ranks x
+    the global batch's per-image gradient): `read_and_reset` sums the squares over the ranks and
+    divides the norm by the number of ranks."""
 
     def __init__(self, modules: list[nn.Module]):
-        self.sums: torch.Tensor | None = None
+        self.squares: list[torch.Tensor] = []  # row k: squared norm at each module's k-th call
         self.steps = [0] * len(modules)
         for i, module in enumerate(modules):
             module.register_forward_hook(self._hook_for(i))
@@ -118,17 +124,19 @@ class GradientNormMonitor:
         return forward_hook
 
     def _add(self, index: int, grad: torch.Tensor) -> None:
-        if self.sums is None or self.sums.device != grad.device:
-            self.sums = torch.zeros(len(self.steps), device=grad.device)
-        self.sums[index] += grad.float().norm()
+        call = self.steps[index]
+        if call == len(self.squares):
+            self.squares.append(torch.zeros(len(self.steps), device=grad.device))
+        self.squares[call][index] = grad.float().pow(2).sum()
         self.steps[index] += 1
 
     def read_and_reset(self) -> list[float] | None:
-        """The mean gradient norm per module since the last call (None if no step ran)."""
-        if self.sums is None or not any(self.steps):
+        """The mean gradient norm per module since the last call (None if no step ran); every rank calls it."""
+        if not any(self.steps):
             return None
-        means = [float(total) / max(1, n) for total, n in zip(self.sums.tolist(), self.steps)]
-        self.sums, self.steps = None, [0] * len(self.steps)
+        norms = sum_across_ranks(torch.stack(self.squares)).sqrt().sum(0) / world().size
+        means = [total / max(1, n) for total, n in zip(norms.tolist(), self.steps)]
+        self.squares, self.steps = [], [0] * len(self.steps)
         return means
 
 

@@ -6,7 +6,11 @@ network meets the FLOPs target, the kept weights are sliced into a dense narrowe
 trains the remaining epochs of the SAME schedule (learning rate continuing, fresh optimizer state).
 The run therefore takes as many epochs as the baseline; each search epoch costs the widened
 network's FLOPs. Score "random" is the control: random channels kept at the same FLOPs target,
-through the same floor and residual ties.
+through the same floor and residual ties. A found architecture that misses the target by more
+than the `tolerance` setting stops the run with an error before the shrunk network trains.
+
+Under data parallelism every rank scores the channels and then takes rank 0's scores, so that all
+ranks cut the same channels even where GPU reductions differ in the last bits.
 
 The record's `metrics["lwdna"]` holds the per-layer widths of the baseline, the widened and the
 found network, the target and reached FLOPs and the threshold; `params` and `flops` are the
@@ -20,14 +24,17 @@ import math
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
+from ..distributed import check_global_batch, world
 from ..errors import GradpathError, check_choice
 from ..lwdna import (
     DEFAULT_WIDEN,
     FLOPS_TOLERANCE,
     LAYER_FLOOR,
     Shrink,
+    check_flops,
     find_architecture,
     random_scores,
     taylor_scores,
@@ -69,6 +76,7 @@ def lwdna_config(
     widen: float = DEFAULT_WIDEN,
     target: str | float = "baseline",
     floor: float = LAYER_FLOOR,
+    tolerance: float = FLOPS_TOLERANCE,
     search_epochs: int = SEARCH_EPOCHS,
     score_batches: int = SCORE_BATCHES,
     model_kwargs: dict[str, Any] | None = None,
@@ -77,11 +85,13 @@ def lwdna_config(
 ) -> dict[str, Any]:
     """The run config of LW-DNA on registry model `model` with the baseline's classification recipe.
 
-    `target` is "baseline" (the FLOPs of `model` itself) or a ratio of the widened network's FLOPs.
+    `target` is "baseline" (the FLOPs of `model` itself) or a ratio of the widened network's FLOPs;
+    `tolerance` is the relative FLOPs error beyond which the run fails.
     """
     config = classify_config(model, scale, seed, model_kwargs=model_kwargs, data=data, **recipe_overrides)
     settings = {"score": score, "widen": float(widen), "target": target, "floor": float(floor),
-                "search_epochs": int(search_epochs), "score_batches": int(score_batches)}
+                "tolerance": float(tolerance), "search_epochs": int(search_epochs),
+                "score_batches": int(score_batches)}
     check_settings(settings, config["recipe"]["epochs"])
     return {**config, "task": TASK, "lwdna": settings}
 
@@ -96,6 +106,8 @@ def check_settings(settings: dict[str, Any], epochs: int) -> None:
         raise GradpathError(f"LW-DNA widen must be >= 1, got {settings['widen']}")
     if not 0 < settings["floor"] <= 1:
         raise GradpathError(f"LW-DNA floor must be in (0, 1], got {settings['floor']}")
+    if settings["tolerance"] <= 0:
+        raise GradpathError(f"LW-DNA tolerance must be > 0 (a relative FLOPs error), got {settings['tolerance']}")
     if not 1 <= settings["search_epochs"] < epochs:
         raise GradpathError(f"LW-DNA search_epochs must be in [1, {epochs - 1}] (the recipe has {epochs} "
                             f"epochs), got {settings['search_epochs']}")
@@ -104,14 +116,24 @@ def check_settings(settings: dict[str, Any], epochs: int) -> None:
 
 
 def channel_scores(config: dict[str, Any], wide: nn.Module, graph: ChannelGraph, data: TrainingData) -> list[torch.Tensor]:
-    """The configured score of every channel of the (briefly trained) widened network."""
+    """The configured score of every channel of the (briefly trained) widened network, rank 0's on every rank."""
     settings = config["lwdna"]
     if settings["score"] == "random":
         return random_scores(graph, torch.Generator().manual_seed(config["seed"]))
     recipe = recipe_from_config(config["recipe"])
     batches = data.train.train_batches(recipe.batch_size, epoch_generator(config["seed"], settings["search_epochs"]),
                                        recipe.crop_padding, recipe.flip)
-    return taylor_scores(wide, graph, itertools.islice(batches, settings["score_batches"]))
+    scores = taylor_scores(wide, graph, itertools.islice(batches, settings["score_batches"]))
+    return rank_zero_scores(scores, data.train.images.device)
+
+
+def rank_zero_scores(scores: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """Rank 0's `scores` on every rank (unchanged when not distributed), sent through `device`."""
+    if world().size == 1:
+        return scores
+    flat = torch.cat(scores).to(device)  # NCCL sends CUDA tensors only
+    dist.broadcast(flat, src=0)
+    return list(flat.cpu().split([len(s) for s in scores]))
 
 
 def shrink_summary(shrink: Shrink, graph: ChannelGraph, baseline: nn.Module, wide: nn.Module,
@@ -127,7 +149,6 @@ def shrink_summary(shrink: Shrink, graph: ChannelGraph, baseline: nn.Module, wid
         "widths": list(found.values()),
         "target_flops": shrink.target_flops,
         "flops_error": shrink.flops_error,
-        "within_tolerance": abs(shrink.flops_error) <= FLOPS_TOLERANCE,
         "threshold": shrink.threshold if math.isfinite(shrink.threshold) else None,
         "baseline_flops": count_flops(baseline, image_shape),
         "baseline_params": count_params(baseline),
@@ -140,6 +161,7 @@ def train_lwdna(config: dict[str, Any], ctx: TaskContext) -> TaskResult:
     """Run (or resume) the LW-DNA procedure of `config`; the trainer of task "lwdna"."""
     settings, recipe = config["lwdna"], recipe_from_config(config["recipe"])
     check_settings(settings, recipe.epochs)
+    check_global_batch(recipe.batch_size)
     data = load_training_data(config, recipe, ctx.device)
     name, scale, kwargs = config["model"], config["scale"], config.get("model_kwargs", {})
 
@@ -165,6 +187,7 @@ def train_lwdna(config: dict[str, Any], ctx: TaskContext) -> TaskResult:
         target = (count_flops(baseline, data.image_shape) if settings["target"] == "baseline"
                   else int(settings["target"] * graph.flops(graph.sizes)))
         shrink = find_architecture(graph, channel_scores(config, wide, graph, data), target, settings["floor"])
+        check_flops(shrink, name, settings["tolerance"])
         summary = shrink_summary(shrink, graph, baseline, wide, data.image_shape)
         keep = shrink.keep
         narrow = prepare_model(slice_network(wide, graph, keep), ctx.device)
