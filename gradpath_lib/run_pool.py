@@ -8,6 +8,7 @@ chapter (`gradpath reproduce --runs-only`).
 from __future__ import annotations
 
 import os
+import time
 from concurrent.futures import as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from tqdm import tqdm
 from .errors import GradpathError
 from .executors import WORKER_LOST, make_executor
 from .runs import ensure_run, normalize_config
-from .store import load_record, record_path, run_id
+from .store import load_record, record_path, run_id, weights_path
 
 CACHED, TRAINED, MISSING, FAILED = "cached", "trained", "missing", "failed"
 
@@ -49,6 +50,7 @@ def ensure_runs(
     progress: bool = True,
     executor: str = "local",
     address: str | None = None,
+    deadline: float | None = None,
 ) -> list[RunOutcome]:
     """The outcome of every config, in order; duplicates are trained once.
 
@@ -56,6 +58,8 @@ def ensure_runs(
     (or `failed`, with the failed record). With it they are trained, `jobs` at a time on this
     machine, or as Ray tasks with `executor="ray"` (on the cluster at `address`, see
     `gradpath_lib.executors`); a run that raises or whose worker dies is `failed` and the others go on.
+    No group of runs (`target_groups`) starts after `deadline` (a `time.time()` value); a started one
+    finishes, and those not started stay `missing` for a later call.
     """
     unique = {run_id(normalize_config(c)): c for c in configs}
     outcomes: dict[str, RunOutcome] = {}
@@ -70,42 +74,82 @@ def ensure_runs(
             outcomes[key] = RunOutcome(config, record, FAILED if record else MISSING,
                                        record.get("error") if record else None)
     bar = tqdm(total=len(to_train), desc="training runs", unit="run", disable=not (progress and to_train))
-    if executor == "local" and (jobs <= 1 or len(to_train) <= 1):
-        for key in to_train:
-            outcomes[key] = _train(unique[key], str(results_dir), device, progress)
-            bar.update()
-    elif to_train:
-        lost = _train_pooled(to_train, unique, outcomes, bar, str(Path(results_dir).resolve()), device,
-                             executor=executor, jobs=jobs, address=address)
+    groups = target_groups(to_train, unique)
+    if executor == "local" and (jobs <= 1 or len(groups) <= 1):
+        for group in groups:
+            for key, outcome in zip(group, _train_group([unique[k] for k in group], str(results_dir), device,
+                                                         progress, deadline)):
+                outcomes[key] = outcome
+                bar.update()
+    elif groups:
+        lost = _train_pooled(groups, unique, outcomes, bar, str(Path(results_dir).resolve()), device,
+                             executor=executor, jobs=jobs, address=address, deadline=deadline)
         if executor == "local":
-            # One crashing worker breaks a process pool and every run still pending in it; retry
+            # One crashing worker breaks a process pool and every group still pending in it; retry
             # those one per fresh process, so only a run that crashes by itself is failed.
-            for key in lost:
-                _train_pooled([key], unique, outcomes, None, str(Path(results_dir).resolve()), device,
-                              executor=executor, jobs=1, address=address)
+            for group in lost:
+                _train_pooled([group], unique, outcomes, None, str(Path(results_dir).resolve()), device,
+                              executor=executor, jobs=1, address=address, deadline=deadline)
     bar.close()
     return [outcomes[run_id(normalize_config(c))] for c in configs]
 
 
-def _train_pooled(keys: list[str], unique: dict[str, dict[str, Any]], outcomes: dict[str, RunOutcome],
+def target_groups(keys: list[str], unique: dict[str, dict[str, Any]]) -> list[list[str]]:
+    """`keys` in groups trained one after another by one worker: a run that studies a trained
+    `target` run (probes, spectra) joins its target's group, after the target. Its weights are then
+    on the machine that needs them, and no two workers train the same target at once."""
+    groups: dict[str, list[str]] = {}
+    for key in keys:
+        target = unique[key].get("target")
+        groups.setdefault(run_id(normalize_config(target)) if target else key, []).append(key)
+    return [sorted(group, key=lambda k: "target" in unique[k]) for group in groups.values()]
+
+
+def weights_still_needed(configs: list[dict[str, Any]], results_dir: str | Path) -> list[Path]:
+    """The saved weights of recorded `ok` targets whose dependent runs are not recorded yet: what a
+    machine that trains part of a batch must hand on to the one that finishes it."""
+    needed = {}
+    for config in configs:
+        target = config.get("target")
+        if target is None or recorded(config, results_dir) is not None:
+            continue
+        record = recorded(target, results_dir)
+        if record is not None and record["status"] == "ok":
+            needed[record["run_id"]] = weights_path(results_dir, normalize_config(target))
+    return sorted(needed.values())
+
+
+def _train_pooled(groups: list[list[str]], unique: dict[str, dict[str, Any]], outcomes: dict[str, RunOutcome],
                   bar: Any, results_dir: str, device: str, *, executor: str, jobs: int,
-                  address: str | None) -> list[str]:
-    """Train `keys` on the executor into `outcomes`; the keys whose worker died (failed, for now)."""
+                  address: str | None, deadline: float | None = None) -> list[list[str]]:
+    """Train the groups on the executor into `outcomes`; the groups whose worker died (failed, for now)."""
     lost = []
     pool, run_device = make_executor(executor, jobs=jobs, device=device, address=address,
                                      initializer=share_cpu, initargs=(jobs,))
     with pool:  # results_dir is absolute: workers may start in another folder
-        futures = {pool.submit(_train, unique[k], results_dir, run_device, False): k for k in keys}
+        futures = {pool.submit(_train_group, [unique[k] for k in group], results_dir, run_device, False,
+                               deadline): group for group in groups}
         for future in as_completed(futures):
-            key = futures[future]
+            group = futures[future]
             try:
-                outcomes[key] = future.result()
+                for key, outcome in zip(group, future.result()):
+                    outcomes[key] = outcome
             except WORKER_LOST as err:  # a worker died (killed, out of memory, crashed)
-                outcomes[key] = RunOutcome(unique[key], None, FAILED, f"worker process died: {err}")
-                lost.append(key)
+                for key in group:
+                    outcomes[key] = RunOutcome(unique[key], None, FAILED, f"worker process died: {err}")
+                lost.append(group)
             if bar is not None:
-                bar.update()
+                bar.update(len(group))
     return lost
+
+
+def _train_group(configs: list[dict[str, Any]], results_dir: str, device: str, progress: bool,
+                 deadline: float | None = None) -> list[RunOutcome]:
+    """Train runs one after another (see `target_groups`), unless `deadline` has passed before the
+    first starts (then all stay MISSING); each failure is its own FAILED outcome."""
+    if deadline is not None and time.time() > deadline:
+        return [RunOutcome(c, None, MISSING, "not started: the time limit was reached") for c in configs]
+    return [_train(config, results_dir, device, progress) for config in configs]
 
 
 def _train(config: dict[str, Any], results_dir: str, device: str, progress: bool) -> RunOutcome:

@@ -36,7 +36,7 @@ from tqdm import tqdm
 from .errors import GradpathError
 from .executors import make_executor
 from .experiments import Chapter, chapter, chapters, default_seeds
-from .run_pool import CACHED, FAILED, MISSING, TRAINED, ensure_runs
+from .run_pool import CACHED, FAILED, MISSING, TRAINED, ensure_runs, weights_still_needed
 from .runs import normalize_config
 from .scales import check_scale
 from .store import REPO_ROOT, atomic_write_bytes, record_path, run_id
@@ -100,9 +100,12 @@ def reproduce(
     progress: bool = True,
     executor: str = "local",
     address: str | None = None,
+    time_limit_s: float | None = None,
 ) -> list[ChapterReport]:
     """Ensure the runs of the selected chapters, then (unless `runs_only`) execute their notebooks,
-    on this machine or (`executor="ray"`) as tasks of the Ray cluster at `address`."""
+    on this machine or (`executor="ray"`) as tasks of the Ray cluster at `address`. With
+    `time_limit_s`, no run starts after that many seconds (running ones finish; see `ensure_runs`)."""
+    deadline = None if time_limit_s is None else time.time() + time_limit_s
     check_scale(scale)
     selected = select_chapters(only)
     seeds = default_seeds(scale)
@@ -110,7 +113,7 @@ def reproduce(
     configs = {c.name: c.runs(scale, seeds) for c in selected}
     outcomes = ensure_runs([cfg for c in selected for cfg in configs[c.name]], results_dir=results_dir,
                            allow_train=train, device=device, jobs=jobs, progress=progress,
-                           executor=executor, address=address)
+                           executor=executor, address=address, deadline=deadline)
     by_id = {_run_id(o.config): o for o in outcomes}
     for c in selected:
         sources = [by_id[_run_id(cfg)].source for cfg in configs[c.name]]
@@ -121,6 +124,12 @@ def reproduce(
     else:
         _execute_all(selected, scale, seeds, device, jobs, Path(results_dir), reports, progress, executor, address)
     return [reports[c.name] for c in selected]
+
+
+def pending_weights(scale: str, results_dir: str | Path = "results") -> list[Path]:
+    """The saved weights that runs of the book still missing at `scale` will need (`weights_still_needed`)."""
+    seeds = default_seeds(scale)
+    return weights_still_needed([cfg for c in select_chapters() for cfg in c.runs(scale, seeds)], results_dir)
 
 
 def _run_id(config: dict[str, Any]) -> str:

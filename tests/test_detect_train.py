@@ -11,16 +11,19 @@ import torch
 
 import gradpath_lib.train.detect as detect
 from gradpath_lib.data.cifar_det import load_cifar_det
-from gradpath_lib.data.detection import DetectionDataset
+from gradpath_lib.data.detection import DetectionDataset, decode_rles
 from gradpath_lib.errors import GradpathError
 from gradpath_lib.models import create_model
 from gradpath_lib.runs import ensure_run
+from gradpath_lib.store import load_checkpoint, record_path, weights_path
 from gradpath_lib.train.batches import epoch_generator
 from gradpath_lib.train.boxes import anchor_points
 from gradpath_lib.train.classify import strip_timing
 from gradpath_lib.train.det_data import DeviceDetections, make_targets, warp
 from gradpath_lib.train.det_loss import assign_tal, detection_loss
-from gradpath_lib.train.detect import RECIPES, detect_config, fit_detector, load_trained_detector
+from gradpath_lib.train.detect import (
+    PREDICTION_CANVASES, RECIPES, SAMPLE_DETECTIONS, detect_config, fit_detector,
+)
 
 CPU = torch.device("cpu")
 OVERFIT_CANVASES = 8
@@ -150,6 +153,12 @@ def test_smoke_detector_overfits_a_handful_of_canvases(smoke_train, tmp_path):
     assert result.status == "ok"
     assert result.metrics["bbox_AP50"] > 0.5
     assert result.metrics["segm_AP50"] > 0.2
+    samples = result.metrics["sample_predictions"]  # what the prediction pictures show
+    assert [sample["image_id"] for sample in samples] == few.image_ids[:PREDICTION_CANVASES]
+    for sample, target in zip(samples, few.targets):
+        best = sample["detections"][0]
+        assert best["score"] >= detect.SAMPLE_SCORE
+        assert best["category_id"] in {few.category_id(label) for label in target["labels"]}
     losses = [epoch["train_box_loss"] for epoch in result.metrics["history"]]
     assert losses[-1] < 0.5 * losses[0]
 
@@ -178,10 +187,10 @@ def test_resume_after_kill_equals_an_uninterrupted_run(tmp_path, monkeypatch):
     resumed = ensure_run(config, results_dir=tmp_path / "killed", device="cpu", progress=False)
     assert strip_timing(resumed["metrics"]) == strip_timing(whole["metrics"])
     assert resumed["params"] == whole["params"] and resumed["flops"] == whole["flops"]
-    trained = load_trained_detector(config, tmp_path / "whole")
-    resumed_model = load_trained_detector(config, tmp_path / "killed")
-    assert all(torch.equal(a, b) for a, b in zip(trained.state_dict().values(), resumed_model.state_dict().values()))
-    assert load_trained_detector(config, tmp_path / "nowhere") is None
+    trained = load_checkpoint(weights_path(tmp_path / "whole", whole["config"]))
+    resumed_weights = load_checkpoint(weights_path(tmp_path / "killed", resumed["config"]))
+    assert trained.keys() == resumed_weights.keys()
+    assert all(torch.equal(trained[key], resumed_weights[key]) for key in trained)
 
 
 def test_divergence_is_recorded(tmp_path):
@@ -205,13 +214,69 @@ def test_ema_follows_the_ramped_decay():
     assert ema.module[1].num_batches_tracked.item() == 5 and ema.updates == 1
 
 
-def test_plot_predictions_draws_every_canvas(smoke_train):
-    from gradpath_lib.train.det_plots import plot_predictions
+def ground_truth_samples(dataset: DetectionDataset, count: int) -> list[dict]:
+    """The first `count` canvases' annotations in the recorded `sample_predictions` form (score 1)."""
+    coco = json.loads(Path(dataset.annotation_file).read_text())
+    def detection(annotation: dict) -> dict:
+        return {"category_id": annotation["category_id"], "score": 1.0, "bbox": annotation["bbox"],
+                "segmentation": annotation["segmentation"]}
 
-    torch.manual_seed(0)
-    figure = plot_predictions(create_model("yolor-v3", "smoke"), smoke_train, n=4, columns=2)
+    return [{"image_id": image_id,
+             "detections": [detection(a) for a in coco["annotations"] if a["image_id"] == image_id]}
+            for image_id in dataset.image_ids[:count]]
+
+
+def test_plot_predictions_draws_the_recorded_samples_on_their_canvases(smoke_train):
+    from matplotlib.patches import Rectangle
+
+    from gradpath_lib.train.det_plots import plot_predictions, sample_arrays
+
+    samples = ground_truth_samples(smoke_train, 4)[::-1]  # drawn by image_id, not by position
+    image, boxes, labels, masks, scores = sample_arrays(samples[0], smoke_train)
+    target = smoke_train.targets[3]
+    assert (image == smoke_train.images[3]).all()
+    assert boxes == pytest.approx(target["boxes"]) and (labels == target["labels"]).all()
+    assert (masks == target["masks"]).all() and (scores == 1.0).all()
+    figure = plot_predictions(samples, smoke_train, columns=2)
     drawn = [ax for ax in figure.axes if ax.images]
     assert len(drawn) == 4 and drawn[0].images[0].get_array().shape == (64, 64, 3)
+    assert [sum(isinstance(p, Rectangle) for p in ax.patches) for ax in drawn] == [
+        len(sample["detections"]) for sample in samples]
+    with pytest.raises(GradpathError, match="do not belong to this dataset's canvases"):
+        sample_arrays({"image_id": -1, "detections": []}, smoke_train)
+
+
+def test_a_finished_run_records_sample_predictions_that_draw_inside_their_boxes(tmp_path, monkeypatch):
+    monkeypatch.setattr(detect, "SAMPLE_SCORE", 0.0)  # an untrained detector's scores are low: keep them all
+    config = detect_config("yolor-v3", "smoke", 0)
+    record = ensure_run(config, results_dir=tmp_path, device="cpu", progress=False)
+    val = load_cifar_det("smoke", "val")
+    samples = record["metrics"]["sample_predictions"]
+    assert [sample["image_id"] for sample in samples] == val.image_ids[:PREDICTION_CANVASES]
+    assert all(1 <= len(sample["detections"]) <= SAMPLE_DETECTIONS for sample in samples)
+    assert any(len(sample["detections"]) == SAMPLE_DETECTIONS for sample in samples)  # the cap holds
+    size = record_path(tmp_path, record["config"]).stat().st_size
+    print(f"record with {sum(len(s['detections']) for s in samples)} sample detections: {size} bytes")
+    assert size < 50_000
+    category_ids = {category["id"] for category in val.categories}
+    height, width = val.images.shape[1:3]
+    nonempty = 0
+    for sample in samples:
+        found = sample["detections"]
+        assert all(set(d) == {"category_id", "score", "bbox", "segmentation"} for d in found)
+        assert {d["category_id"] for d in found} <= category_ids
+        scores = [d["score"] for d in found]
+        assert scores == sorted(scores, reverse=True)
+        masks = decode_rles([d["segmentation"] for d in found], height, width)
+        assert masks.shape == (len(found), height, width)
+        for d, mask in zip(found, masks):
+            x, y, w, h = d["bbox"]
+            rows, cols = mask.nonzero()
+            centres_x, centres_y = cols + 0.5, rows + 0.5  # crop_masks keeps pixels whose centres are in the box
+            assert ((centres_x >= x - 0.01) & (centres_x <= x + w + 0.01)).all()
+            assert ((centres_y >= y - 0.01) & (centres_y <= y + h + 0.01)).all()
+            nonempty += int(mask.any())
+    assert nonempty > 0
 
 
 def test_train_command_trains_a_detector_and_reports_its_aps(tmp_path, capsys):

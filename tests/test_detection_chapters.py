@@ -1,4 +1,5 @@
-"""The detection chapters' runs, tables and claims, on made-up records (fast, no training)."""
+"""The detection chapters' runs, tables and claims, on made-up records (fast); the prediction
+pictures also on the record of one smoke run (seconds)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,6 @@ from gradpath_lib.errors import GradpathError
 from gradpath_lib.experiments import chapter
 from gradpath_lib.experiments.detection import (
     MAIN_APS,
-    PREDICTION_CANVASES,
     SIZE_APS,
     TABLE3_DETECTION_MODELS,
     TABLE5_MODELS,
@@ -35,10 +35,10 @@ from gradpath_lib.models.cost import count_flops, count_params
 from gradpath_lib.models.registry import create_model
 from gradpath_lib.notebook import setup
 from gradpath_lib.paper import STATED, STATED_DELTA, Claim, claims
-from gradpath_lib.runs import normalize_config
-from gradpath_lib.store import run_id, save_checkpoint, weights_path
+from gradpath_lib.runs import ensure_run, normalize_config
+from gradpath_lib.store import run_id, weights_path
 from gradpath_lib.tables import verdict_frame
-from gradpath_lib.train.detect import detect_config
+from gradpath_lib.train.detect import PREDICTION_CANVASES, detect_config
 
 TABLE_MODELS = {"table5": TABLE5_MODELS, "table6": TABLE6_MODELS, "table7": TABLE7_MODELS,
                 "table3_detection": TABLE3_DETECTION_MODELS, "table8": TABLE8_MODELS}
@@ -138,20 +138,50 @@ def test_verdicts_follow_the_records() -> None:
     assert verdicts.loc["yolor-prn has higher box AP than yolor-v3", "verdict"] == "not reproduced"
 
 
-def test_prediction_figure_needs_saved_weights(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def smoke_samples(tmp_path_factory: pytest.TempPathFactory) -> list:
+    """The sample predictions recorded by a smoke run whose saved weights were then deleted."""
+    import gradpath_lib.train.detect as detect
+
+    results = tmp_path_factory.mktemp("results")
+    config = detect_config("yolor-v3", "smoke", 0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the test machine's cores are shared: one thread is faster and steadier
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(detect, "SAMPLE_SCORE", 0.0)  # a smoke detector's scores are low: record some to draw
+            record = ensure_run(config, results_dir=results, device="cpu", progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    weights = weights_path(results, record["config"])
+    assert weights.exists()
+    weights.unlink()
+    return record["metrics"]["sample_predictions"]
+
+
+def _with_samples(config: dict, samples: list) -> dict:
+    record = _record(config)
+    return {**record, "metrics": {**record["metrics"], "sample_predictions": samples}}
+
+
+def test_prediction_figure_needs_recorded_sample_predictions() -> None:
     runs = _runs(("yolor-v3",), [0])
-    assert prediction_figure(runs, "yolor-v3", tmp_path) is None
-    assert prediction_figure([(runs[0][0], None)], "yolor-v3", tmp_path) is None
+    assert prediction_figure(runs, "yolor-v3") is None  # a record that predates sample predictions
+    assert prediction_figure([(runs[0][0], None)], "yolor-v3") is None
 
 
-def test_prediction_figure_draws_from_the_saved_weights(tmp_path: Path) -> None:
+def test_prediction_figure_draws_from_the_record_without_weights(smoke_samples: list) -> None:
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
 
     config = detect_config("yolor-v3", "smoke", 0)
-    save_checkpoint(weights_path(tmp_path, normalize_config(config)), create_model("yolor-v3", "smoke").state_dict())
-    figure = prediction_figure([(config, _record(config))], "yolor-v3", tmp_path)
+    figure = prediction_figure([(config, _with_samples(config, smoke_samples))], "yolor-v3")
     assert len(figure.axes) == PREDICTION_CANVASES
-    assert prediction_figure([(config, _record(config, status="diverged"))], "yolor-v3", tmp_path) is None
+    assert [sum(isinstance(p, Rectangle) for p in ax.patches) for ax in figure.axes] == [
+        len(sample["detections"]) for sample in smoke_samples]
+    assert all(ax.images[0].get_array().shape == (64, 64, 3) for ax in figure.axes)
+    diverged = {**_with_samples(config, smoke_samples), "status": "diverged"}
+    assert prediction_figure([(config, diverged)], "yolor-v3") is None
     plt.close(figure)
 
 
@@ -167,22 +197,27 @@ def test_stop_gradient_table_adds_the_detectors_gradient_path_lengths() -> None:
 
 
 @pytest.mark.parametrize("name", sorted(TABLE_MODELS))
-def test_show_predictions_saves_one_figure_per_model_with_weights(tmp_path: Path, capsys, name: str) -> None:
+def test_show_predictions_saves_the_recorded_and_names_the_rest(tmp_path: Path, capsys, smoke_samples: list,
+                                                                 name: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     models = TABLE_MODELS[name]
-    drawn = models[0]
+    drawn, predating, *unfinished = models
     configs = [detect_config(model, "smoke", 0) for model in models]
-    save_checkpoint(weights_path(tmp_path, normalize_config(configs[0])), create_model(drawn, "smoke").state_dict())
+    records = [_with_samples(configs[0], smoke_samples), _record(configs[1])] + [None] * len(unfinished)
     ctx = setup(name, scale="smoke", results_dir=tmp_path)
     capsys.readouterr()
-    saved = show_predictions(ctx, [(c, _record(c)) for c in configs], models)
+    saved = show_predictions(ctx, list(zip(configs, records)), models)
     assert saved == [tmp_path / "smoke" / "figures" / f"{name}_predictions_{drawn}.png"]
     assert saved[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     out = capsys.readouterr().out
-    assert f"**{drawn}**" in out and "No saved weights here for:" in out
-    assert all(f"`{model}`" in out for model in models[1:]) and f"`{drawn}`" not in out
+    assert f"**{drawn}**" in out and f"`{drawn}`" not in out
+    assert f"predate sample predictions:** `{predating}`. Rerun them with `gradpath train --force`" in out
+    if unfinished:
+        assert "No finished run recorded for:** " + ", ".join(f"`{m}`" for m in unfinished) + "." in out
+    else:
+        assert "No finished run" not in out
 
 
 def _flops_claim(subject: str, paper: str, kind: str = STATED_DELTA) -> Claim:

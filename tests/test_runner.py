@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from gradpath_lib.cli import main
+from gradpath_lib.experiments import chapter
 from gradpath_lib.runner import (DONE, FAILED_NB, UP_TO_DATE, executed_notebook, reproduce, succeeded,
                                  summary_frame)
 from gradpath_lib.store import REPO_ROOT
@@ -87,7 +88,17 @@ def test_runs_only_trains_without_jupyter(tmp_path: Path) -> None:
     assert "runs only" in done.stdout and not (tmp_path / "smoke" / "notebooks").exists()
 
 
+def test_a_time_limit_starts_no_run_after_it_and_the_next_call_finishes(tmp_path: Path, capsys) -> None:
+    argv = ["reproduce", "--scale", "smoke", "--only", "table4", "--runs-only", "--device", "cpu",
+            "--results-dir", str(tmp_path)]
+    assert main([*argv, "--time-limit", "1e-9"]) == 3
+    assert "run it again" in capsys.readouterr().out and not (tmp_path / "smoke" / "runs").exists()
+    assert main([*argv, "--time-limit", "3600"]) == 0
+    assert len(list((tmp_path / "smoke" / "runs").glob("*.json"))) == len(chapter("table4").runs("smoke", [0]))
+
+
 @pytest.mark.parametrize("argv, message", [
+    (["--scale", "smoke", "--time-limit", "0"], "--time-limit must be > 0 seconds"),
     (["--scale", "huge"], "unknown scale 'huge'; valid choices: smoke, mini, paper"),
     (["--scale", "smoke", "--only", "table99"], "unknown chapter 'table99'; valid choices: architecture"),
     (["--scale", "smoke", "--jobs", "0"], "--jobs must be >= 1"),

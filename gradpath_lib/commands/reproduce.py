@@ -7,6 +7,8 @@ import argparse
 from ..executors import EXECUTORS
 from ..scales import SCALES
 
+TIME_LIMIT_REACHED = 3  # exit status of --runs-only when --time-limit left runs unstarted
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register `gradpath reproduce`."""
@@ -14,7 +16,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "reproduce", help="train the chapters' runs and execute their notebooks (papermill)",
         description="Train (or reuse) every run the selected chapters need, then execute their notebooks "
                     "in dependency order into <results-dir>/<scale>/notebooks/. Resumable; a failing "
-                    "notebook does not stop the others; exits 1 if any notebook or run failed.")
+                    "notebook does not stop the others; exits 1 if any notebook or run failed, 3 if "
+                    "--time-limit left runs of --runs-only unstarted.")
     parser.add_argument("--scale", required=True, help=f"one of {', '.join(SCALES)}")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="these chapters (and what they depend on)")
     parser.add_argument("--jobs", type=int, default=1, help="runs trained / notebooks executed in parallel")
@@ -31,6 +34,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--nproc", type=int, default=1,
                         help="with --runs-only: train each run on this many data-parallel processes (one per "
                              "GPU), relaunching the command under torchrun")
+    parser.add_argument("--time-limit", type=float, metavar="SECONDS",
+                        help="start no run after this many seconds (running ones finish; the others stay "
+                             "missing for the next call): for machines lent for a fixed time")
     parser.set_defaults(func=run)
 
 
@@ -39,12 +45,15 @@ def run(args: argparse.Namespace) -> int:
     from ..distributed import is_main, launch, launched_by_torchrun, process_group, relaunch_argv
     from ..errors import GradpathError
     from ..executors import cluster_session
+    from ..run_pool import MISSING
     from ..runner import reproduce, succeeded, summary_frame
 
     if args.jobs < 1:
         raise GradpathError(f"--jobs must be >= 1, got {args.jobs}")
     if args.no_train and args.runs_only:
         raise GradpathError("--no-train and --runs-only exclude each other (runs-only only trains)")
+    if args.time_limit is not None and args.time_limit <= 0:
+        raise GradpathError(f"--time-limit must be > 0 seconds, got {args.time_limit}")
     if args.address is not None and args.executor != "ray":
         raise GradpathError("--address names a Ray cluster; it needs --executor ray")
     data_parallel = args.nproc != 1 or launched_by_torchrun()
@@ -56,7 +65,13 @@ def run(args: argparse.Namespace) -> int:
     with cluster_session(args.executor, args.address), process_group(args.device) as device:
         reports = reproduce(args.scale, only=args.only, jobs=args.jobs, device=device,
                             train=not args.no_train, runs_only=args.runs_only, results_dir=args.results_dir,
-                            executor=args.executor, address=args.address, progress=is_main())
+                            executor=args.executor, address=args.address, progress=is_main(),
+                            time_limit_s=args.time_limit)
     if is_main():
         print(summary_frame(reports).to_string(index=False))
-    return 0 if succeeded(reports) else 1
+    if not succeeded(reports):
+        return 1
+    if args.runs_only and any(r.runs.get(MISSING) for r in reports):
+        print("gradpath reproduce: the time limit stopped the batch before every run started; run it again")
+        return TIME_LIMIT_REACHED
+    return 0

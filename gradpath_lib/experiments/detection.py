@@ -28,7 +28,6 @@ TABLE8_MODELS = ("yolor-v3", "yolor-prn", "yolor-csp", "yolor-elan", "yolov5")
 # The AP columns each table shows (keys of detection_tables.AP_COLUMNS).
 MAIN_APS = ("ap_box", "ap50_box", "ap75_box", "ap_mask", "ap50_mask", "ap75_mask")
 SIZE_APS = ("aps_box", "apm_box", "apl_box", "aps_mask", "apm_mask", "apl_mask")
-PREDICTION_CANVASES = 3  # val canvases shown per detector in the prediction pictures
 
 
 def detection_runs(models: Sequence[str]) -> Any:
@@ -65,42 +64,48 @@ def stop_gradient_table(frame: pd.DataFrame, costs: pd.DataFrame, scale: str) ->
     return table.merge(path_lengths(list(table["model"]), scale), on="model", how="left")
 
 
-def prediction_figure(runs: list[Run], model: str, results_dir: str | Path) -> Any:
-    """`model`'s detections on the first val canvases, from the saved weights of its first run that
-    ended ok; None when no such run has its weights here (they are kept where a run was trained)."""
+def finished_record(runs: list[Run], model: str) -> dict[str, Any] | None:
+    """The record of `model`'s first run that ended ok, or None."""
+    return next((record for config, record in runs
+                 if config["model"] == model and record is not None and record["status"] == "ok"), None)
+
+
+def prediction_figure(runs: list[Run], model: str) -> Any:
+    """`model`'s recorded detections on the first val canvases (the `sample_predictions` of its first run
+    that ended ok) drawn on the run's CIFAR-Det split; None when no such record holds them."""
     from ..data.cifar_det import load_cifar_det
     from ..train.det_plots import plot_predictions
-    from ..train.detect import load_trained_detector
 
-    for config, record in runs:
-        if config["model"] == model and record is not None and record["status"] == "ok":
-            detector = load_trained_detector(config, results_dir)
-            if detector is not None:
-                val = load_cifar_det(config["scale"], "val", progress=False)
-                return plot_predictions(detector, val, n=PREDICTION_CANVASES, columns=PREDICTION_CANVASES)
-    return None
+    record = finished_record(runs, model)
+    if record is None or "sample_predictions" not in record["metrics"]:
+        return None
+    samples = record["metrics"]["sample_predictions"]
+    val = load_cifar_det(record["config"]["scale"], "val", progress=False)
+    return plot_predictions(samples, val, columns=len(samples))
 
 
 def show_predictions(ctx: Setup, runs: list[Run], models: Sequence[str]) -> list[Path]:
     """Draw, save (as `<chapter>_predictions_<model>`) and show each model's `prediction_figure` in
-    chapter `ctx`, then name the models without saved weights here; returns the saved figures."""
+    chapter `ctx`, then name the models it could not draw and why; returns the saved figures."""
     import matplotlib.pyplot as plt
 
     from ..notebook import show_markdown
 
-    saved, lacking = [], []
+    saved, unfinished, predating = [], [], []
     for model in models:
-        figure = prediction_figure(runs, model, ctx.results_dir)
+        figure = prediction_figure(runs, model)
         if figure is None:
-            lacking.append(model)
+            (unfinished if finished_record(runs, model) is None else predating).append(model)
             continue
         show_markdown(f"**{model}**")
         saved.append(ctx.save_figure(figure, f"{ctx.chapter.name}_predictions_{model}"))
         plt.show()
         plt.close(figure)
-    if lacking:
-        show_markdown("**No saved weights here for:** " + ", ".join(f"`{m}`" for m in lacking)
-                      + ". Train them on this machine (`allow_train=True` or `gradpath reproduce`) to draw them.")
+    if unfinished:
+        show_markdown("**No finished run recorded for:** " + ", ".join(f"`{m}`" for m in unfinished) + ".")
+    if predating:
+        show_markdown("**Records that predate sample predictions:** " + ", ".join(f"`{m}`" for m in predating)
+                      + ". Rerun them with `gradpath train --force` to add them.")
     return saved
 
 

@@ -1,38 +1,49 @@
-"""Pictures of a detector's predictions (boxes, classes, scores and masks) on validation canvases."""
+"""Pictures of a detector's recorded predictions (boxes, classes, scores and masks) on validation canvases.
+
+The predictions are a run record's `sample_predictions` (see `gradpath_lib.train.detect`): COCO
+result records with RLE masks, so drawing them needs the canvases but not the weights.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
 
-from ..data.detection import DetectionDataset
+from ..data.detection import DetectionDataset, decode_rles
 from ..data.detection_plots import draw_detections
-from .det_data import to_float
-from .detect import predict
-
-SHOW_SCORE = 0.3  # detections below this score are left out of the picture (COCO eval keeps them)
+from ..errors import GradpathError
 
 
-def plot_predictions(model: nn.Module, dataset: DetectionDataset, n: int = 6, columns: int = 3) -> Any:
-    """A figure of the first `n` canvases of `dataset` with `model`'s detections scoring at least SHOW_SCORE."""
+def sample_arrays(sample: dict[str, Any], dataset: DetectionDataset) -> tuple[np.ndarray, ...]:
+    """(canvas (H, W, 3), xyxy boxes (K, 4), labels (K,), masks (K, H, W), scores (K,)) of one recorded sample."""
+    label_of = {category["id"]: label for label, category in enumerate(dataset.categories)}
+    found = sample["detections"]
+    unknown = sorted({d["category_id"] for d in found} - set(label_of))
+    if sample["image_id"] not in dataset.image_ids or unknown:
+        raise GradpathError(f"recorded sample predictions of image {sample['image_id']} "
+                            f"(unknown categories: {unknown or 'none'}) do not belong to this dataset's canvases; "
+                            "the data changed since the run: rerun it with `gradpath train --force`")
+    image = np.asarray(dataset.images[dataset.image_ids.index(sample["image_id"])])
+    boxes = np.array([d["bbox"] for d in found], dtype=np.float64).reshape(-1, 4)
+    boxes[:, 2:] += boxes[:, :2]
+    labels = np.array([label_of[d["category_id"]] for d in found], dtype=np.int64)
+    masks = decode_rles([d["segmentation"] for d in found], *image.shape[:2])
+    scores = np.array([d["score"] for d in found], dtype=np.float64)
+    return image, boxes, labels, masks, scores
+
+
+def plot_predictions(samples: list[dict[str, Any]], dataset: DetectionDataset, columns: int = 3) -> Any:
+    """A figure of recorded sample predictions (one per canvas) drawn on their canvases of `dataset`."""
     import matplotlib.pyplot as plt
 
-    n = min(n, len(dataset.images))
-    device = next(model.parameters()).device
-    images = np.asarray(dataset.images[:n])
-    detections = predict(model, to_float(torch.from_numpy(images).to(device)))
-    rows = -(-n // columns)
+    rows = -(-len(samples) // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(2.4 * columns, 2.4 * rows), squeeze=False)
     for index, ax in enumerate(axes.flat):
-        if index >= n:
+        if index >= len(samples):
             ax.set_axis_off()
             continue
-        found = detections[index]
-        shown = (found.scores >= SHOW_SCORE).cpu().numpy()
-        draw_detections(ax, images[index], found.boxes.cpu().numpy()[shown], found.labels.cpu().numpy()[shown],
-                        dataset.class_names, masks=found.masks.cpu().numpy()[shown], scores=found.scores.cpu().numpy()[shown])
+        image, boxes, labels, masks, scores = sample_arrays(samples[index], dataset)
+        draw_detections(ax, image, boxes, labels, dataset.class_names, masks=masks, scores=scores)
     fig.tight_layout()
     return fig

@@ -102,6 +102,13 @@ def instance_masks(coeffs: Tensor, protos: Tensor, boxes: Tensor, image_size: tu
     return crop_masks(probs, boxes) > MASK_THRESHOLD
 
 
+def best_detections(found: Detections, min_score: float, limit: int) -> Detections:
+    """The first `limit` of `found`'s detections (best first) that score at least `min_score`."""
+    keep = (found.scores >= min_score).nonzero().flatten()[:limit]
+    masks = None if found.masks is None else found.masks[keep]
+    return Detections(found.boxes[keep], found.scores[keep], found.labels[keep], masks)
+
+
 def coco_predictions(detections: list[Detections], image_ids: list[int], category_ids: list[int]) -> list[dict[str, Any]]:
     """COCO result records (bbox [x, y, w, h] px, plus the RLE mask at canvas resolution when present)."""
     records = []

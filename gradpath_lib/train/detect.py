@@ -16,8 +16,9 @@ boxes [x, y, w, h] px and RLE masks at canvas resolution after class-aware NMS
 `bbox_APs`, `bbox_APm`, `bbox_APl` and the same six `segm_*` (None where COCOeval leaves a number
 undefined); the history has the box AP of every `eval_every`-th epoch and of the last one.
 
-A run that ends `ok` saves its final EMA weights to `store.weights_path` (git-ignored);
-`load_trained_detector(config)` rebuilds the trained detector from them (e.g. for pictures).
+A run that ends `ok` also records `sample_predictions`: the final EMA model's detections on the
+first `PREDICTION_CANVASES` val canvases (the chapters' prediction pictures are drawn from them, so
+the book needs no weights), and saves its final EMA weights to `store.weights_path` (git-ignored).
 
 A non-finite training loss stops the run at the end of that epoch with status "diverged" and the
 1-based global step and 0-based epoch where it first happened (a result, not a crash).
@@ -28,7 +29,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,7 @@ from ..distributed import (
 from ..errors import GradpathError, check_choice
 from ..models.cost import count_flops, count_params
 from ..models.registry import create_model, get_entry
-from ..runs import TaskContext, TaskResult, normalize_config, register_task
+from ..runs import TaskContext, TaskResult, register_task
 from ..scales import check_scale
 from ..store import load_checkpoint, save_checkpoint, weights_path
 from .batches import epoch_generator
@@ -52,12 +53,15 @@ from .classify import autocast, finite_or_none, rng_state, set_rng_state
 from .coco_eval import SUMMARY_NAMES, evaluate_coco
 from .det_data import DeviceDetections
 from .det_loss import Targets, detection_loss
-from .det_predict import Detections, coco_predictions, postprocess
-from .recipes import SCHEDULES, lr_at, why
+from .det_predict import Detections, best_detections, coco_predictions, postprocess
+from .recipes import SCHEDULES, lr_at, why, with_overrides
 
 TASK = "detect"
 DATASETS = {"smoke": "cifar-det", "mini": "cifar-det", "paper": "coco"}
 LOSS_PARTS = ("box", "cls", "mask")
+PREDICTION_CANVASES = 3  # val canvases whose detections a finished run records (the prediction pictures)
+SAMPLE_SCORE = 0.3  # recorded sample detections score at least this (COCO evaluation keeps lower ones)
+SAMPLE_DETECTIONS = 20  # at most this many sample detections per canvas, best first (keeps records small)
 
 
 @dataclass(frozen=True)
@@ -103,12 +107,7 @@ RECIPES: dict[str, DetectRecipe] = {
 
 def detect_recipe_for(scale: str, **overrides: Any) -> dict[str, Any]:
     """The detection recipe of `scale` as a dict, with `overrides` (field names of `DetectRecipe`) applied."""
-    check_scale(scale)
-    valid = [f.name for f in fields(DetectRecipe)]
-    unknown = sorted(set(overrides) - set(valid))
-    if unknown:
-        raise GradpathError(f"unknown detection recipe field(s) {unknown}; valid fields: {', '.join(valid)}")
-    recipe = replace(RECIPES[scale], **overrides)
+    recipe = with_overrides(RECIPES, scale, overrides, "detection recipe")
     check_detect_recipe(recipe)
     return asdict(recipe)
 
@@ -254,7 +253,7 @@ def evaluate_detector(
     model: nn.Module, data: DeviceDetections, dataset: DetectionDataset, batch_size: int, masks: bool = True
 ) -> dict[str, float | None]:
     """COCOeval of `model` on `dataset` (on the device as `data`): {"bbox_AP", ..., "segm_APl"} (segm if masks)."""
-    category_ids = [dataset.category_id(label) for label in range(len(dataset.categories))]
+    category_ids = coco_category_ids(dataset)
     predictions: list[dict[str, Any]] = []
     for start, images in zip(range(0, len(data), batch_size), data.eval_batches(batch_size)):
         detections = predict(model, images, with_masks=masks)
@@ -262,6 +261,26 @@ def evaluate_detector(
     summary = evaluate_coco(dataset.annotation_file, predictions, ("bbox", "segm") if masks else ("bbox",))
     return {f"{iou_type}_{name}": finite_or_none(values[name]) for iou_type, values in summary.items()
             for name in SUMMARY_NAMES}
+
+
+def coco_category_ids(dataset: DetectionDataset) -> list[int]:
+    """The COCO category id of every 0-based label of `dataset`."""
+    return [dataset.category_id(label) for label in range(len(dataset.categories))]
+
+
+def sample_predictions(
+    model: nn.Module, data: DeviceDetections, dataset: DetectionDataset, count: int = PREDICTION_CANVASES
+) -> list[dict[str, Any]]:
+    """Per canvas of the first `count` of `dataset` (on the device as `data`): its image_id and `model`'s
+    best detections (at most SAMPLE_DETECTIONS, scoring at least SAMPLE_SCORE) as COCO result records."""
+    category_ids = coco_category_ids(dataset)
+    detections = predict(model, next(data.eval_batches(count)))
+    samples = []
+    for found, image_id in zip(detections, dataset.image_ids):
+        records = coco_predictions([best_detections(found, SAMPLE_SCORE, SAMPLE_DETECTIONS)], [image_id], category_ids)
+        samples.append({"image_id": int(image_id),
+                        "detections": [{k: v for k, v in r.items() if k != "image_id"} for r in records]})
+    return samples
 
 
 @dataclass
@@ -338,6 +357,7 @@ def fit_detector(
     final = evaluate_detector(ema.module, val_data, val_set, recipe.eval_batch_size) if status == "ok" else {}
     if final:
         history[-1]["bbox_AP"] = final["bbox_AP"]
+        final["sample_predictions"] = sample_predictions(ema.module, val_data, val_set)
     train_seconds = sum(epoch["train_s"] for epoch in history)
     metrics = {
         **final,
@@ -374,21 +394,6 @@ def train_detect(config: dict[str, Any], ctx: TaskContext) -> TaskResult:
     dataset = {"name": config["data"], "source": train_set.source, "sha256": train_set.sha256}
     return TaskResult(status=result.status, metrics=result.metrics, params=params, flops=flops,
                       dataset_sha256=train_set.sha256, extra={"dataset": dataset, **result.extra})
-
-
-def load_trained_detector(config: dict[str, Any], results_dir: str | Path = "results") -> nn.Module | None:
-    """The detector of run `config` with its final EMA weights (eval mode, CPU), or None if they are not saved.
-
-    Every detection run that ends `ok` saves them to `store.weights_path` (git-ignored), so
-    they exist where the run was trained, not where only its record was copied.
-    """
-    config = normalize_config(config)
-    state = load_checkpoint(weights_path(results_dir, config))
-    if state is None:
-        return None
-    model = create_model(config["model"], config["scale"], **config.get("model_kwargs", {}))
-    model.load_state_dict(state)
-    return model.eval()
 
 
 register_task(TASK, train_detect)

@@ -79,14 +79,19 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
-def recipe_for(scale: str, **overrides: Any) -> dict[str, Any]:
-    """The recipe of `scale` as a dict, with `overrides` (field names of `Recipe`) applied."""
+def with_overrides(recipes: Mapping[str, Any], scale: str, overrides: dict[str, Any], what: str) -> Any:
+    """`recipes[scale]` (a dataclass) with `overrides` applied; an unknown field name is an error."""
     check_scale(scale)
-    valid = [f.name for f in fields(Recipe)]
+    valid = [f.name for f in fields(recipes[scale])]
     unknown = sorted(set(overrides) - set(valid))
     if unknown:
-        raise GradpathError(f"unknown recipe field(s) {unknown}; valid fields: {', '.join(valid)}")
-    recipe = replace(RECIPES[scale], **overrides)
+        raise GradpathError(f"unknown {what} field(s) {unknown}; valid fields: {', '.join(valid)}")
+    return replace(recipes[scale], **overrides)
+
+
+def recipe_for(scale: str, **overrides: Any) -> dict[str, Any]:
+    """The recipe of `scale` as a dict, with `overrides` (field names of `Recipe`) applied."""
+    recipe = with_overrides(RECIPES, scale, overrides, "recipe")
     check_recipe(recipe)
     return asdict(recipe)
 
