@@ -201,11 +201,18 @@ def show_table(table: Any) -> None:
         return
     from IPython.display import display
 
-    styled = table.style.hide(axis="index")
+    styled = table.style.hide(axis="index").format(readable_number, na_rep="—")
     if "verdict" in table.columns:
         styled = styled.map(lambda v: f"background-color: {VERDICT_COLOURS.get(v, 'transparent')}",
                             subset=["verdict"])
     display(styled)
+
+
+def readable_number(value: Any) -> Any:
+    """A float as a reader wants it (four significant digits, thousands separated); other values as they are."""
+    if not isinstance(value, float) or value != value:
+        return value
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
 
 
 def _in_notebook() -> bool:

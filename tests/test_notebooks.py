@@ -207,3 +207,11 @@ def test_provenance_note_warns_when_records_come_from_different_datasets() -> No
     mixed = provenance_note([outcome(0, "a" * 64), outcome(1, "b" * 64)], allow_train=False)
     assert "different copies of the data" not in same and "`aaaaaaaaaaaa…`" in same
     assert "different copies of the data" in mixed and "`bbbbbbbbbbbb…`" in mixed
+
+
+def test_floats_on_the_page_read_as_people_write_them() -> None:
+    from gradpath_lib.notebook import readable_number
+
+    assert [readable_number(v) for v in (22.73, 9.74, 0.888, 75.8, 1017.4, 123456.0)] == [
+        "22.73", "9.74", "0.888", "75.8", "1,017", "123,456"]
+    assert readable_number("1 ok") == "1 ok" and readable_number(3) == 3
