@@ -25,6 +25,7 @@ SPECTRUM_MODELS = ("resnet", "prn", "plain", "csp-resnet", "elan", "vovnet-deep"
 SPECTRUM_BATCH = 64  # test images per measured spectrum (replicated once per timestamp)
 SMALL_SCALE = "smoke"  # Figs. 7 and 8 draw every layer: the smallest registry presets stay legible
 PANEL_WIDTH, ROW_HEIGHT = 4.0, 0.22  # inches per model panel and per drawn group row
+PANEL_COLUMNS = 2  # panels per row of a figure
 
 
 def analyze_registry(names: tuple[str, ...] | list[str], scale: str) -> dict[str, GradientPathReport]:
@@ -53,10 +54,17 @@ def group_labels(report: GradientPathReport) -> list[str]:
 
 
 def _panels(count: int, rows: int) -> tuple[Any, Any]:
+    """A figure of `count` panels, `PANEL_COLUMNS` a row (so that a page shows them large enough to
+    read), each tall enough for `rows` labelled rows; the unused panels are hidden."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, count, figsize=(PANEL_WIDTH * count, max(3.0, ROW_HEIGHT * rows)), squeeze=False)
-    return fig, axes[0]
+    columns = min(count, PANEL_COLUMNS)
+    grid_rows = -(-count // columns)
+    height = max(3.0, ROW_HEIGHT * rows)
+    fig, axes = plt.subplots(grid_rows, columns, figsize=(PANEL_WIDTH * columns, height * grid_rows), squeeze=False)
+    for ax in axes.flat[count:]:
+        ax.set_visible(False)
+    return fig, axes.flat[:count]
 
 
 def timestamps_figure(reports: Mapping[str, GradientPathReport], out_dir: str | Path | None = None) -> Any:

@@ -5,16 +5,22 @@ from a CPU `torch.Generator` seeded by (seed, epoch), so an epoch is the same on
 a resumed run replays exactly the epochs an uninterrupted one would. Batches come out NCHW with
 channels-last memory (the fast layout for convolutions on GPUs), normalized by the training set's
 per-channel mean and standard deviation.
+
+`ClassificationData` is what the classification trainer reads: `DeviceImages`, or a data set
+streamed from its folder (`gradpath_lib.data.imagenet.StreamedImages`) with the same epoch semantics.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from ..distributed import local_slice, shard
 
 # Seeds of different epochs of one run are this far apart, so (seed, epoch) pairs never collide.
 EPOCH_SEED_STRIDE = 1 << 20
@@ -24,6 +30,46 @@ PIXEL_MAX = 255.0
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     """The CPU generator of all randomness of one epoch's data (order, crops, flips)."""
     return torch.Generator().manual_seed(seed * EPOCH_SEED_STRIDE + epoch)
+
+
+def normalize_batch(batch: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 NHWC -> normalized float32 NCHW (channels-last memory on CUDA, contiguous on CPU)."""
+    x = batch.permute(0, 3, 1, 2).float().div_(PIXEL_MAX)
+    x = (x - mean) / std
+    # torch 2.13's CPU conv backward corrupts memory ("double free") on channels-last inputs
+    # when a layer has an odd channel count (e.g. LW-DNA's shrunk widths); CPU runs stay NCHW.
+    return x if x.is_cuda else x.contiguous()
+
+
+Batch = tuple[torch.Tensor, torch.Tensor]  # normalized float32 NCHW images, int64 labels, on the device
+
+
+class ClassificationData(Protocol):
+    """One split as the classification trainer reads it (under torch.distributed, rank by rank)."""
+
+    @property
+    def device(self) -> torch.device:
+        """Where the batches are."""
+        ...
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one batch image."""
+        ...
+
+    def __len__(self) -> int:
+        """Images in the split (all ranks together)."""
+        ...
+
+    def rank_train_batches(
+        self, batch_size: int, generator: torch.Generator, crop_padding: int, flip: bool
+    ) -> Iterator[Batch]:
+        """This rank's contiguous share (`shard`) of every full global batch of one augmented epoch."""
+        ...
+
+    def rank_eval_batches(self, batch_size: int) -> Iterator[Batch]:
+        """This rank's part (`local_slice`) of the split, in order, unaugmented, in batches."""
+        ...
 
 
 @dataclass
@@ -58,13 +104,20 @@ class DeviceImages:
     def __len__(self) -> int:
         return self.images.shape[0]
 
+    @property
+    def device(self) -> torch.device:
+        """The device holding the images."""
+        return self.images.device
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one image."""
+        _, height, width, channels = self.images.shape
+        return channels, height, width
+
     def normalize(self, batch: torch.Tensor) -> torch.Tensor:
-        """uint8 NHWC -> normalized float32 NCHW (channels-last memory on CUDA, contiguous on CPU)."""
-        x = batch.permute(0, 3, 1, 2).float().div_(PIXEL_MAX)
-        x = (x - self.mean) / self.std
-        # torch 2.13's CPU conv backward corrupts memory ("double free") on channels-last inputs
-        # when a layer has an odd channel count (e.g. LW-DNA's shrunk widths); CPU runs stay NCHW.
-        return x if x.is_cuda else x.contiguous()
+        """uint8 NHWC -> normalized float32 NCHW with this set's statistics (see `normalize_batch`)."""
+        return normalize_batch(batch, self.mean, self.std)
 
     def eval_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The images in order, unaugmented, in batches of at most `batch_size`."""
@@ -92,3 +145,15 @@ class DeviceImages:
             cols_b = torch.where(flips[idx, None], cols_b.flip(1), cols_b)
             crop = padded[idx[:, None, None], (rows + dy[:, None])[:, :, None], cols_b[:, None, :]]
             yield self.normalize(crop), self.labels[idx]
+
+    def rank_train_batches(
+        self, batch_size: int, generator: torch.Generator, crop_padding: int, flip: bool
+    ) -> Iterator[Batch]:
+        """This rank's contiguous share (`shard`) of every global batch of `train_batches`."""
+        for x, y in self.train_batches(batch_size, generator, crop_padding, flip):
+            yield shard(x), shard(y)
+
+    def rank_eval_batches(self, batch_size: int) -> Iterator[Batch]:
+        """This rank's part (`local_slice`) of the images, in order, unaugmented (`eval_batches`)."""
+        part = local_slice(len(self))
+        yield from DeviceImages(self.images[part], self.labels[part], self.mean, self.std).eval_batches(batch_size)
