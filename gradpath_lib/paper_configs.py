@@ -4,7 +4,8 @@
   classifiers at their `paper` presets with a 1000-class head, the `paper` recipe of
   `gradpath_lib.train.recipes` (SGD 0.1 per 256 images, 100 epochs, cosine), 224x224 inputs.
   Data layout: `<data dir>/imagenet/{train,val}/<wnid>/*.JPEG` (the usual class-folder layout, with
-  the validation images sorted into their class folders).
+  the validation images sorted into their class folders), checked by `data.imagenet.imagenet_problems`,
+  the same check the trainer's ImageNet loader makes before it streams the images.
 - **MS COCO 2017** (Tables 3 and 5-8): the YOLOR detectors at their `paper` presets (80 classes),
   the detection `paper` recipe of `gradpath_lib.train.detect` (300 epochs, batch 64, 640x640).
   Data layout: `<data dir>/coco/annotations/instances_{train,val}2017.json` and
@@ -15,7 +16,8 @@
 `check_paper` is the dry run behind `gradpath check-paper`: every config is normalized, every model
 is built at its paper preset (its parameters counted, FLOPs on request), and the data layout is
 checked under the data directory (`GRADPATH_DATA`); a missing or malformed piece raises one error
-naming every problem found and the expected layout. Nothing is trained.
+naming every problem found and the expected layout. Nothing is trained; the ImageNet configs train
+with `gradpath train --model NAME --scale paper` (or `ensure_run`) once the data is in place.
 """
 
 from __future__ import annotations
@@ -26,10 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
 from .data.coco import COCO_DIRNAME, COCO_SPLITS, PAPER_COCO_CONFIG, coco_paths
 from .data.detection import read_coco_json
+from .data.imagenet import CROP_SIZE, IMAGENET_DIRNAME, MISSING_SHOWN, imagenet_problems
 from .data.paths import data_dir
 from .errors import GradpathError, check_choice
 from .models.cost import count_flops, count_params
@@ -39,12 +40,7 @@ from .store import run_id
 from .train.classify import classify_config
 from .train.detect import detect_config
 
-IMAGENET_DIRNAME = "imagenet"
-IMAGENET_SPLITS = ("train", "val")
-IMAGENET_INPUT = 224  # the evaluation crop of the CSPNet ImageNet results
-IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 COCO_INPUT = PAPER_COCO_CONFIG["input_size"]
-MISSING_SHOWN = 3  # how many missing file names an error lists
 
 
 @dataclass(frozen=True)
@@ -83,41 +79,6 @@ def paper_configs(table: str, seeds: Sequence[int] = (0,)) -> list[dict[str, Any
     return [detect_config(model, "paper", seed) for model in spec.models for seed in seeds]
 
 
-def _first_image(folder: Path) -> Path | None:
-    with os.scandir(folder) as entries:
-        return next((Path(e.path) for e in entries if e.name.lower().endswith(IMAGE_SUFFIXES)), None)
-
-
-def _undecodable(path: Path) -> str | None:
-    try:
-        with Image.open(path) as image:
-            image.verify()
-    except OSError as err:
-        return f"{path} is not a readable image ({err})"
-    return None
-
-
-def imagenet_problems(root: Path, num_classes: int) -> list[str]:
-    """What is missing or wrong in an ImageNet class-folder layout under `root` (empty: all fine)."""
-    problems, classes = [], {}
-    for split in IMAGENET_SPLITS:
-        folder = root / split
-        if not folder.is_dir():
-            problems.append(f"missing folder {folder} (expected {split}/<wnid>/*.JPEG)")
-            continue
-        classes[split] = sorted(d.name for d in folder.iterdir() if d.is_dir())
-        if len(classes[split]) != num_classes:
-            problems.append(f"{folder} has {len(classes[split])} class folders, the models expect {num_classes}")
-        empty = [name for name in classes[split] if _first_image(folder / name) is None]
-        if empty:
-            problems.append(f"{len(empty)} class folder(s) of {folder} hold no image, e.g. {empty[:MISSING_SHOWN]}")
-        elif classes[split]:
-            problems += filter(None, [_undecodable(_first_image(folder / classes[split][0]))])
-    if len(classes) == len(IMAGENET_SPLITS) and classes["train"] != classes["val"]:
-        problems.append(f"the class folders of {root / 'train'} and {root / 'val'} differ")
-    return problems
-
-
 def coco_problems(root: Path, num_classes: int) -> list[str]:
     """What is missing or wrong in a COCO 2017 layout under `root` (empty: all fine)."""
     problems = []
@@ -146,7 +107,7 @@ def coco_problems(root: Path, num_classes: int) -> list[str]:
 
 
 DATASET_CHECKS = {"imagenet": (IMAGENET_DIRNAME, imagenet_problems), "coco": (COCO_DIRNAME, coco_problems)}
-INPUT_SIZES = {"imagenet": IMAGENET_INPUT, "coco": COCO_INPUT}
+INPUT_SIZES = {"imagenet": CROP_SIZE, "coco": COCO_INPUT}
 
 
 def check_paper(

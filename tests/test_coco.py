@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -156,6 +157,16 @@ def test_malformed_annotation_file_is_a_clear_error(tmp_path, change, problem):
     assert str(path) in str(error.value)
     with pytest.raises(GradpathError, match=problem):
         evaluate_coco(path, [])
+
+
+def test_an_image_of_another_size_than_annotated_is_a_clear_error(tmp_path):
+    _write_coco(tmp_path)
+    Image.fromarray(np.zeros((20, 25, 3), np.uint8)).save(tmp_path / "val2017" / "000000000009.jpg")
+    dataset = load_coco(tmp_path, "val")
+    assert dataset.image_sizes() == [(30, 40), (20, 20)]
+    assert replace(dataset, images=[np.zeros((5, 6, 3), np.uint8)]).image_sizes() == [(5, 6)]  # a plain list
+    with pytest.raises(GradpathError, match="000000000009.jpg is 25x20 px but its annotation file says 20x20"):
+        dataset.images[1]
 
 
 def test_missing_coco_folders_are_clear_errors(tmp_path):

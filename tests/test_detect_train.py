@@ -19,7 +19,7 @@ from gradpath_lib.store import load_checkpoint, record_path, weights_path
 from gradpath_lib.train.batches import epoch_generator
 from gradpath_lib.train.boxes import anchor_points
 from gradpath_lib.train.classify import strip_timing
-from gradpath_lib.train.det_data import DeviceDetections, make_targets, warp
+from gradpath_lib.train.det_data import DeviceDetections, StreamedDetections, make_targets, warp
 from gradpath_lib.train.det_loss import assign_tal, detection_loss
 from gradpath_lib.train.detect import (
     PREDICTION_CANVASES, RECIPES, SAMPLE_DETECTIONS, detect_config, fit_detector,
@@ -67,11 +67,6 @@ def test_detect_config_is_complete_and_checked():
         detect_config("yolor-csp", "smoke", schedule="step")
 
 
-def test_paper_scale_training_says_it_is_documentation_only(tmp_path):
-    with pytest.raises(GradpathError, match="COCO"):
-        ensure_run(detect_config("yolor-v3", "paper"), results_dir=tmp_path, device="cpu", progress=False)
-
-
 def test_targets_from_instance_maps_match_the_dataset(smoke_train):
     data = DeviceDetections.from_dataset(smoke_train, CPU)
     targets = make_targets(data.instances[:4], data.labels[:4], proto_stride=4)
@@ -106,6 +101,19 @@ def test_flip_and_zoom_move_pixels_masks_and_boxes_together(smoke_train):
     # zooming in by 1.25 about the centre grows every whole box by about 1.25 (clipped ones less)
     grown = (zoomed.boxes[both][:, 2:] - zoomed.boxes[both][:, :2]) / (before.boxes[both][:, 2:] - before.boxes[both][:, :2])
     assert grown.max() <= 1.25 + 0.2 and grown.median() > 1.1
+
+
+def test_streaming_canvases_at_their_own_size_gives_the_resident_batches(smoke_train):
+    resident, streamed = DeviceDetections.from_dataset(smoke_train, CPU), StreamedDetections(smoke_train, 64, CPU, 0)
+    assert streamed.image_size == resident.image_size and len(streamed) == len(resident)
+    pairs = list(zip(*(data.train_batches(16, epoch_generator(2, 5), True, 0.25, 4) for data in (resident, streamed))))
+    assert len(pairs) == len(resident) // 16
+    for (images, targets), (streamed_images, streamed_targets) in pairs:
+        assert torch.equal(images, streamed_images)
+        most = streamed_targets.labels.shape[1]  # streamed labels are padded to the batch's most instances
+        assert not targets.valid[:, most:].any()
+        for field in ("boxes", "labels", "valid", "masks"):
+            assert torch.equal(getattr(targets, field)[:, :most], getattr(streamed_targets, field))
 
 
 def test_task_aligned_assignment_picks_points_inside_their_box():

@@ -224,10 +224,11 @@ def test_nan_loss_is_recorded_as_diverged_at_its_step(tmp_path):
     assert huge_lr["status"] == "diverged" and huge_lr["diverged_at_step"] >= 1
 
 
-def test_paper_scale_needs_imagenet_and_records_nothing(tmp_path):
+def test_paper_scale_without_imagenet_names_its_folder_and_records_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRADPATH_DATA", str(tmp_path / "data"))
     config = classify_config("tiny-test-net", "paper", 0)
     assert config["data"] == "imagenet" and config["recipe"]["epochs"] == 100
-    with pytest.raises(GradpathError, match="ImageNet"):
+    with pytest.raises(GradpathError, match="ImageNet.*not readable under .*data/imagenet"):
         ensure_run(config, results_dir=tmp_path, device="cpu", progress=False)
     assert not record_path(tmp_path, normalize_config(config)).exists()
 

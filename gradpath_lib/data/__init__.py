@@ -1,4 +1,5 @@
-"""Datasets: CIFAR-10 (binary archive or image tree, decoded once) and generated smoke data.
+"""Datasets: CIFAR-10 (binary archive or image tree, decoded once), generated smoke data, and
+ImageNet (class folders, streamed from disk by the classification trainer: `load_imagenet`).
 
     >>> from gradpath_lib.data import load_classification, dataset_for_scale
     >>> train = load_classification(dataset_for_scale("smoke"), "train")
@@ -12,16 +13,18 @@ from ..errors import GradpathError, check_choice
 from ..scales import check_scale
 from .cifar10 import CIFAR10_CLASSES, load_cifar10_arrays
 from .dataset import SPLITS, ImageDataset
+from .imagenet import load_imagenet
 from .paths import cache_dir, data_dir
 from .smoke import make_smoke
 
 CLASSIFICATION_DATASETS = ("smoke", "cifar10", "imagenet")
 SCALE_DATASETS = {"smoke": "smoke", "mini": "cifar10", "paper": "imagenet"}
-PAPER_SCALE_DOCS = "the paper-scale section of the book's 'Reproducing' chapter"
+# Too large for memory: the trainer streams these from their folders (name -> loader).
+STREAMED_DATASETS = {"imagenet": load_imagenet}
 
 __all__ = [
     "CIFAR10_CLASSES", "ImageDataset", "SPLITS", "cache_dir", "data_dir", "dataset_for_scale",
-    "load_cifar10_arrays", "load_classification", "make_smoke",
+    "STREAMED_DATASETS", "load_cifar10_arrays", "load_classification", "load_imagenet", "make_smoke",
 ]
 
 
@@ -31,14 +34,14 @@ def dataset_for_scale(scale: str) -> str:
 
 
 def load_classification(name: str, split: str) -> ImageDataset:
-    """One split ("train" or "test") of the classification dataset `name` ("cifar10" or "smoke")."""
+    """One split ("train" or "test") of an in-memory classification dataset ("smoke" or "cifar10")."""
     check_choice("classification dataset", name, CLASSIFICATION_DATASETS)
     check_choice("split", split, SPLITS)
+    if name in STREAMED_DATASETS:
+        raise GradpathError(
+            f"{name!r} is a paper-scale dataset, streamed from its folders rather than loaded into memory: "
+            f"read it with gradpath_lib.data.{STREAMED_DATASETS[name].__name__} (the classification trainer does)"
+        )
     if name == "smoke":
         return make_smoke(split)
-    if name == "cifar10":
-        return load_cifar10_arrays()[split]
-    raise GradpathError(
-        "ImageNet is the paper-scale dataset and is not bundled or loaded by gradpath; "
-        f"see {PAPER_SCALE_DOCS} for how to run those configs with your own copy"
-    )
+    return load_cifar10_arrays()[split]

@@ -4,7 +4,8 @@ Expected layout under `root` (by default `$GRADPATH_DATA/coco`, see `default_coc
 `annotations/instances_{split}2017.json` and `{split}2017/*.jpg`, as distributed by cocodataset.org. The annotation file is checked when loaded (readable JSON,
 required keys, known image and category ids, boxes inside their images; errors name the file
 and the problem). Images and targets are lazy: at the paper scale an image is read from disk and
-its masks are decoded only when indexed, i.e. per batch, since COCO does not fit in memory.
+its masks are decoded only when indexed, i.e. per batch, since COCO does not fit in memory (the
+detection trainer streams it: `gradpath_lib.train.det_data.StreamedDetections`).
 Crowd regions (iscrowd=1) are left out of the training targets; COCOeval still uses them from
 the annotation file to ignore detections on crowds.
 
@@ -33,10 +34,11 @@ PAPER_COCO_CONFIG = {"input_size": 640, "epochs": 300, "train_split": "train", "
 
 
 class LazyImages(Sequence):
-    """The images of a COCO split, read as uint8 (H, W, 3) RGB when indexed."""
+    """The images of a COCO split, read as uint8 (H, W, 3) RGB when indexed, of the (height, width)
+    `sizes` their annotation file gives (checked when read)."""
 
-    def __init__(self, paths: list[Path]):
-        self.paths = paths
+    def __init__(self, paths: list[Path], sizes: list[tuple[int, int]]):
+        self.paths, self.sizes = paths, sizes
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -45,9 +47,14 @@ class LazyImages(Sequence):
         path = self.paths[index]
         try:
             with Image.open(path) as image:
-                return np.asarray(image.convert("RGB"))
+                pixels = np.asarray(image.convert("RGB"))
         except OSError as err:
             raise GradpathError(f"cannot read COCO image {path}: {err}") from err
+        height, width = self.sizes[index]
+        if pixels.shape[:2] != (height, width):
+            raise GradpathError(f"COCO image {path} is {pixels.shape[1]}x{pixels.shape[0]} px but its annotation "
+                                f"file says {width}x{height}")
+        return pixels
 
 
 class LazyTargets(Sequence):
@@ -85,8 +92,9 @@ def load_coco(root: str | Path | None, split: str) -> DetectionDataset:
     categories, label_of = sorted_categories(dataset)
     image_ids = [image["id"] for image in dataset["images"]]
     file_names = [image.get("file_name", f"{image['id']:012d}.jpg") for image in dataset["images"]]
+    sizes = [(int(image["height"]), int(image["width"])) for image in dataset["images"]]
     return DetectionDataset(
-        images=LazyImages([image_dir / name for name in file_names]),
+        images=LazyImages([image_dir / name for name in file_names], sizes),
         annotation_file=annotation_file,
         targets=LazyTargets(coco_from_dict(dataset), image_ids, label_of),
         image_ids=image_ids,

@@ -57,6 +57,13 @@ class DetectionDataset:
         """The COCO category id of the 0-based `label` (what predictions must carry)."""
         return int(self.categories[label]["id"])
 
+    def image_sizes(self) -> list[tuple[int, int]]:
+        """(height, width) of every image: the canvases' size, the sizes a lazy sequence lists, or each image's."""
+        if isinstance(self.images, np.ndarray):
+            return [(int(self.images.shape[1]), int(self.images.shape[2]))] * len(self.images)
+        listed = getattr(self.images, "sizes", None)
+        return list(listed) if listed is not None else [tuple(np.asarray(image).shape[:2]) for image in self.images]
+
 
 def area_range(area: float) -> str:
     """The COCO size range ("small", "medium" or "large") of an object's pixel area."""

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..errors import GradpathError
+
+if TYPE_CHECKING:  # pandas is imported where a table is built
+    import pandas
 
 
 def count_params(model: nn.Module) -> int:
@@ -58,7 +62,7 @@ def check_input(side: int, name: str, task: str) -> int:
 
 def cost_table(
     scale: str = "mini", input_size: int | None = None, task: str | None = None, names: Sequence[str] = ()
-) -> "pandas.DataFrame":
+) -> pandas.DataFrame:
     """One row per registered model (or per name in `names`, plus their bases): family, task, params,
     FLOPs on one RGB `input_size`^2 image (None: each model's `default_input`), and for variants
     (entries with a `base`) their FLOPs and params relative to that base.

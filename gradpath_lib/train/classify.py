@@ -1,9 +1,11 @@
 """The classification trainer: task "classify", one run of one model on one image dataset.
 
 A config (build it with `classify_config`) names the model and its overrides, the dataset, the
-scale, the seed and the full recipe (`gradpath_lib.train.recipes`). Training keeps the whole
-dataset on the device (`DeviceImages`), checkpoints every epoch and resumes from the checkpoint,
-so a killed run ends with the same metrics as an uninterrupted one (exactly, on CPU).
+scale, the seed and the full recipe (`gradpath_lib.train.recipes`). Smoke data and CIFAR-10 stay
+whole on the device (`DeviceImages`); ImageNet is streamed from its class folders by DataLoader
+workers (`gradpath_lib.data.imagenet`; its "test" split is the val folder). Training checkpoints
+every epoch and resumes from the checkpoint, so a killed run ends with the same metrics as an
+uninterrupted one (exactly, on CPU).
 
 On CUDA it runs in bf16 autocast with channels-last memory and the fused SGD, and never waits for
 the GPU inside an epoch: loss and accuracy sums and the first non-finite step stay on the device
@@ -33,17 +35,15 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from ..data import dataset_for_scale, load_classification
-from ..distributed import (
-    check_global_batch, data_parallel, earliest_step, is_main, local_slice, shard, sum_across_ranks,
-)
+from ..data import STREAMED_DATASETS, dataset_for_scale, load_classification
+from ..distributed import check_global_batch, data_parallel, earliest_step, is_main, sum_across_ranks
 from ..errors import GradpathError
 from ..models.cost import count_flops, count_params
 from ..models.registry import create_model, get_entry
 from ..runs import TaskContext, TaskResult, register_task
 from ..scales import check_scale
 from ..store import load_checkpoint, save_checkpoint, weights_path
-from .batches import DeviceImages, epoch_generator
+from .batches import ClassificationData, DeviceImages, epoch_generator
 from .recipes import Recipe, lr_at, recipe_for, recipe_from_config
 
 TASK = "classify"
@@ -135,7 +135,7 @@ def train_epoch(
     model: nn.Module,
     forward: nn.Module,
     optimizer: torch.optim.Optimizer,
-    data: DeviceImages,
+    data: ClassificationData,
     recipe: Recipe,
     generator: torch.Generator,
     first_step: int,
@@ -143,7 +143,7 @@ def train_epoch(
 ) -> EpochStats:
     """One pass over `data`; reads device values only once, at the end. Under torch.distributed each
     rank trains on its shard of every global batch and the epoch's sums are all-reduced."""
-    device = data.images.device
+    device = data.device
     model.train()
     start = time.perf_counter()
     loss_sum = torch.zeros((), device=device)
@@ -151,9 +151,8 @@ def train_epoch(
     step = torch.full((), first_step, dtype=torch.int64, device=device)
     first_bad = torch.full((), -1, dtype=torch.int64, device=device)
     seen, lr = 0, 0.0
-    batches = data.train_batches(recipe.batch_size, generator, recipe.crop_padding, recipe.flip)
+    batches = data.rank_train_batches(recipe.batch_size, generator, recipe.crop_padding, recipe.flip)
     for i, (x, y) in enumerate(batches):
-        x, y = shard(x), shard(y)
         lr = lr_at(recipe, first_step + i, total_steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -179,15 +178,13 @@ def train_epoch(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: DeviceImages, batch_size: int) -> tuple[float, float]:
+def evaluate(model: nn.Module, data: ClassificationData, batch_size: int) -> tuple[float, float]:
     """(mean cross-entropy, accuracy) of `model` on `data`, in eval mode (each rank evaluates its part)."""
     model.eval()
-    device = data.images.device
+    device = data.device
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
-    part = local_slice(len(data))
-    local = DeviceImages(data.images[part], data.labels[part], data.mean, data.std)
-    for x, y in local.eval_batches(batch_size):
+    for x, y in data.rank_eval_batches(batch_size):
         with autocast(device):
             logits = model(x)
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
@@ -241,7 +238,7 @@ def finite_or_none(value: float) -> float | None:
 
 
 def epoch_entry(
-    model: nn.Module, test_data: DeviceImages, recipe: Recipe, epoch: int, stats: EpochStats, steps_per_epoch: int
+    model: nn.Module, test_data: ClassificationData, recipe: Recipe, epoch: int, stats: EpochStats, steps_per_epoch: int
 ) -> dict[str, Any]:
     """Evaluate after 0-based `epoch` and return its history entry (plus the model's `epoch_metrics()`)."""
     eval_start = time.perf_counter()
@@ -262,32 +259,38 @@ def epoch_entry(
 
 @dataclass
 class TrainingData:
-    """A run's train and test images on the device, its steps per epoch, and the dataset's identity."""
+    """A run's train and test data (resident or streamed), its steps per epoch, and the dataset's identity."""
 
-    train: DeviceImages
-    test: DeviceImages
+    train: ClassificationData
+    test: ClassificationData
     steps_per_epoch: int
     image_shape: tuple[int, int, int]  # (C, H, W) of one input
     dataset: dict[str, Any]  # name, source and sha256, recorded with the run
 
 
+def resident_data(name: str, device: torch.device) -> tuple[DeviceImages, DeviceImages, dict[str, Any]]:
+    """(train, test, identity) of an in-memory dataset on `device`, normalized by the training set's statistics."""
+    train_set = load_classification(name, "train")
+    test_set = load_classification(name, "test")
+    return (
+        DeviceImages.from_arrays(train_set.images, train_set.labels, device),
+        DeviceImages.from_arrays(test_set.images, test_set.labels, device, stats_from=train_set.images),
+        {"name": name, "source": train_set.source, "sha256": train_set.sha256},
+    )
+
+
 def load_training_data(config: dict[str, Any], recipe: Recipe, device: torch.device) -> TrainingData:
-    """The config's dataset on `device`, normalized by the training set's statistics."""
-    train_set = load_classification(config["data"], "train")
-    test_set = load_classification(config["data"], "test")
-    steps_per_epoch = len(train_set.labels) // recipe.batch_size
+    """The config's dataset: resident on `device` (smoke, CIFAR-10) or streamed to it (ImageNet)."""
+    name = config["data"]
+    streamed = STREAMED_DATASETS.get(name)
+    train, test, dataset = streamed(device) if streamed else resident_data(name, device)
+    steps_per_epoch = len(train) // recipe.batch_size
     if steps_per_epoch == 0:
         raise GradpathError(
-            f"recipe batch_size {recipe.batch_size} exceeds the {len(train_set.labels)} training "
-            f"images of {config['data']!r}; use a smaller batch_size"
+            f"recipe batch_size {recipe.batch_size} exceeds the {len(train)} training "
+            f"images of {name!r}; use a smaller batch_size"
         )
-    return TrainingData(
-        train=DeviceImages.from_arrays(train_set.images, train_set.labels, device),
-        test=DeviceImages.from_arrays(test_set.images, test_set.labels, device, stats_from=train_set.images),
-        steps_per_epoch=steps_per_epoch,
-        image_shape=(3, *train_set.images.shape[1:3]),
-        dataset={"name": config["data"], "source": train_set.source, "sha256": train_set.sha256},
-    )
+    return TrainingData(train, test, steps_per_epoch, train.image_shape, dataset)
 
 
 def initial_model(config: dict[str, Any]) -> nn.Module:

@@ -1,4 +1,10 @@
-"""From detector outputs to detections: score filter, class-aware NMS, prototype masks, COCO records."""
+"""From detector outputs to detections: score filter, class-aware NMS, prototype masks, COCO records.
+
+Letterboxed inputs (COCO, see `det_data.StreamedDetections`): `Letterbox` says where an original
+image lies in its square input, and `Letterbox.to_original` maps detections back to the original
+pixels (boxes: padding removed and scale undone; masks: padding cropped, resized to H x W) before
+they become COCO records.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..errors import GradpathError
 from .boxes import decode_ltrb, pairwise_iou
 from .coco_eval import masks_to_rle
 
@@ -27,7 +34,50 @@ class Detections:
     boxes: Tensor  # (D, 4) xyxy pixels
     scores: Tensor  # (D,)
     labels: Tensor  # (D,) int64, 0-based
-    masks: Tensor | None  # (D, H, W) bool at input resolution, None when not asked for
+    masks: Tensor | None  # (D, H, W) bool at input resolution (or the original's), None when not asked for
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """Where an original `height` x `width` image lies in its `size` x `size` input: resized to
+    `inner_height` x `inner_width` (aspect ratio kept), its top-left corner at (`left`, `top`)."""
+
+    size: int
+    height: int
+    width: int
+    top: int
+    left: int
+    inner_height: int
+    inner_width: int
+
+    @classmethod
+    def fit(cls, height: int, width: int, size: int) -> Letterbox:
+        """The largest aspect-keeping resize of a `height` x `width` image into `size` x `size`, centred."""
+        if min(height, width, size) < 1:
+            raise GradpathError(f"cannot letterbox a {width}x{height} image into {size}x{size}: sides must be >= 1")
+        scale = size / max(height, width)
+        inner_height, inner_width = (min(size, max(1, round(side * scale))) for side in (height, width))
+        top, left = (size - inner_height) // 2, (size - inner_width) // 2
+        return cls(size, height, width, top, left, inner_height, inner_width)
+
+    def to_original(self, found: Detections) -> Detections:
+        """`found` (detections on the letterboxed input) in the original image's pixel coordinates."""
+        scale_x, scale_y = self.width / self.inner_width, self.height / self.inner_height
+        offset = found.boxes.new_tensor([self.left, self.top, self.left, self.top])
+        boxes = (found.boxes - offset) * found.boxes.new_tensor([scale_x, scale_y, scale_x, scale_y])
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, self.width)
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, self.height)
+        masks = None if found.masks is None else self.masks_to_original(found.masks)
+        return Detections(boxes, found.scores, found.labels, masks)
+
+    def masks_to_original(self, masks: Tensor) -> Tensor:
+        """Binary masks (D, size, size) on the input as binary masks (D, height, width) on the original image
+        (the unpadded part resampled bilinearly; a pixel is foreground where the resample exceeds one half)."""
+        if len(masks) == 0:
+            return masks.new_zeros((0, self.height, self.width))
+        inner = masks[:, None, self.top:self.top + self.inner_height, self.left:self.left + self.inner_width]
+        resized = F.interpolate(inner.float(), size=(self.height, self.width), mode="bilinear", align_corners=False)
+        return resized[:, 0] > 0.5
 
 
 def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
@@ -110,7 +160,7 @@ def best_detections(found: Detections, min_score: float, limit: int) -> Detectio
 
 
 def coco_predictions(detections: list[Detections], image_ids: list[int], category_ids: list[int]) -> list[dict[str, Any]]:
-    """COCO result records (bbox [x, y, w, h] px, plus the RLE mask at canvas resolution when present)."""
+    """COCO result records (bbox [x, y, w, h] px, plus the RLE mask at the detections' resolution when present)."""
     records = []
     for found, image_id in zip(detections, image_ids):
         boxes = found.boxes.cpu().numpy().astype(np.float64)

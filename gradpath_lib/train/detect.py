@@ -1,24 +1,28 @@
 """The detection trainer: task "detect", one YOLOR-mini run on CIFAR-Det (COCO at the paper scale).
 
 A config (build it with `detect_config`) names the detector and its overrides, the dataset, the
-scale, the seed and the full recipe (`DetectRecipe`, one per scale below). Training keeps the
-whole set on the device (`DeviceDetections`, flip + scale-jitter augmentation on the device),
-checkpoints every epoch and resumes from the checkpoint, so a killed run ends with the same
-metrics as an uninterrupted one (exactly, on CPU). On CUDA: bf16 autocast, channels-last, fused
-AdamW, and no host sync inside an epoch (augmentation, assignment and loss have static shapes;
-the loss sums and the first non-finite step stay on the device until the epoch ends).
+scale, the seed and the full recipe (`DetectRecipe`, one per scale below); a COCO config also
+has its square `input_size` (640 by default). Training keeps CIFAR-Det on the device
+(`DeviceDetections`) and streams COCO from disk through DataLoader workers that letterbox every
+image to the input size (`StreamedDetections`); both get the same flip + scale-jitter
+augmentation on the device. It checkpoints every epoch and resumes from the checkpoint, so a
+killed run ends with the same metrics as an uninterrupted one (exactly, on CPU). On CUDA: bf16
+autocast, channels-last, fused AdamW, and no host sync inside an epoch (augmentation, assignment
+and loss have static shapes, except that a streamed batch pads its labels to its own most
+instances; the loss sums and the first non-finite step stay on the device until the epoch ends).
 
 Assignment and loss: `gradpath_lib.train.det_loss` (task-aligned assignment, CIoU + BCE + cropped
 mask BCE). Weights are averaged by an exponential moving average (EMA); every evaluation uses the
 EMA weights. Evaluation is pycocotools' COCOeval (`evaluate_coco`) of COCO-format predictions:
-boxes [x, y, w, h] px and RLE masks at canvas resolution after class-aware NMS
-(`gradpath_lib.train.det_predict`). Final metrics: `bbox_AP`, `bbox_AP50`, `bbox_AP75`,
-`bbox_APs`, `bbox_APm`, `bbox_APl` and the same six `segm_*` (None where COCOeval leaves a number
-undefined); the history has the box AP of every `eval_every`-th epoch and of the last one.
+boxes [x, y, w, h] px and RLE masks in each original image's pixels (COCO's letterboxed inputs
+mapped back) after class-aware NMS (`gradpath_lib.train.det_predict`). Final metrics: `bbox_AP`,
+`bbox_AP50`, `bbox_AP75`, `bbox_APs`, `bbox_APm`, `bbox_APl` and the same six `segm_*` (None
+where COCOeval leaves a number undefined); the history has the box AP of every `eval_every`-th
+epoch and of the last one.
 
 A run that ends `ok` also records `sample_predictions`: the final EMA model's detections on the
-first `PREDICTION_CANVASES` val canvases (the chapters' prediction pictures are drawn from them, so
-the book needs no weights), and saves its final EMA weights to `store.weights_path` (git-ignored).
+first `PREDICTION_CANVASES` val images, in their original pixels (the chapters' prediction
+pictures are drawn from them, so the book needs no weights), and saves its final EMA weights to `store.weights_path` (git-ignored).
 
 A non-finite training loss stops the run at the end of that epoch with status "diverged" and the
 1-based global step and 0-based epoch where it first happened (a result, not a crash).
@@ -37,12 +41,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from ..data.coco import PAPER_COCO_CONFIG
 from ..data.detection import DetectionDataset
-from ..distributed import (
-    check_global_batch, data_parallel, earliest_step, is_main, shard, sum_across_ranks, world,
-)
+from ..distributed import check_global_batch, data_parallel, earliest_step, is_main, sum_across_ranks, world
 from ..errors import GradpathError, check_choice
-from ..models.cost import count_flops, count_params
+from ..models.cost import check_input, count_flops, count_params
 from ..models.registry import create_model, get_entry
 from ..runs import TaskContext, TaskResult, register_task
 from ..scales import check_scale
@@ -51,13 +54,14 @@ from .batches import epoch_generator
 from .boxes import anchor_points
 from .classify import autocast, finite_or_none, rng_state, set_rng_state
 from .coco_eval import SUMMARY_NAMES, evaluate_coco
-from .det_data import DeviceDetections
-from .det_loss import Targets, detection_loss
+from .det_data import DeviceDetections, StreamedDetections, detection_data
+from .det_loss import detection_loss
 from .det_predict import Detections, best_detections, coco_predictions, postprocess
 from .recipes import SCHEDULES, lr_at, why, with_overrides
 
 TASK = "detect"
 DATASETS = {"smoke": "cifar-det", "mini": "cifar-det", "paper": "coco"}
+STREAMED = ("coco",)  # datasets read from disk per batch, letterboxed to the config's input_size
 LOSS_PARTS = ("box", "cls", "mask")
 PREDICTION_CANVASES = 3  # val canvases whose detections a finished run records (the prediction pictures)
 SAMPLE_SCORE = 0.3  # recorded sample detections score at least this (COCO evaluation keeps lower ones)
@@ -99,8 +103,8 @@ RECIPES: dict[str, DetectRecipe] = {
     # target about two H100-minutes, NOT yet measured on a GPU (no GPU was available when written).
     # Box AP every 4 epochs: COCOeval on 1 000 canvases costs seconds of CPU time.
     "mini": DetectRecipe(epochs=24, batch_size=128, lr=3e-3, ema_tau=300.0, eval_every=4, eval_batch_size=128),
-    # The paper's COCO setting (documentation; COCO does not fit on the device this trainer keeps
-    # its data on): 300 epochs of batch 64 at 640x640 (YOLOR/YOLOv7 use SGD lr 0.01; AdamW here).
+    # The paper's COCO setting, streamed from disk (not run by us: it needs COCO and many GPUs):
+    # 300 epochs of batch 64 at 640x640 (YOLOR/YOLOv7 use SGD lr 0.01; AdamW here).
     "paper": DetectRecipe(epochs=300, batch_size=64, lr=1e-3, scale_jitter=0.5, eval_every=10, eval_batch_size=32),
 }
 
@@ -133,15 +137,16 @@ def detect_recipe_from_config(recipe: dict[str, Any]) -> DetectRecipe:
 
 def detect_config(
     model: str, scale: str = "mini", seed: int = 0, *, model_kwargs: dict[str, Any] | None = None,
-    **recipe_overrides: Any,
+    input_size: int | None = None, **recipe_overrides: Any,
 ) -> dict[str, Any]:
-    """The complete run config of detector `model` at `scale` (recipe fields may be overridden by name)."""
+    """The complete run config of detector `model` at `scale` (recipe fields may be overridden by name;
+    `input_size`, the square side COCO is letterboxed to, only where the data is streamed)."""
     check_scale(scale)
     entry = get_entry(model)
     if entry.task != TASK:
         raise GradpathError(f"model {model!r} is a {entry.task!r} model, not a detector; detectors: "
                             "see gradpath_lib.models.model_names('detect')")
-    return {
+    config = {
         "task": TASK,
         "model": model,
         "scale": scale,
@@ -150,6 +155,13 @@ def detect_config(
         "data": DATASETS[scale],
         "recipe": detect_recipe_for(scale, **recipe_overrides),
     }
+    if config["data"] in STREAMED:
+        side = PAPER_COCO_CONFIG["input_size"] if input_size is None else input_size
+        return {**config, "input_size": check_input(side, model, TASK)}
+    if input_size is not None:
+        raise GradpathError(f"input_size applies to streamed datasets ({', '.join(STREAMED)}); {config['data']!r} "
+                            f"canvases have the fixed size of scale {scale!r}")
+    return config
 
 
 class ModelEMA:
@@ -198,14 +210,17 @@ class EpochStats:
     first_nonfinite_step: int | None  # 1-based global step of the first NaN/inf loss
 
 
+DetectionData = DeviceDetections | StreamedDetections
+
+
 def train_epoch(
-    model: nn.Module, forward: nn.Module, ema: ModelEMA, optimizer: torch.optim.Optimizer, data: DeviceDetections,
+    model: nn.Module, forward: nn.Module, ema: ModelEMA, optimizer: torch.optim.Optimizer, data: DetectionData,
     recipe: DetectRecipe, generator: torch.Generator, first_step: int, total_steps: int,
 ) -> EpochStats:
     """One pass over `data`; reads device values once, at the end. Under torch.distributed each rank
     trains on its shard of every global batch (its loss normalized by its own positives, as YOLOv5
     does) and the epoch's loss means are averaged over the ranks."""
-    device = data.images.device
+    device = data.device
     points, strides = anchor_points(*data.image_size, model.strides, device)
     model.train()
     start = time.perf_counter()
@@ -215,8 +230,6 @@ def train_epoch(
     steps, lr = 0, 0.0
     for images, targets in data.train_batches(recipe.batch_size, generator, recipe.flip, recipe.scale_jitter,
                                               model.proto_stride):
-        images = shard(images)
-        targets = Targets(**{f.name: shard(getattr(targets, f.name)) for f in fields(targets)})
         lr = lr_at(recipe, first_step + steps, total_steps)  # DetectRecipe has the fields lr_at reads
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -250,13 +263,14 @@ def predict(model: nn.Module, images: torch.Tensor, with_masks: bool = True) -> 
 
 
 def evaluate_detector(
-    model: nn.Module, data: DeviceDetections, dataset: DetectionDataset, batch_size: int, masks: bool = True
+    model: nn.Module, data: DetectionData, dataset: DetectionDataset, batch_size: int, masks: bool = True
 ) -> dict[str, float | None]:
-    """COCOeval of `model` on `dataset` (on the device as `data`): {"bbox_AP", ..., "segm_APl"} (segm if masks)."""
+    """COCOeval of `model` on `dataset` (read for the device as `data`): {"bbox_AP", ..., "segm_APl"} (segm if
+    masks)."""
     category_ids = coco_category_ids(dataset)
     predictions: list[dict[str, Any]] = []
     for start, images in zip(range(0, len(data), batch_size), data.eval_batches(batch_size)):
-        detections = predict(model, images, with_masks=masks)
+        detections = data.to_original(predict(model, images, with_masks=masks), start)
         predictions += coco_predictions(detections, dataset.image_ids[start:start + len(detections)], category_ids)
     summary = evaluate_coco(dataset.annotation_file, predictions, ("bbox", "segm") if masks else ("bbox",))
     return {f"{iou_type}_{name}": finite_or_none(values[name]) for iou_type, values in summary.items()
@@ -269,12 +283,13 @@ def coco_category_ids(dataset: DetectionDataset) -> list[int]:
 
 
 def sample_predictions(
-    model: nn.Module, data: DeviceDetections, dataset: DetectionDataset, count: int = PREDICTION_CANVASES
+    model: nn.Module, data: DetectionData, dataset: DetectionDataset, count: int = PREDICTION_CANVASES
 ) -> list[dict[str, Any]]:
-    """Per canvas of the first `count` of `dataset` (on the device as `data`): its image_id and `model`'s
-    best detections (at most SAMPLE_DETECTIONS, scoring at least SAMPLE_SCORE) as COCO result records."""
+    """Per image of the first `count` of `dataset` (read for the device as `data`): its image_id and `model`'s
+    best detections (at most SAMPLE_DETECTIONS, scoring at least SAMPLE_SCORE) as COCO result records
+    in the original image's pixels."""
     category_ids = coco_category_ids(dataset)
-    detections = predict(model, next(data.eval_batches(count)))
+    detections = data.to_original(predict(model, next(data.eval_batches(count))), 0)
     samples = []
     for found, image_id in zip(detections, dataset.image_ids):
         records = coco_predictions([best_detections(found, SAMPLE_SCORE, SAMPLE_DETECTIONS)], [image_id], category_ids)
@@ -296,13 +311,16 @@ class FitResult:
 def fit_detector(
     model: nn.Module, train_set: DetectionDataset, val_set: DetectionDataset, recipe: DetectRecipe,
     device: torch.device, seed: int, checkpoint: Path | None = None, progress: bool = False, desc: str = TASK,
+    input_size: int | None = None,
 ) -> FitResult:
     """Train `model` (its initial weights already drawn) on `train_set`, evaluate its EMA on `val_set`.
 
-    With `checkpoint` (a path) the state is saved every epoch and resumed from when present.
+    With `checkpoint` (a path) the state is saved every epoch and resumed from when present. With
+    `input_size` the sets are streamed and letterboxed to that square side, else kept on the device.
     """
-    train_data = DeviceDetections.from_dataset(train_set, device)
-    val_data = DeviceDetections.from_dataset(val_set, device)
+    check_num_classes(model, val_set)
+    train_data = detection_data(train_set, device, input_size)
+    val_data = detection_data(val_set, device, input_size)
     steps_per_epoch = len(train_data) // recipe.batch_size
     if steps_per_epoch == 0:
         raise GradpathError(f"recipe batch_size {recipe.batch_size} exceeds the {len(train_data)} training canvases; "
@@ -368,14 +386,22 @@ def fit_detector(
     return FitResult(status, metrics, extra, ema.module.state_dict())
 
 
+def check_num_classes(model: nn.Module, dataset: DetectionDataset) -> None:
+    """Raise GradpathError unless `model` predicts exactly the categories of `dataset`."""
+    if model.num_classes != len(dataset.categories):
+        raise GradpathError(f"the detector predicts {model.num_classes} classes but {dataset.source} has "
+                            f"{len(dataset.categories)} categories; set model_kwargs num_classes="
+                            f"{len(dataset.categories)}")
+
+
 def load_detection_data(name: str, scale: str) -> tuple[DetectionDataset, DetectionDataset]:
-    """(train, val) of the detection dataset `name` at `scale`."""
+    """(train, val) of the detection dataset `name` at `scale` (COCO from `$GRADPATH_DATA/coco`, read lazily)."""
     from ..data.cifar_det import load_cifar_det  # Pillow, pandas: only when detection data is needed
+    from ..data.coco import load_coco
 
     check_choice("detection dataset", name, ("cifar-det",) if scale != "paper" else ("coco",))
     if name == "coco":
-        raise GradpathError("paper-scale detection (COCO 2017 at 640) is documented, not trainable here: the "
-                            "trainer keeps every canvas on the device, which COCO does not fit; use scale mini")
+        return load_coco(None, PAPER_COCO_CONFIG["train_split"]), load_coco(None, PAPER_COCO_CONFIG["eval_split"])
     return load_cifar_det(scale, "train"), load_cifar_det(scale, "val")
 
 
@@ -383,12 +409,13 @@ def train_detect(config: dict[str, Any], ctx: TaskContext) -> TaskResult:
     """Train (or resume) the run `config` on `ctx.device`; the trainer of task "detect"."""
     recipe = detect_recipe_from_config(config["recipe"])
     train_set, val_set = load_detection_data(config["data"], config["scale"])
+    input_size = config.get("input_size")
     torch.manual_seed(config["seed"])
     model = create_model(config["model"], config["scale"], **config.get("model_kwargs", {}))
-    height, width = train_set.images.shape[1:3]
+    height, width = (input_size, input_size) if input_size else train_set.images.shape[1:3]
     params, flops = count_params(model), count_flops(model, (3, height, width))
     result = fit_detector(model, train_set, val_set, recipe, ctx.device, config["seed"], ctx.checkpoint, ctx.progress,
-                          desc=config["model"])
+                          desc=config["model"], input_size=input_size)
     if result.status == "ok":
         save_checkpoint(weights_path(ctx.results_dir, config), result.ema_state)
     dataset = {"name": config["data"], "source": train_set.source, "sha256": train_set.sha256}

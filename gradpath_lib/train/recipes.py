@@ -6,8 +6,8 @@ generated smoke data in seconds on CPU). The `mini` recipe is NOT yet measured h
 available when it was written); it follows the well-known fast CIFAR-10 recipes (short
 warm-up + linear decay, SGD Nesterov, label smoothing, pad-crop + flip) and is expected to bring
 a ResNet-class model above 90 % test accuracy well within a GPU-minute on an H100; the first
-mini run's record is its evidence. The `paper` recipe documents the paper's ImageNet setting;
-it cannot be trained here without an ImageNet loader.
+mini run's record is its evidence. The `paper` recipe is the paper's ImageNet setting, streamed
+from an ImageNet folder by `gradpath_lib.data.imagenet` (not trained here: no ImageNet).
 """
 
 from __future__ import annotations
@@ -72,8 +72,8 @@ RECIPES: dict[str, Recipe] = {
     # One GPU, CIFAR-10: batch 512 with peak lr 0.2 and 18 epochs (unmeasured, see the docstring).
     "mini": Recipe(epochs=18, batch_size=512, lr=0.2, weight_decay=5e-4, label_smoothing=0.1,
                    warmup_fraction=0.15),
-    # The paper's ImageNet setting (documentation; needs an ImageNet loader to run): SGD 0.1 per
-    # 256 images, 100 epochs, cosine decay. Crop/flip here stand for RandomResizedCrop + flip.
+    # The paper's ImageNet setting (streamed by gradpath_lib.data.imagenet): SGD 0.1 per 256
+    # images, 100 epochs, cosine decay. crop_padding > 0 stands for RandomResizedCrop, then flip.
     "paper": Recipe(epochs=100, batch_size=256, lr=0.1, weight_decay=1e-4, label_smoothing=0.0,
                     warmup_fraction=0.05, schedule="cosine", eval_batch_size=256),
 }
