@@ -326,3 +326,10 @@ def test_recipe_table_gives_every_field_its_value_per_scale_and_its_reason():
     assert table.at["epochs", "mini"] == recipes.RECIPES["mini"].epochs
     assert table.at["lr", "paper"] == recipes.RECIPES["paper"].lr
     assert (table["why"].str.len() > 20).all()  # no field without a reason
+
+
+def test_a_head_that_does_not_match_the_classes_is_refused_before_training(tmp_path):
+    config = classify_config("tiny-test-net", "smoke", 0, epochs=1, model_kwargs={"num_classes": 7})
+    with pytest.raises(GradpathError, match="model gives 7 logits but .* has 10 classes; set model_kwargs num_classes=10"):
+        ensure_run(config, results_dir=tmp_path, device="cpu", progress=False)
+    assert not checkpoint_path(tmp_path, normalize_config(config)).exists()

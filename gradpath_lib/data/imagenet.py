@@ -325,5 +325,6 @@ def load_imagenet(
                   f"{len(val.labels)} val images, {len(classes)} classes; checksum of the sorted file "
                   "names and sizes)",
         "sha256": listing_sha256([train, val]),
+        "classes": len(classes),
     }
     return StreamedImages(train, device, workers), StreamedImages(val, device, workers), provenance

@@ -275,7 +275,7 @@ def resident_data(name: str, device: torch.device) -> tuple[DeviceImages, Device
     return (
         DeviceImages.from_arrays(train_set.images, train_set.labels, device),
         DeviceImages.from_arrays(test_set.images, test_set.labels, device, stats_from=train_set.images),
-        {"name": name, "source": train_set.source, "sha256": train_set.sha256},
+        {"name": name, "source": train_set.source, "sha256": train_set.sha256, "classes": len(train_set.classes)},
     )
 
 
@@ -291,6 +291,19 @@ def load_training_data(config: dict[str, Any], recipe: Recipe, device: torch.dev
             f"images of {name!r}; use a smaller batch_size"
         )
     return TrainingData(train, test, steps_per_epoch, train.image_shape, dataset)
+
+
+def check_num_classes(model: nn.Module, data: TrainingData) -> None:
+    """Raise GradpathError unless `model` gives one logit per class of the dataset (checked before training)."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        logits = model(torch.zeros(1, *data.image_shape)).shape[-1]
+    model.train(was_training)
+    classes = data.dataset["classes"]
+    if logits != classes:
+        raise GradpathError(f"model gives {logits} logits but {data.dataset['source']} has {classes} classes; "
+                            f"set model_kwargs num_classes={classes}")
 
 
 def initial_model(config: dict[str, Any]) -> nn.Module:
@@ -356,6 +369,7 @@ def train_classify(config: dict[str, Any], ctx: TaskContext) -> TaskResult:
     data = load_training_data(config, recipe, ctx.device)
 
     model = initial_model(config)
+    check_num_classes(model, data)
     params = count_params(model)
     flops = count_flops(model, data.image_shape)
     prepare_model(model, ctx.device)
