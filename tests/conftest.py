@@ -4,13 +4,43 @@ tests of the session."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 SMOKE_JOBS = 2  # the CI machine has two cores
 # The first test that needs the reproduction pays for it (minutes on two busy cores).
 SMOKE_TIMEOUT_S = 1800
+
+
+# Positions of `history` and `stop_epoch` in the arguments of classify.fit (and LW-DNA's use of it).
+FIT_HISTORY_ARG, FIT_STOP_EPOCH_ARG = 5, 6
+
+
+def fit_interrupted_after(real_fit: Callable[..., Any], epochs: int) -> Callable[..., Any]:
+    """A stand-in for `classify.fit` that trains (and checkpoints) `epochs` epochs, then raises
+    KeyboardInterrupt: not an Exception, so no failed record is written and the checkpoint stays."""
+    def fit(*args: Any, **kwargs: Any) -> Any:
+        args_list = list(args)
+        args_list[FIT_STOP_EPOCH_ARG] = epochs
+        real_fit(*args_list, **kwargs)
+        raise KeyboardInterrupt
+
+    return fit
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One intra-op thread: on the test machine's two shared cores tiny CPU ops get slower, not
+    faster, with more threads (modules opt in with `pytestmark = pytest.mark.usefixtures(...)`)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,9 @@ from gradpath_lib import bench
 from gradpath_lib.cli import main
 from gradpath_lib.errors import GradpathError
 from gradpath_lib.models import registry
-from test_train import TinyNet, one_thread  # noqa: F401  (the fixture applies here too)
+from test_train import TinyNet
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 TINY = ["bench", "train", "--model", "tiny-bench-net", "--scale", "smoke", "--batch", "16",
         "--steps", "2", "--repeats", "2", "--workers", "0", "--device", "cpu"]

@@ -27,7 +27,8 @@ from gradpath_lib.workload import (
     save_bench,
     train_set,
 )
-from test_train import one_thread  # noqa: F401  (the fixture applies here too)
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 SMOKE_TRAIN_IMAGES = 512  # the generated smoke training set
 SMOKE_BATCH, SMOKE_EPOCHS = 64, 3  # the smoke recipe

@@ -36,13 +36,7 @@ COLOURS = {90: (220, 40, 40), 1: (40, 200, 60), 3: (50, 60, 230)}
 CROWD_IMAGE = 0  # the first image of each split also holds a crowd region
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The test machine's two cores are shared: one thread is faster and steadier."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def ellipse(height: int, width: int, centre: tuple[float, float], radii: tuple[float, float]) -> np.ndarray:

@@ -7,7 +7,6 @@ import io
 import os
 import tarfile
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -300,13 +299,6 @@ def test_smoke_data_is_deterministic_by_seed() -> None:
     assert not np.array_equal(make_smoke("test").images[:8], a.images[:8])
 
 
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    """Run torch on one thread (the test machine's cores are shared; more threads only contend)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_smoke_data_is_learnable(one_thread: None) -> None:

@@ -29,13 +29,7 @@ CPU = torch.device("cpu")
 OVERFIT_CANVASES = 8
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The test machine's two cores are shared: one thread is faster and steadier."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 @pytest.fixture(scope="module")

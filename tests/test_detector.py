@@ -20,13 +20,7 @@ from gradpath_lib.train.det_predict import batched_nms, nms
 SMOKE_SIDE = 64
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The test machine's two cores are shared: one thread is faster and steadier."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def test_every_variant_is_registered_as_detector():

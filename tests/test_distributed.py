@@ -28,6 +28,8 @@ from gradpath_lib.train.classify import classify_config, strip_timing
 from gradpath_lib.train.detect import detect_config
 from gradpath_lib.train.lwdna import lwdna_config
 
+from conftest import fit_interrupted_after
+
 REPO = Path(__file__).resolve().parent.parent
 MODEL = "tiny-bn-free-net"
 MONITORED = "tiny-monitored-net"  # with DSFB's per-block gradient-norm monitor
@@ -43,7 +45,6 @@ LWDNA_CONFIG = lwdna_config("resnet", "smoke", 0, model_kwargs={"widths": (4, 8,
 EPOCHS = 2  # the run is resumed after its first
 # Summation order differs between one process and two ranks (all-reduce): float32 round-off only.
 TOLERANCE = 1e-5
-STOP_EPOCH_ARG = 6  # position of `stop_epoch` in classify.fit's arguments
 
 
 class BNFreeNet(nn.Module):
@@ -156,15 +157,7 @@ def test_two_gloo_ranks_match_one_process_and_resume_its_checkpoint(tmp_path, mo
 
     # One process is interrupted after its first epoch; two ranks will resume from its checkpoint.
     resumed = tmp_path / "resumed"
-    real_fit = classify.fit
-
-    def interrupted_fit(*args, **kwargs):
-        args = list(args)
-        args[STOP_EPOCH_ARG] = 1
-        real_fit(*args, **kwargs)
-        raise KeyboardInterrupt  # not an Exception: no failed record, the checkpoint stays
-
-    monkeypatch.setattr(classify, "fit", interrupted_fit)
+    monkeypatch.setattr(classify, "fit", fit_interrupted_after(classify.fit, 1))
     with pytest.raises(KeyboardInterrupt):
         main(train_argv(resumed))
     config = normalize_config(classify_config(MODEL, "smoke", 0, epochs=EPOCHS))

@@ -17,7 +17,8 @@ from gradpath_lib.store import load_record, record_path, weights_path
 from gradpath_lib.tables import verdict_frame
 from gradpath_lib.train.batches import DeviceImages
 from gradpath_lib.train.probe import probe_config
-from test_train import one_thread  # noqa: F401  (the fixture applies here too)
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 CLASSES = 5
 

@@ -32,6 +32,8 @@ from gradpath_lib.train import classify
 from gradpath_lib.train.batches import epoch_generator
 from gradpath_lib.train.classify import classify_config, strip_timing
 
+from conftest import fit_interrupted_after
+
 WNIDS = ("n01440764", "n01443537", "n01484850")  # written in this order; classes are their sorted order
 # (width, height) of each class's images: smaller and larger than the 224 crop, tall and wide.
 TRAIN_SIZES = ((48, 64), (300, 200), (120, 300), (320, 256), (64, 48), (224, 224))
@@ -39,7 +41,6 @@ VAL_SIZES = ((320, 256), (90, 150))  # the first already has a 256 shorter side:
 CPU = torch.device("cpu")
 MODEL = "tiny-imagenet-net"
 BATCH = 6
-STOP_EPOCH_ARG = 6  # position of `stop_epoch` in classify.fit's arguments
 
 
 class TinyImageNetNet(nn.Module):
@@ -199,14 +200,7 @@ def test_a_paper_style_run_trains_records_its_data_and_resumes_to_the_same_recor
 
     resumed = tmp_path / "resumed"
     real_fit = classify.fit
-
-    def interrupted_fit(*args, **kwargs):
-        args = list(args)
-        args[STOP_EPOCH_ARG] = 1
-        real_fit(*args, **kwargs)
-        raise KeyboardInterrupt  # not an Exception: no failed record, the checkpoint stays
-
-    monkeypatch.setattr(classify, "fit", interrupted_fit)
+    monkeypatch.setattr(classify, "fit", fit_interrupted_after(real_fit, 1))
     with pytest.raises(KeyboardInterrupt):
         ensure_run(config, results_dir=resumed, device="cpu", progress=False)
     saved = load_checkpoint(checkpoint_path(resumed, normalize_config(config)))

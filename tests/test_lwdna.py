@@ -26,11 +26,12 @@ from gradpath_lib.train import lwdna as lwdna_task
 from gradpath_lib.train.classify import strip_timing
 from gradpath_lib.train.lwdna import lwdna_config
 
+from conftest import FIT_HISTORY_ARG, FIT_STOP_EPOCH_ARG
+
 IMAGE = (1, 3, 32, 32)
 TINY = {"widths": (4, 8, 8), "stem_width": 4}  # keeps the smoke runs to seconds on a shared CPU
 # At TINY widths one channel of the stem-tied group costs 30 % of the baseline's FLOPs.
 TINY_TOLERANCE = 0.35
-HISTORY_ARG, STOP_EPOCH_ARG = 5, 6  # positions of `history` and `stop_epoch` in classify.fit's arguments
 
 
 def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -199,7 +200,7 @@ def test_missed_flops_target_stops_the_run_before_the_shrunk_net_trains(tmp_path
     stops = []
     real_fit = lwdna_task.fit
     monkeypatch.setattr(lwdna_task, "fit",
-                        lambda *args, **kw: stops.append(args[STOP_EPOCH_ARG]) or real_fit(*args, **kw))
+                        lambda *args, **kw: stops.append(args[FIT_STOP_EPOCH_ARG]) or real_fit(*args, **kw))
     with pytest.raises(GradpathError, match=r"LW-DNA on 'resnet': the found architecture has \d+ FLOPs, -\d+\.\d% "
                                             r"from the target \d+ \(tolerance 2%\)"):
         ensure_run(config, results_dir=tmp_path, device="cpu", progress=False)
@@ -212,9 +213,9 @@ def interrupting_fit(stop_at: int):
 
     def fit(*args, **kwargs):
         args = list(args)
-        args[STOP_EPOCH_ARG] = min(args[STOP_EPOCH_ARG], stop_at)
+        args[FIT_STOP_EPOCH_ARG] = min(args[FIT_STOP_EPOCH_ARG], stop_at)
         divergence = real_fit(*args, **kwargs)
-        if len(args[HISTORY_ARG]) == stop_at:
+        if len(args[FIT_HISTORY_ARG]) == stop_at:
             raise KeyboardInterrupt  # not an Exception: no failed record, the checkpoint stays
         return divergence
     return fit
@@ -232,7 +233,7 @@ def test_interrupted_lwdna_runs_resume_to_the_uninterrupted_record(tmp_path, mon
             ensure_run(config, results_dir=results_dir, device="cpu", progress=False)
         fits = []
         monkeypatch.setattr(lwdna_task, "fit", lambda *args, **kw: fits.append(
-            (len(args[HISTORY_ARG]), args[STOP_EPOCH_ARG])) or real_fit(*args, **kw))
+            (len(args[FIT_HISTORY_ARG]), args[FIT_STOP_EPOCH_ARG])) or real_fit(*args, **kw))
         record = ensure_run(config, results_dir=results_dir, device="cpu", progress=False)
         assert fits == resumed_fits, "the resumed run starts from the checkpoint's epoch"
         assert (record["status"], record["params"], record["flops"]) == (

@@ -90,13 +90,7 @@ def tiny_entries() -> list[registry.ModelEntry]:
     ]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: tiny CPU ops get far slower, not faster, with threads on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 @pytest.fixture(autouse=True)
