@@ -86,6 +86,7 @@ def test_notebook_has_standard_parameters_and_a_registered_chapter(path: Path) -
     nb = nbformat.read(path, as_version=4)
     tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1, f"{path.name}: exactly one cell tagged 'parameters'"
+    assert "hide-cell" in tagged[0].metadata["tags"], f"{path.name}: the book folds the default parameters away"
     names = [line.split("=")[0].strip() for line in tagged[0].source.splitlines() if "=" in line]
     assert set(STANDARD_PARAMETERS) <= set(names)
     assert path.stem in {c.name for c in chapters()}, f"{path.name} has no registered chapter"
