@@ -41,6 +41,10 @@ done
   || within $GP bench jobs --model resnet --scale "$SCALE" --jobs 1 2 4 8 --save || echo "bench jobs: not done"
 $GP bench reproduce --scale "$SCALE" || true
 
+# CIFAR-Det once per machine, in one process per core (a detection run would generate it in one).
+compgen -G "$GRADPATH_CACHE/cifar-det/$SCALE-val-*.json" >/dev/null \
+  || within $GP data build cifar-det --scale "$SCALE" || echo "cifar-det: not built"
+
 # Then every run the book needs, $JOBS at a time, none started in the last $LONGEST_RUN_S seconds.
 STATUS=124
 LIMIT=$(left)

@@ -99,6 +99,7 @@ def test_a_time_limit_starts_no_run_after_it_and_the_next_call_finishes(tmp_path
 
 @pytest.mark.parametrize("argv, message", [
     (["--scale", "smoke", "--time-limit", "0"], "--time-limit must be > 0 seconds"),
+    (["--scale", "smoke", "--runs-only", "--nproc", "2", "--time-limit", "60"], "--time-limit cannot be combined"),
     (["--scale", "huge"], "unknown scale 'huge'; valid choices: smoke, mini, paper"),
     (["--scale", "smoke", "--only", "table99"], "unknown chapter 'table99'; valid choices: architecture"),
     (["--scale", "smoke", "--jobs", "0"], "--jobs must be >= 1"),

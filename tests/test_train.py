@@ -327,3 +327,8 @@ def test_a_head_that_does_not_match_the_classes_is_refused_before_training(tmp_p
     with pytest.raises(GradpathError, match="model gives 7 logits but .* has 10 classes; set model_kwargs num_classes=10"):
         ensure_run(config, results_dir=tmp_path, device="cpu", progress=False)
     assert not checkpoint_path(tmp_path, normalize_config(config)).exists()
+
+
+def test_tasks_that_hold_the_data_in_memory_refuse_a_streamed_data_set():
+    with pytest.raises(GradpathError, match="the LW-DNA task needs a data set held in memory .* 'imagenet' is streamed"):
+        classify.load_resident_data({"data": "imagenet"}, recipes.RECIPES["paper"], torch.device("cpu"), "LW-DNA")

@@ -57,6 +57,9 @@ def run(args: argparse.Namespace) -> int:
     if args.address is not None and args.executor != "ray":
         raise GradpathError("--address names a Ray cluster; it needs --executor ray")
     data_parallel = args.nproc != 1 or launched_by_torchrun()
+    if args.time_limit is not None and data_parallel:
+        raise GradpathError("--time-limit cannot be combined with --nproc or torchrun: each rank would judge "
+                            "the limit on its own clock and the ranks could part ways")
     if data_parallel and (not args.runs_only or args.jobs != 1 or args.executor != "local"):
         raise GradpathError("data-parallel runs (--nproc or torchrun) need --runs-only with --jobs 1 and the local "
                             "executor: every process trains the same runs in the same order")

@@ -54,6 +54,7 @@ from .detection import (
 # Bump when the generator's output changes: it is part of the cache key and the dataset checksum.
 GENERATOR_VERSION = 2  # 2: one generator per canvas (parallel generation)
 GENERATION_CHUNK = 250  # canvases per task of a generation worker
+BUILD_WORKERS = 16  # generation processes of `gradpath data build cifar-det`, at most
 SPLITS = ("train", "val")
 SOURCE_SPLIT = {"train": "train", "val": "test"}  # objects of val canvases are CIFAR test images
 SHAPES = ("ellipse", "polygon", "star", "blob")
@@ -221,40 +222,41 @@ def generate_canvas(source: ImageDataset, settings: CifarDetSettings, seed: int,
     return composite(background(settings.canvas, rng), objects, settings.min_visible_area)
 
 
-_WORKER_SOURCE: dict[str, ImageDataset] = {}  # the source images of a generation worker process
+_WORKER_SOURCE: dict[str, ImageDataset] = {}  # the source images, in a generation worker process
 
 
 def _keep_source(source: ImageDataset) -> None:
     _WORKER_SOURCE["source"] = source
 
 
-def _canvas_range(settings: CifarDetSettings, seed: int, split: str, start: int,
-                  stop: int) -> list[tuple[np.ndarray, list[dict[str, Any]]]]:
-    """Canvases start..stop-1 with their annotations (ids still 0), in a worker holding the source."""
+def _canvas_range(settings: CifarDetSettings, seed: int, split: str, start: int, stop: int,
+                  source: ImageDataset | None = None) -> list[tuple[np.ndarray, list[dict[str, Any]]]]:
+    """Canvases start..stop-1 with their annotations (ids still 0), from `source` (in a worker: the
+    source it was given when it started)."""
+    source = _WORKER_SOURCE["source"] if source is None else source
     out = []
     for index in range(start, stop):
-        image, masks, labels = generate_canvas(_WORKER_SOURCE["source"], settings, seed, split, index)
+        image, masks, labels = generate_canvas(source, settings, seed, split, index)
         out.append((image, mask_annotations(masks, labels, index + 1, 0)))
     return out
 
 
 def generate_cifar_det(source: ImageDataset, settings: CifarDetSettings, count: int, seed: int,
                        split: str, progress: bool = False,
-                       workers: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+                       workers: int = 1) -> tuple[np.ndarray, dict[str, Any]]:
     """`count` canvases (uint8 (N, H, W, 3)) and their COCO instances dict, deterministic by seed.
 
     Every canvas has its own generator, so the output does not depend on `workers`, the number of
-    processes generating chunks of `GENERATION_CHUNK` canvases (default: one per CPU core, one
-    process for a single chunk)."""
+    processes generating chunks of `GENERATION_CHUNK` canvases (spawned: a script that asks for more
+    than one needs the `if __name__ == "__main__":` guard; `gradpath data build` uses them)."""
     check_choice("CIFAR-Det split", split, SPLITS)
     chunks = [(start, min(start + GENERATION_CHUNK, count)) for start in range(0, count, GENERATION_CHUNK)]
-    workers = min(len(chunks), os.cpu_count() or 1) if workers is None else workers
+    workers = min(len(chunks), workers)
     bar = tqdm(total=count, desc=f"CIFAR-Det {split}", unit="canvas", disable=not progress, leave=False)
     parts = []
     if workers <= 1:
-        _keep_source(source)
         for start, stop in chunks:
-            parts.append(_canvas_range(settings, seed, split, start, stop))
+            parts.append(_canvas_range(settings, seed, split, start, stop, source))
             bar.update(stop - start)
     else:
         context = multiprocessing.get_context("spawn")  # no fork of a process that may run torch threads
@@ -293,7 +295,7 @@ def cifar_det_paths(scale: str, split: str, seed: int, sha256: str) -> tuple[Pat
     return stem.with_suffix(".npy"), stem.with_suffix(".json")
 
 
-def load_cifar_det(scale: str, split: str, seed: int = 0, progress: bool = True) -> DetectionDataset:
+def load_cifar_det(scale: str, split: str, seed: int = 0, progress: bool = True, workers: int = 1) -> DetectionDataset:
     """One CIFAR-Det split ("train" or "val") at `scale` ("smoke" or "mini"), generated once and cached."""
     settings = check_cifar_det_scale(scale)
     check_choice("CIFAR-Det split", split, SPLITS)
@@ -302,7 +304,8 @@ def load_cifar_det(scale: str, split: str, seed: int = 0, progress: bool = True)
     images_path, json_path = cifar_det_paths(scale, split, seed, sha256)
     cached = _read_cached(images_path, json_path)
     if cached is None:
-        images, coco = generate_cifar_det(source, settings, dict(settings.canvases)[split], seed, split, progress)
+        images, coco = generate_cifar_det(source, settings, dict(settings.canvases)[split], seed, split, progress,
+                                          workers)
         _write_cache(images_path, json_path, images, coco)
     else:
         images, coco = cached
@@ -348,9 +351,12 @@ def _write_cache(images_path: Path, json_path: Path, images: np.ndarray, coco: d
 
 
 def build_cifar_det(scale: str) -> Path:
-    """Generate (or reuse) both CIFAR-Det splits of `scale` with seed 0; returns the train split's JSON."""
-    train = load_cifar_det(scale, "train")
-    load_cifar_det(scale, "val")
+    """Generate (or reuse) both CIFAR-Det splits of `scale` with seed 0, in one process per CPU core
+    (at most `BUILD_WORKERS`); returns the train split's JSON."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    workers = min(BUILD_WORKERS, cores)
+    train = load_cifar_det(scale, "train", workers=workers)
+    load_cifar_det(scale, "val", workers=workers)
     return train.annotation_file
 
 

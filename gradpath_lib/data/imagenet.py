@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..distributed import local_slice, shard
 from ..errors import GradpathError
-from ..train.batches import Batch, normalize_batch
+from ..train.batches import Batch, loader_workers, normalize_batch
 from .paths import DATA_ENV, data_dir
 
 IMAGENET_DIRNAME = "imagenet"
@@ -52,8 +52,6 @@ CROP_ATTEMPTS = 10  # draws before RandomResizedCrop falls back to a central cro
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # per-channel pixel mean and std in [0, 1] units
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SEED_LIMIT = 1 << 62  # per-image crop seeds are drawn in [0, SEED_LIMIT)
-WORKERS_ENV = "GRADPATH_LOADER_WORKERS"
-MAX_WORKERS = 8  # default DataLoader workers per process (fewer when the CPUs are fewer)
 
 # What one worker is asked for: (image index, crop seed or None for the evaluation view, flip).
 ViewSpec = tuple[int, int | None, bool]
@@ -85,7 +83,7 @@ def undecodable(path: Path) -> str | None:
     try:
         with Image.open(path) as image:
             image.verify()
-    except OSError as err:
+    except (OSError, SyntaxError) as err:  # PIL's verify() raises SyntaxError for a broken PNG
         return f"{path} is not a readable image ({err})"
     return None
 
@@ -289,19 +287,6 @@ class StreamedImages:
             yield normalize_batch(x, self.mean, self.std), y
 
 
-def loader_workers() -> int:
-    """DataLoader workers per process: `$GRADPATH_LOADER_WORKERS`, else this machine's CPUs per local
-    rank, at most MAX_WORKERS (0 decodes in the training process itself)."""
-    value = os.environ.get(WORKERS_ENV)
-    if value is None:
-        local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        return max(1, min(MAX_WORKERS, (os.cpu_count() or 1) // local_ranks))
-    if not value.strip().isdigit():
-        raise GradpathError(f"{WORKERS_ENV} must be a whole number of DataLoader workers (0: decode in the "
-                            f"training process), got {value!r}")
-    return int(value)
-
-
 def load_imagenet(
     device: torch.device, root: Path | None = None, workers: int | None = None
 ) -> tuple[StreamedImages, StreamedImages, dict[str, Any]]:
@@ -321,7 +306,7 @@ def load_imagenet(
     workers = loader_workers() if workers is None else workers
     provenance = {
         "name": IMAGENET_DIRNAME,
-        "source": f"ImageNet class folders {root}/{{train,val}} ({len(train.labels)} train and "
+        "source": f"ImageNet class folders {IMAGENET_DIRNAME}/{{train,val}} of the data directory ({len(train.labels)} train and "
                   f"{len(val.labels)} val images, {len(classes)} classes; checksum of the sorted file "
                   "names and sizes)",
         "sha256": listing_sha256([train, val]),

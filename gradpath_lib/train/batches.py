@@ -12,6 +12,7 @@ streamed from its folder (`gradpath_lib.data.imagenet.StreamedImages`) with the 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -21,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ..distributed import local_slice, shard
+from ..errors import GradpathError
 
 # Seeds of different epochs of one run are this far apart, so (seed, epoch) pairs never collide.
 EPOCH_SEED_STRIDE = 1 << 20
@@ -157,3 +159,22 @@ class DeviceImages:
         """This rank's part (`local_slice`) of the images, in order, unaugmented (`eval_batches`)."""
         part = local_slice(len(self))
         yield from DeviceImages(self.images[part], self.labels[part], self.mean, self.std).eval_batches(batch_size)
+
+
+LOADER_WORKERS_ENV = "GRADPATH_LOADER_WORKERS"
+MAX_LOADER_WORKERS = 8  # default DataLoader worker processes per rank, at most
+
+
+def loader_workers() -> int:
+    """DataLoader workers per process of a streamed data set: `$GRADPATH_LOADER_WORKERS` (0 decodes in
+    the training process itself), else this machine's CPU cores shared by its local ranks, 1 to
+    MAX_LOADER_WORKERS."""
+    value = os.environ.get(LOADER_WORKERS_ENV)
+    if value is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        return max(1, min(MAX_LOADER_WORKERS, cores // local_ranks))
+    if not value.strip().isdigit():
+        raise GradpathError(f"{LOADER_WORKERS_ENV} must be a whole number of DataLoader workers (0: decode in "
+                            f"the training process), got {value!r}")
+    return int(value)

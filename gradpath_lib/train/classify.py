@@ -293,7 +293,15 @@ def load_training_data(config: dict[str, Any], recipe: Recipe, device: torch.dev
     return TrainingData(train, test, steps_per_epoch, train.image_shape, dataset)
 
 
-def check_num_classes(model: nn.Module, data: TrainingData) -> None:
+def load_resident_data(config: dict[str, Any], recipe: Recipe, device: torch.device, task: str) -> TrainingData:
+    """`load_training_data` for a task that needs the whole data set in memory (LW-DNA's search, probes)."""
+    if config["data"] in STREAMED_DATASETS:
+        raise GradpathError(f"the {task} task needs a data set held in memory (smoke, CIFAR-10); "
+                            f"{config['data']!r} is streamed from disk, so {task} does not run at the paper scale")
+    return load_training_data(config, recipe, device)
+
+
+def check_logits(model: nn.Module, data: TrainingData) -> None:
     """Raise GradpathError unless `model` gives one logit per class of the dataset (checked before training)."""
     was_training = model.training
     model.eval()
@@ -369,7 +377,7 @@ def train_classify(config: dict[str, Any], ctx: TaskContext) -> TaskResult:
     data = load_training_data(config, recipe, ctx.device)
 
     model = initial_model(config)
-    check_num_classes(model, data)
+    check_logits(model, data)
     params = count_params(model)
     flops = count_flops(model, data.image_shape)
     prepare_model(model, ctx.device)

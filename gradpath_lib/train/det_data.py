@@ -24,7 +24,6 @@ all ranks draw the same epoch order, and a streaming rank reads only its share's
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -38,7 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..data.detection import DetectionDataset
 from ..distributed import shard
 from ..errors import GradpathError
-from .batches import PIXEL_MAX
+from .batches import PIXEL_MAX, loader_workers
 from .boxes import mask_extents
 from .det_loss import Targets
 from .det_predict import Detections, Letterbox
@@ -46,7 +45,6 @@ from .det_predict import Detections, Letterbox
 PAD_GREY = 0.5  # value of pixels a zoom-out brings in from outside the canvas
 PAD_PIXEL = round(PAD_GREY * PIXEL_MAX)  # the same grey as uint8: the letterbox padding of streamed images
 MAX_INSTANCES = 255  # the instance map is uint8
-MAX_LOADER_WORKERS = 8  # DataLoader worker processes per rank, at most
 
 
 @dataclass
@@ -86,10 +84,11 @@ class DeviceDetections:
         """(height, width) of the canvases."""
         return self.images.shape[1], self.images.shape[2]
 
-    def eval_batches(self, batch_size: int) -> Iterator[Tensor]:
-        """Normalised canvases in order, unaugmented, in batches of at most `batch_size`."""
-        for start in range(0, len(self), batch_size):
-            yield to_float(self.images[start:start + batch_size])
+    def eval_batches(self, batch_size: int, limit: int | None = None) -> Iterator[Tensor]:
+        """Normalised canvases in order (the first `limit`, if given), unaugmented, in batches of at most `batch_size`."""
+        count = len(self) if limit is None else min(limit, len(self))
+        for start in range(0, count, batch_size):
+            yield to_float(self.images[start:min(start + batch_size, count)])
 
     def to_original(self, detections: list[Detections], start: int) -> list[Detections]:
         """`detections` unchanged: the canvases are the original images."""
@@ -172,9 +171,11 @@ class StreamedDetections:
         return DataLoader(samples, batch_sampler=batches, num_workers=self.workers, collate_fn=samples.collate,
                           pin_memory=self.device.type == "cuda", generator=torch.Generator())
 
-    def eval_batches(self, batch_size: int) -> Iterator[Tensor]:
-        """Normalised letterboxed images in order, unaugmented, in batches of at most `batch_size`."""
-        batches = [list(range(start, min(start + batch_size, len(self)))) for start in range(0, len(self), batch_size)]
+    def eval_batches(self, batch_size: int, limit: int | None = None) -> Iterator[Tensor]:
+        """Normalised letterboxed images in order (the first `limit`, if given), unaugmented, in batches of at
+        most `batch_size`."""
+        count = len(self) if limit is None else min(limit, len(self))
+        batches = [list(range(start, min(start + batch_size, count))) for start in range(0, count, batch_size)]
         for pixels in self.loader(LetterboxedImages(self.dataset, self.letterboxes), batches):
             yield to_float(pixels.to(self.device, non_blocking=True))
 
@@ -203,13 +204,6 @@ def detection_data(
     if input_size is None:
         return DeviceDetections.from_dataset(dataset, device)
     return StreamedDetections(dataset, input_size, device, loader_workers())
-
-
-def loader_workers() -> int:
-    """DataLoader workers per rank: this machine's CPU cores shared by its ranks, 1 to MAX_LOADER_WORKERS."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    return max(1, min(MAX_LOADER_WORKERS, cores // ranks_here))
 
 
 def epoch_draws(

@@ -289,7 +289,9 @@ def sample_predictions(
     best detections (at most SAMPLE_DETECTIONS, scoring at least SAMPLE_SCORE) as COCO result records
     in the original image's pixels."""
     category_ids = coco_category_ids(dataset)
-    detections = data.to_original(predict(model, next(data.eval_batches(count))), 0)
+    batches = data.eval_batches(count, limit=count)  # one batch: no loader over the whole split
+    detections = data.to_original(predict(model, next(batches)), 0)
+    batches.close()
     samples = []
     for found, image_id in zip(detections, dataset.image_ids):
         records = coco_predictions([best_detections(found, SAMPLE_SCORE, SAMPLE_DETECTIONS)], [image_id], category_ids)

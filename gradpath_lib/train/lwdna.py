@@ -51,7 +51,7 @@ from .classify import (
     classify_config,
     final_metrics,
     fit,
-    load_training_data,
+    load_resident_data,
     make_optimizer,
     prepare_model,
     set_rng_state,
@@ -162,7 +162,7 @@ def train_lwdna(config: dict[str, Any], ctx: TaskContext) -> TaskResult:
     settings, recipe = config["lwdna"], recipe_from_config(config["recipe"])
     check_settings(settings, recipe.epochs)
     check_global_batch(recipe.batch_size)
-    data = load_training_data(config, recipe, ctx.device)
+    data = load_resident_data(config, recipe, ctx.device, "LW-DNA")
     name, scale, kwargs = config["model"], config["scale"], config.get("model_kwargs", {})
 
     torch.manual_seed(config["seed"])

@@ -16,7 +16,7 @@ from typing import Any
 
 from ..probes import RIDGE_L2, probe_model
 from ..runs import TaskContext, TaskResult, register_task
-from .classify import classify_config, load_training_data, prepare_model
+from .classify import classify_config, load_resident_data, prepare_model
 from .recipes import recipe_from_config
 from .trained import trained_target
 
@@ -42,7 +42,7 @@ def train_probe(config: dict[str, Any], ctx: TaskContext) -> TaskResult:
     target = config["target"]
     prepare_model(model, ctx.device)
     recipe = recipe_from_config(target["recipe"])
-    data = load_training_data(target, recipe, ctx.device)
+    data = load_resident_data(target, recipe, ctx.device, "probe")
     num_classes = int(data.train.labels.max().item()) + 1
     probes = probe_model(model, data.train, data.test, num_classes, recipe.eval_batch_size)
     return TaskResult("ok", {**base, "probes": probes}, record["params"], record["flops"], data.dataset["sha256"])
