@@ -197,9 +197,12 @@ class StreamedDetections:
             yield images, make_targets(instances, labels, proto_stride)
 
 
+DetectionData = DeviceDetections | StreamedDetections  # what the detection trainer reads
+
+
 def detection_data(
     dataset: DetectionDataset, device: torch.device, input_size: int | None
-) -> DeviceDetections | StreamedDetections:
+) -> DetectionData:
     """`dataset` for the trainer: resident canvases when `input_size` is None, else streamed and letterboxed."""
     if input_size is None:
         return DeviceDetections.from_dataset(dataset, device)

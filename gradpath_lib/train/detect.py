@@ -54,7 +54,7 @@ from .batches import epoch_generator
 from .boxes import anchor_points
 from .classify import autocast, finite_or_none, rng_state, set_rng_state
 from .coco_eval import SUMMARY_NAMES, evaluate_coco
-from .det_data import DeviceDetections, StreamedDetections, detection_data
+from .det_data import DetectionData, detection_data
 from .det_loss import detection_loss
 from .det_predict import Detections, best_detections, coco_predictions, postprocess
 from .recipes import SCHEDULES, lr_at, why, with_overrides
@@ -208,9 +208,6 @@ class EpochStats:
     lr: float
     seconds: float
     first_nonfinite_step: int | None  # 1-based global step of the first NaN/inf loss
-
-
-DetectionData = DeviceDetections | StreamedDetections
 
 
 def train_epoch(
