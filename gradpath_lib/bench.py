@@ -3,14 +3,18 @@
 Both loops train the same model at the same batch size on the same images:
 - "gradpath": the trainer's own epoch (`train.classify.train_epoch`): data resident on the device
   as uint8, augmentation on the device, bf16 autocast + channels-last + fused SGD on CUDA, one
-  host sync per pass, optional torch.compile.
+  host sync per pass. `variants` adds the same loop compiled: "gradpath+compile"
+  (`torch.compile`, mode "default") and "gradpath+cudagraphs" (mode "reduce-overhead": CUDA graphs).
 - "reference": `torch.utils.data.DataLoader` (4 workers by default, pinned memory on GPU) over
   the uint8 arrays with per-image augmentation on the CPU (pad-crop + flip in numpy), fp32, NCHW,
   the default SGD, `loss.item()` every step. cuDNN autotuning, switched on for our loop, stays on
   for it (in its favour).
 
-Each repeat is one pass of `steps` batches; the first pass (warm-up, compilation) is not timed;
-images/s is the median over repeats, timed with CUDA events on GPU. Training FLOPs per image are
+Each repeat is one pass of `steps` batches; the first pass (warm-up, compilation) is timed apart
+(`first_pass_s`); images/s is the median over repeats, timed with CUDA events on GPU. A compiled
+variant pays at a scale when a run there is longer than its break-even: the step count of a run at
+which it has made up its slower first pass (`compile_break_even_steps`; torch's on-disk compile
+caches are left as they are, so a second compile of the same network may be faster). Training FLOPs per image are
 taken as 3 x the forward FLOPs of one image (torch's FLOP counter, FLOPs = 2 x MACs): forward plus
 a backward costing about twice the forward. The peak is measured in the same process: a large
 bf16 matmul on GPU, an fp32 one on CPU.
@@ -20,7 +24,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -31,13 +35,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from .data import dataset_for_scale, load_classification
-from .errors import GradpathError
+from .errors import GradpathError, check_choice
 from .models.cost import count_flops
 from .models.registry import create_model, get_entry
 from .runs import resolve_device
 from .store import device_name
 from .train.batches import DeviceImages, epoch_generator
-from .train.classify import make_optimizer, prepare_model, train_epoch
+from .train.classify import compiled, make_optimizer, prepare_model, train_epoch
 from .train.recipes import Recipe, recipe_for
 
 TRAIN_FLOPS_PER_FORWARD = 3  # forward + backward (about 2 x forward)
@@ -46,6 +50,8 @@ MATMUL_DTYPE = {"cuda": torch.bfloat16, "cpu": torch.float32}
 MATMUL_REPEATS = 10
 SYNTHETIC_CLASSES = 10
 IMAGE_SHAPE = (32, 32, 3)
+# Our loop's variants: name -> the recipe's torch.compile mode (recipes.COMPILE_MODES).
+VARIANTS = {"eager": "off", "compile": "default", "cudagraphs": "reduce-overhead"}
 
 
 def timed(fn: Callable[[], Any], device: torch.device) -> float:
@@ -126,8 +132,13 @@ def reference_pass(
     return running
 
 
-def loop_result(name: str, seconds: list[float], images: int, train_flops: int, peak: float,
-                peak_memory: int | None) -> dict[str, Any]:
+def loop_name(variant: str) -> str:
+    """The bench row of one of our loop's variants: "gradpath" (eager) or "gradpath+<variant>"."""
+    return "gradpath" if variant == "eager" else f"gradpath+{variant}"
+
+
+def loop_result(name: str, first_pass_s: float, seconds: list[float], steps: int, images: int,
+                train_flops: int, peak: float, peak_memory: int | None) -> dict[str, Any]:
     """One row of the bench: median images/s, achieved FLOP/s and its fraction of the peak."""
     images_per_s = images / statistics.median(seconds)
     return {
@@ -136,22 +147,42 @@ def loop_result(name: str, seconds: list[float], images: int, train_flops: int, 
         "train_flops_per_s": images_per_s * train_flops,
         "fraction_of_peak": images_per_s * train_flops / peak,
         "peak_memory_bytes": peak_memory,
+        "first_pass_s": first_pass_s,
+        "step_s": statistics.median(seconds) / steps,
     }
 
 
-def measure_loop(run_pass: Callable[[int], Any], device: torch.device, repeats: int) -> tuple[list[float], int | None]:
-    """Seconds of `repeats` timed passes after one warm-up pass, and the peak GPU memory."""
+def measure_loop(run_pass: Callable[[int], Any], device: torch.device,
+                 repeats: int) -> tuple[float, list[float], int | None]:
+    """Seconds of the warm-up pass and of `repeats` timed passes after it, and the peak GPU memory."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-    run_pass(0)
+    first = timed(lambda: run_pass(0), device)
     seconds = [timed(lambda r=r: run_pass(r), device) for r in range(1, repeats + 1)]
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-    return seconds, peak
+    return first, seconds, peak
 
 
-def bench_recipe(scale: str, batch_size: int | None = None, compile: bool = False) -> Recipe:
-    """The scale's training recipe with the bench's batch size and compile setting."""
+def compile_break_even(eager: dict[str, Any], variant: dict[str, Any], steps: int) -> float | None:
+    """Steps of a run after which `variant` (a compiled loop's row) has made up its slower first pass
+    of `steps` steps against `eager`'s; None when its steps are not faster, so it never does."""
+    saved = eager["step_s"] - variant["step_s"]
+    if saved <= 0:
+        return None
+    return steps + max(0.0, variant["first_pass_s"] - eager["first_pass_s"]) / saved
+
+
+def steps_per_run(scale: str) -> int:
+    """Optimizer steps of one classification run of the scale's recipe on its dataset."""
+    from .workload import train_set
+
+    recipe = Recipe(**recipe_for(scale))
+    return recipe.epochs * (train_set(dataset_for_scale(scale), scale)[0] // recipe.batch_size)
+
+
+def bench_recipe(scale: str, batch_size: int | None = None, compile: str = "off") -> Recipe:
+    """The scale's training recipe with the bench's batch size and compile mode."""
     overrides = {"compile": compile} | ({"batch_size": batch_size} if batch_size else {})
     return Recipe(**recipe_for(scale, **overrides))
 
@@ -163,9 +194,16 @@ def gradpath_pass(model: str, scale: str, recipe: Recipe, data: DeviceImages, st
     device = data.images.device
     torch.manual_seed(seed)
     net = prepare_model(create_model(model, scale), device)
-    forward = torch.compile(net) if recipe.compile else net
+    forward = compiled(net, recipe.compile)
     optimizer = make_optimizer(net, recipe, device)
     return lambda r: train_epoch(net, forward, optimizer, data, recipe, epoch_generator(seed, r), 0, steps)
+
+
+def check_variants(variants: Sequence[str]) -> list[str]:
+    """`variants` without repeats, "eager" first (always timed: the others are compared with it)."""
+    for variant in variants:
+        check_choice("bench variant", variant, VARIANTS)
+    return ["eager", *(v for v in dict.fromkeys(variants) if v != "eager")]
 
 
 def bench_train(
@@ -176,17 +214,19 @@ def bench_train(
     steps: int = 20,
     repeats: int = 5,
     device: str = "auto",
-    compile: bool = False,
+    variants: Sequence[str] = ("eager",),
     workers: int = 4,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Time our training step and the reference loop on `model`; returns the bench as a dict."""
+    """Time our training step (in each of `variants`) and the reference loop on `model`; returns
+    the bench as a dict."""
     if steps < 1 or repeats < 1:
         raise GradpathError(f"bench steps and repeats must be >= 1, got steps={steps}, repeats={repeats}")
     if get_entry(model).task != "classify":
         raise GradpathError(f"bench train times classifiers; {model!r} is a {get_entry(model).task!r} model")
+    variants = check_variants(variants)
     dev = resolve_device(device)
-    recipe = bench_recipe(scale, batch_size, compile)
+    recipe = bench_recipe(scale, batch_size)
     count = recipe.batch_size * steps
     images, labels, data_note = bench_images(scale, count, seed)
     data = DeviceImages.from_arrays(images, labels, dev)
@@ -195,7 +235,12 @@ def bench_train(
     train_flops = TRAIN_FLOPS_PER_FORWARD * forward_flops
     peak = matmul_peak(dev)
 
-    ours_seconds, ours_memory = measure_loop(gradpath_pass(model, scale, recipe, data, steps, seed), dev, repeats)
+    rows = []
+    for variant in variants:
+        torch._dynamo.reset()  # each compiled variant's first pass includes its own compilation
+        run_pass = gradpath_pass(model, scale, bench_recipe(scale, batch_size, VARIANTS[variant]), data, steps, seed)
+        first, seconds, memory = measure_loop(run_pass, dev, repeats)
+        rows.append(loop_result(loop_name(variant), first, seconds, steps, count, train_flops, peak, memory))
 
     torch.manual_seed(seed)
     reference = create_model(model, scale).to(dev)
@@ -206,13 +251,13 @@ def bench_train(
         drop_last=True, num_workers=workers, pin_memory=dev.type == "cuda",
         persistent_workers=workers > 0,
     )
-    ref_seconds, ref_memory = measure_loop(
+    ref_first, ref_seconds, ref_memory = measure_loop(
         lambda r: reference_pass(reference, ref_optimizer, loader, recipe, dev), dev, repeats
     )
-    rows = [
-        loop_result("gradpath", ours_seconds, count, train_flops, peak, ours_memory),
-        loop_result("reference", ref_seconds, count, train_flops, peak, ref_memory),
-    ]
+    rows.append(loop_result("reference", ref_first, ref_seconds, steps, count, train_flops, peak, ref_memory))
+    eager = rows[0]
+    for row in rows[1:-1]:
+        row["compile_break_even_steps"] = compile_break_even(eager, row, steps)
     return {
         "model": model,
         "scale": scale,
@@ -222,16 +267,47 @@ def bench_train(
         "batch_size": recipe.batch_size,
         "steps": steps,
         "repeats": repeats,
-        "compile": recipe.compile,
+        "variants": variants,
+        "steps_per_run": steps_per_run(scale),
         "reference_workers": workers,
         "data": data_note,
         "forward_flops_per_image": forward_flops,
         "train_flops_per_image": train_flops,
         "peak_flops_per_s": peak,
         "peak_dtype": str(MATMUL_DTYPE[dev.type]).removeprefix("torch."),
-        "speedup": rows[0]["images_per_s"] / rows[1]["images_per_s"],
+        "speedup": eager["images_per_s"] / rows[-1]["images_per_s"],
         "loops": rows,
     }
+
+
+def compile_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per compiled variant of a bench: its speed against eager, its extra first-pass seconds, its
+    break-even and whether a run at the bench's scale is long enough to repay the compilation."""
+    loops = {row["loop"]: row for row in result["loops"]}
+    eager, rows = loops["gradpath"], []
+    for variant in result.get("variants", ["eager"])[1:]:
+        row = loops[loop_name(variant)]
+        even = row["compile_break_even_steps"]
+        rows.append({
+            "model": result["model"],
+            "variant": variant,
+            "images/s vs eager": round(row["images_per_s"] / eager["images_per_s"], 2),
+            "extra first-pass s": round(row["first_pass_s"] - eager["first_pass_s"], 1),
+            "break-even steps": None if even is None else round(even),
+            "steps per run": result["steps_per_run"],
+            "pays": even is not None and even < result["steps_per_run"],
+        })
+    return rows
+
+
+def compile_verdict(row: dict[str, Any], scale: str) -> str:
+    """One sentence on a `compile_rows` row: does compiling pay for one run at `scale`?"""
+    speed = f"{row['variant']} runs {row['model']} at {row['images/s vs eager']}x the eager images/s"
+    if row["break-even steps"] is None:
+        return f"{speed}, so it never repays its {row['extra first-pass s']} s longer first pass: it does not pay."
+    verdict = "pays" if row["pays"] else "does not pay"
+    return (f"{speed} and repays its {row['extra first-pass s']} s longer first pass after "
+            f"{row['break-even steps']} steps; a {scale} run has {row['steps per run']}: it {verdict} at this scale.")
 
 
 def format_bench(result: dict[str, Any]) -> str:
@@ -242,17 +318,19 @@ def format_bench(result: dict[str, Any]) -> str:
         "train_TFLOP/s": row["train_flops_per_s"] / 1e12,
         "fraction_of_peak": row["fraction_of_peak"],
         "peak_mem_GiB": "n/a" if row["peak_memory_bytes"] is None else row["peak_memory_bytes"] / 2**30,
+        "first_pass_s": row["first_pass_s"],
     } for row in result["loops"]]
     table = pd.DataFrame(rows).set_index("loop")
     lines = [
         f"model {result['model']} ({result['scale']}), batch {result['batch_size']}, "
-        f"{result['steps']} steps x {result['repeats']} timed passes (median), "
-        f"compile={result['compile']}, device: {result['device']}, torch {result['torch']}",
+        f"{result['steps']} steps x {result['repeats']} timed passes (median) after a first pass "
+        f"timed apart, device: {result['device']}, torch {result['torch']}",
         f"data: {result['data']}",
         f"training FLOPs/image = 3 x forward = {result['train_flops_per_image'] / 1e9:.3f} GFLOP "
         f"(torch FLOP counter, FLOPs = 2 x MACs); measured {result['peak_dtype']} matmul peak "
         f"{result['peak_flops_per_s'] / 1e12:.3g} TFLOP/s",
         table.to_string(float_format=lambda v: f"{v:.4g}"),
         f"speedup gradpath / reference: {result['speedup']:.2f}x",
+        *(compile_verdict(row, result["scale"]) for row in compile_rows(result)),
     ]
     return "\n".join(lines)

@@ -7,6 +7,9 @@ for each N it starts N such processes, each builds its own model and data and ru
 pass of our training loop (`bench.gradpath_pass`); they wait for each other at a barrier, then
 each times `steps` batches. Total throughput = all images / (last end - first start), wall
 clock; the scaling column divides it by the throughput of one job.
+
+`gradpath reproduce --jobs auto` (the default) reads these benches: it trains as many runs at once
+as the recorded bench of this device found best (`recommended_jobs`), and one at a time without one.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import multiprocessing
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
@@ -94,3 +98,24 @@ def jobs_frame(result: dict[str, Any]) -> pd.DataFrame:
         "scaling vs 1 job": None if r["scaling_vs_one_job"] is None else round(r["scaling_vs_one_job"], 2),
         "images/s per job": round(sum(r["per_job_images_per_s"]) / r["jobs"], 1),
     } for r in result["results"]])
+
+
+NEAR_BEST = 0.95  # --jobs auto takes the fewest jobs within 5 % of the best measured total throughput
+
+
+def recommended_jobs(results_dir: str | Path, scale: str, device: str) -> tuple[int, str]:
+    """(jobs, why) for `reproduce --jobs auto` on `device` (a device string): the fewest concurrent runs
+    whose total images/s in the recorded `bench jobs` of this device at `scale` is within 5 % of the best
+    measured, or 1 when no bench of this device is recorded."""
+    from .workload import recorded_benches
+
+    name = device_name(resolve_device(device))
+    rows = [(row["jobs"], row["total_images_per_s"], bench["model"])
+            for bench in recorded_benches(results_dir, scale, "jobs") if bench["device"] == name
+            for row in bench["results"]]
+    if not rows:
+        return 1, f"no `gradpath bench jobs` of {name} is recorded at the {scale} scale"
+    best = max(total for _, total, _ in rows)
+    jobs, total, model = min((row for row in rows if row[1] >= NEAR_BEST * best), key=lambda row: row[0])
+    return jobs, (f"`gradpath bench jobs` on {name}: {jobs} concurrent {model} runs train {total:.0f} images/s, "
+                  f"within {1 - NEAR_BEST:.0%} of the best measured ({best:.0f})")

@@ -248,6 +248,39 @@ def jobs_table(results_dir: str | Path, scale: str) -> pd.DataFrame:
     return pd.concat(parts)[columns] if parts else pd.DataFrame(columns=columns)
 
 
+COMPILE_COLUMNS = ["model", "device", "variant", "images/s vs eager", "extra first-pass s", "break-even steps",
+                   "steps per run", "pays"]
+
+
+def compile_table(results_dir: str | Path, scale: str) -> pd.DataFrame:
+    """Every compiled variant timed by a recorded `bench train --variants ...` (`bench.compile_rows`)."""
+    from .bench import compile_rows
+
+    rows = [row | {"device": _device_label(bench["device"])}
+            for bench in recorded_benches(results_dir, scale, "train") for row in compile_rows(bench)]
+    return pd.DataFrame(rows, columns=COMPILE_COLUMNS)
+
+
+def compile_summary(results_dir: str | Path, scale: str) -> str:
+    """What the recorded benches say about compiling at `scale`, and whether the scale's recipe follows."""
+    from .bench import VARIANTS, compile_rows, compile_verdict
+    from .train.recipes import recipe_for
+
+    rows = [row for bench in recorded_benches(results_dir, scale, "train") for row in compile_rows(bench)]
+    mode = recipe_for(scale)["compile"]
+    if not rows:
+        return (f"No compiled variant is benched at the {scale} scale yet (`gradpath bench train --model resnet "
+                f"--scale {scale} --variants eager compile cudagraphs --save`); its recipe's compile mode is "
+                f"\"{mode}\".")
+    paying = {VARIANTS[row["variant"]] for row in rows if row["pays"]}
+    follows = mode in paying if paying else mode == "off"
+    advice = ("The recipe follows the measurement." if follows else
+              "The recipe does not follow the measurement yet: changing its compile mode gives every run of the "
+              "scale a new id, so they would all be trained again.")
+    return " ".join([*(compile_verdict(row, scale) for row in rows),
+                     f"The {scale} recipe's compile mode is \"{mode}\".", advice])
+
+
 def recorded_cost_table(results_dir: str | Path, scale: str) -> pd.DataFrame:
     """`reproduce_cost` of `scale` from the benches recorded there (no measuring, no training)."""
     return reproduce_cost(scale, Throughput.from_benches(recorded_benches(results_dir, scale, "train")))

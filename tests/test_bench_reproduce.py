@@ -5,14 +5,16 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from gradpath_lib.bench import bench_train
-from gradpath_lib.bench_jobs import bench_jobs, jobs_frame
+from gradpath_lib.bench_jobs import bench_jobs, jobs_frame, recommended_jobs
 from gradpath_lib.cli import main
 from gradpath_lib.errors import GradpathError
 from gradpath_lib.experiments import chapter
 from gradpath_lib.models.cost import count_flops
 from gradpath_lib.models.registry import create_model
+from gradpath_lib.store import device_name
 from gradpath_lib.train.classify import classify_config
 from gradpath_lib.train.detect import detect_config
 from gradpath_lib.train.probe import probe_config
@@ -20,6 +22,8 @@ from gradpath_lib.workload import (
     UNMEASURED,
     bench_reproduce,
     classifiers_of_the_book,
+    compile_summary,
+    compile_table,
     jobs_table,
     performance_table,
     recorded_benches,
@@ -120,3 +124,43 @@ def test_bench_cli_rejects_bad_arguments(capsys):
         bench_jobs("yolor-v3", "smoke", [1], device="cpu")
     with pytest.raises(GradpathError, match="needs the `bench` function"):
         bench_reproduce("smoke", measure=True)
+
+
+def test_compile_table_and_summary_read_the_recorded_variants(tmp_path, resnet_bench):
+    assert compile_table(tmp_path, "smoke").empty
+    assert "No compiled variant is benched" in compile_summary(tmp_path, "smoke")
+    save_bench(resnet_bench, tmp_path, "train-resnet")  # eager only: still nothing to judge
+    assert compile_table(tmp_path, "smoke").empty
+    eager = resnet_bench["loops"][0]
+    slow_compile = dict(eager, loop="gradpath+compile", images_per_s=eager["images_per_s"] / 2,
+                        compile_break_even_steps=None)
+    save_bench(resnet_bench | {"variants": ["eager", "compile"], "loops": [eager, slow_compile]},
+               tmp_path, "train-resnet")
+    table = compile_table(tmp_path, "smoke")
+    assert list(table["variant"]) == ["compile"] and not table["pays"].item()
+    assert table["device"].item().startswith("CPU: ")
+    summary = compile_summary(tmp_path, "smoke")
+    assert "never repays" in summary and "The recipe follows the measurement." in summary
+
+
+def test_jobs_auto_takes_the_fewest_jobs_near_the_best_of_this_device(tmp_path):
+    here = device_name(torch.device("cpu"))
+    jobs, why = recommended_jobs(tmp_path, "smoke", "cpu")
+    assert jobs == 1 and "no `gradpath bench jobs`" in why
+
+    def bench(device: str, totals: dict[int, float]) -> dict:
+        return {"model": "resnet", "scale": "smoke", "device": device,
+                "results": [{"jobs": n, "total_images_per_s": t} for n, t in totals.items()]}
+
+    save_bench(bench("NVIDIA H200", {1: 100.0, 8: 900.0}), tmp_path, "jobs-other")  # another device: ignored
+    assert recommended_jobs(tmp_path, "smoke", "cpu")[0] == 1
+    save_bench(bench(here, {1: 100.0, 2: 190.0, 4: 300.0, 8: 310.0}), tmp_path, "jobs-resnet")
+    jobs, why = recommended_jobs(tmp_path, "smoke", "cpu")
+    assert jobs == 4 and "4 concurrent resnet runs train 300 images/s" in why  # 300 >= 0.95 * 310
+
+
+def test_reproduce_says_what_jobs_auto_chose(tmp_path, capsys):
+    argv = ["reproduce", "--scale", "smoke", "--only", "architecture", "--runs-only", "--device", "cpu",
+            "--results-dir", str(tmp_path)]
+    assert main(argv) == 0
+    assert "--jobs auto = 1 (no `gradpath bench jobs` of cpu" in capsys.readouterr().out

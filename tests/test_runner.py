@@ -102,7 +102,8 @@ def test_a_time_limit_starts_no_run_after_it_and_the_next_call_finishes(tmp_path
     (["--scale", "smoke", "--runs-only", "--nproc", "2", "--time-limit", "60"], "--time-limit cannot be combined"),
     (["--scale", "huge"], "unknown scale 'huge'; valid choices: smoke, mini, paper"),
     (["--scale", "smoke", "--only", "table99"], "unknown chapter 'table99'; valid choices: architecture"),
-    (["--scale", "smoke", "--jobs", "0"], "--jobs must be >= 1"),
+    (["--scale", "smoke", "--jobs", "0"], "--jobs must be a whole number >= 1 or auto, got '0'"),
+    (["--scale", "smoke", "--jobs", "many"], "--jobs must be a whole number >= 1 or auto, got 'many'"),
 ])
 def test_bad_input_is_one_clear_error(argv, message, capsys) -> None:
     assert main(["reproduce", *argv]) == 2

@@ -21,7 +21,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--repeats", type=int, default=5, help="timed passes (the median is reported)")
     train.add_argument("--workers", type=int, default=4, help="DataLoader workers of the reference loop")
     train.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    train.add_argument("--compile", action="store_true", help="torch.compile our model")
+    train.add_argument("--variants", nargs="+", default=["eager"], metavar="VARIANT",
+                       help="our loop's variants to time beside the reference: eager (always timed), compile "
+                            "(torch.compile), cudagraphs (torch.compile mode reduce-overhead)")
     train.add_argument("--format", default="text", choices=("text", "json"))
     train.add_argument("--save", action="store_true",
                        help="also record it as <results-dir>/<scale>/bench/train-<model>.json (read by the book)")
@@ -61,7 +63,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     result = bench_train(
         args.model, args.scale, batch_size=args.batch, steps=args.steps, repeats=args.repeats,
-        device=args.device, compile=args.compile, workers=args.workers,
+        device=args.device, variants=args.variants, workers=args.workers,
     )
     print(json.dumps(result, indent=1) if args.format == "json" else format_bench(result))
     if args.save:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+from ..errors import GradpathError
 from ..executors import EXECUTORS
 from ..scales import SCALES
 
+AUTO_JOBS = 0  # --jobs auto, before it is resolved
 TIME_LIMIT_REACHED = 3  # exit status of --runs-only when --time-limit left runs unstarted
 
 
@@ -20,7 +22,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "--time-limit left runs of --runs-only unstarted.")
     parser.add_argument("--scale", required=True, help=f"one of {', '.join(SCALES)}")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="these chapters (and what they depend on)")
-    parser.add_argument("--jobs", type=int, default=1, help="runs trained / notebooks executed in parallel")
+    parser.add_argument("--jobs", default="auto",
+                        help="runs trained / notebooks executed in parallel, or auto (the default): as many as the "
+                             "recorded `gradpath bench jobs` of this device found best, else 1")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--no-train", action="store_true", help="never train: render recorded runs only")
     parser.add_argument("--runs-only", action="store_true",
@@ -40,16 +44,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def jobs_count(value: str) -> int:
+    """--jobs as a number of parallel jobs (>= 1), or 0 for auto; anything else is refused."""
+    if value == "auto":
+        return AUTO_JOBS
+    if not value.isdigit() or int(value) < 1:
+        raise GradpathError(f"--jobs must be a whole number >= 1 or auto, got {value!r}")
+    return int(value)
+
+
 def run(args: argparse.Namespace) -> int:
     """Reproduce, print the summary table, and return 0 only if everything succeeded."""
     from ..distributed import is_main, launch, launched_by_torchrun, process_group, relaunch_argv
-    from ..errors import GradpathError
     from ..executors import cluster_session
     from ..run_pool import MISSING
     from ..runner import reproduce, succeeded, summary_frame
 
-    if args.jobs < 1:
-        raise GradpathError(f"--jobs must be >= 1, got {args.jobs}")
     if args.no_train and args.runs_only:
         raise GradpathError("--no-train and --runs-only exclude each other (runs-only only trains)")
     if args.time_limit is not None and args.time_limit <= 0:
@@ -60,6 +70,14 @@ def run(args: argparse.Namespace) -> int:
     if args.time_limit is not None and data_parallel:
         raise GradpathError("--time-limit cannot be combined with --nproc or torchrun: each rank would judge "
                             "the limit on its own clock and the ranks could part ways")
+    args.jobs = jobs_count(args.jobs)
+    if args.jobs == AUTO_JOBS:
+        from ..bench_jobs import recommended_jobs
+
+        args.jobs, why = (1, "data-parallel runs train one at a time") if data_parallel else recommended_jobs(
+            args.results_dir, args.scale, args.device)
+        if is_main():
+            print(f"gradpath reproduce: --jobs auto = {args.jobs} ({why})")
     if data_parallel and (not args.runs_only or args.jobs != 1 or args.executor != "local"):
         raise GradpathError("data-parallel runs (--nproc or torchrun) need --runs-only with --jobs 1 and the local "
                             "executor: every process trains the same runs in the same order")

@@ -103,6 +103,11 @@ def make_optimizer(model: nn.Module, recipe: Recipe, device: torch.device) -> to
     )
 
 
+def compiled(forward: nn.Module, mode: str) -> nn.Module:
+    """`forward` under `torch.compile(mode=mode)`, or unchanged when `mode` is "off" (see recipes.COMPILE_MODES)."""
+    return forward if mode == "off" else torch.compile(forward, mode=mode)
+
+
 def autocast(device: torch.device) -> torch.autocast:
     """bf16 autocast on CUDA; a no-op (fp32) elsewhere."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
@@ -345,7 +350,7 @@ def fit(
     `history` and checkpointing every epoch (with `checkpoint_extra`, rank 0 only); returns the
     divergence fields (`diverged_at_step`, `diverged_at_epoch`) or {} if every loss was finite."""
     forward = data_parallel(model, ctx.device)
-    forward = torch.compile(forward) if recipe.compile else forward
+    forward = compiled(forward, recipe.compile)
     total_steps = data.steps_per_epoch * recipe.epochs
     bar = tqdm(total=stop_epoch, initial=len(history), desc=desc, unit="epoch", disable=not ctx.progress)
     try:

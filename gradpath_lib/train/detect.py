@@ -52,12 +52,12 @@ from ..scales import check_scale
 from ..store import load_checkpoint, save_checkpoint, weights_path
 from .batches import epoch_generator
 from .boxes import anchor_points
-from .classify import autocast, finite_or_none, rng_state, set_rng_state
+from .classify import autocast, compiled, finite_or_none, rng_state, set_rng_state
 from .coco_eval import SUMMARY_NAMES, evaluate_coco
 from .det_data import DetectionData, detection_data
 from .det_loss import detection_loss
 from .det_predict import Detections, best_detections, coco_predictions, postprocess
-from .recipes import SCHEDULES, lr_at, why, with_overrides
+from .recipes import COMPILE_MODES, SCHEDULES, lr_at, why, with_overrides
 
 TASK = "detect"
 DATASETS = {"smoke": "cifar-det", "mini": "cifar-det", "paper": "coco"}
@@ -91,7 +91,8 @@ class DetectRecipe:
     eval_every: int = why("Evaluate box AP after every eval_every-th epoch "
                           "(the last one always gets the full evaluation).", 1)
     eval_batch_size: int = why("Canvases per evaluation step.", 64)
-    compile: bool = why("torch.compile the model: off until measured.", False)
+    compile: str = why("torch.compile mode of the detector (choices as the classification recipe's): off, "
+                       "since `gradpath bench train` measures compilation on classifiers only.", "off")
 
 
 RECIPES: dict[str, DetectRecipe] = {
@@ -119,6 +120,7 @@ def detect_recipe_for(scale: str, **overrides: Any) -> dict[str, Any]:
 def check_detect_recipe(recipe: DetectRecipe) -> None:
     """Raise GradpathError if a recipe's values cannot be trained."""
     check_choice("recipe schedule", recipe.schedule, SCHEDULES)
+    check_choice("recipe compile mode", recipe.compile, COMPILE_MODES)
     if min(recipe.epochs, recipe.batch_size, recipe.eval_batch_size, recipe.eval_every) < 1:
         raise GradpathError(f"recipe epochs, batch sizes and eval_every must be >= 1, got {recipe}")
     if not 0.0 <= recipe.warmup_fraction < 1.0 or not 0.0 <= recipe.scale_jitter < 1.0:
@@ -341,7 +343,7 @@ def fit_detector(
         history = state["history"]
         set_rng_state(state["rng"], device)
     forward = data_parallel(model, device)
-    forward = torch.compile(forward) if recipe.compile else forward
+    forward = compiled(forward, recipe.compile)
     status, extra = "ok", {}
     bar = tqdm(total=recipe.epochs, initial=len(history), desc=desc, unit="epoch", disable=not progress)
     for epoch in range(len(history), recipe.epochs):

@@ -19,10 +19,15 @@ from typing import Any
 
 import pandas as pd
 
-from ..errors import GradpathError
+from ..errors import GradpathError, check_choice
 from ..scales import check_scale
 
 SCHEDULES = ("linear", "cosine")
+# torch.compile modes a recipe may name: "off" (eager), "default", "reduce-overhead" (CUDA graphs).
+COMPILE_MODES = ("off", "default", "reduce-overhead")
+COMPILE_WHY = ("torch.compile mode of the model: \"off\" (eager), \"default\" or \"reduce-overhead\" (CUDA "
+               "graphs). Off until `gradpath bench train --variants eager compile cudagraphs` shows that "
+               "compiling repays its compile time within one run of the scale.")
 
 
 def why(reason: str, default: Any = MISSING) -> Any:
@@ -59,8 +64,7 @@ class Recipe:
                         "zero: \"linear\" (fast schedules) or \"cosine\".", "linear")
     crop_padding: int = why("Random-crop padding in pixels (0 turns the crop off); 4 px is the CIFAR standard.", 4)
     flip: bool = why("Random horizontal flips (CIFAR classes are mirror-symmetric).", True)
-    compile: bool = why("torch.compile the model: off everywhere until "
-                        "`gradpath bench train --compile` measures it.", False)
+    compile: str = why(COMPILE_WHY, "off")
     eval_batch_size: int = why("Images per evaluation step (no gradients, "
                                "so larger than batch_size is fine).", 1024)
 
@@ -98,8 +102,8 @@ def recipe_for(scale: str, **overrides: Any) -> dict[str, Any]:
 
 def check_recipe(recipe: Recipe) -> None:
     """Raise GradpathError if a recipe's values cannot be trained."""
-    if recipe.schedule not in SCHEDULES:
-        raise GradpathError(f"unknown recipe schedule {recipe.schedule!r}; valid choices: {', '.join(SCHEDULES)}")
+    check_choice("recipe schedule", recipe.schedule, SCHEDULES)
+    check_choice("recipe compile mode", recipe.compile, COMPILE_MODES)
     if recipe.epochs < 1 or recipe.batch_size < 1 or recipe.eval_batch_size < 1:
         raise GradpathError(
             f"recipe epochs ({recipe.epochs}), batch_size ({recipe.batch_size}) and eval_batch_size "
