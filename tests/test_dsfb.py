@@ -6,7 +6,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import pytest
+
 from gradpath_lib.analysis import analyze_model
+from gradpath_lib.errors import GradpathError
 from gradpath_lib.models import create_model
 from gradpath_lib.models.cost import count_flops, count_params
 from gradpath_lib.models.dsfb import ORTHOGONALITY_LAMBDA, SharedBasisConv, orthogonality_penalty
@@ -35,6 +38,32 @@ def test_every_block_but_the_first_uses_the_same_basis_object():
     # a shared parameter is counted once
     all_uses = sum(p.numel() for _, p in model.named_parameters(remove_duplicate=False))
     assert count_params(model) < all_uses
+
+
+def test_double_shared_stages_have_one_basis_per_conv_position():
+    model = create_model("resnet-dsfb-double", "smoke")
+    bases = model.shared_bases()
+    assert len(bases) == 2 * len(model.stages) and len({id(b) for b in bases}) == len(bases)
+    for stage in model.stages:
+        first_conv_basis, second_conv_basis = stage.shared_bases
+        _, *rest = stage.blocks
+        assert all(block.conv1.shared_basis is first_conv_basis for block in rest)
+        assert all(block.conv2.shared_basis is second_conv_basis for block in rest)
+    targets = torch.zeros(2, dtype=torch.long)
+    with torch.no_grad():
+        bases[-1].weight.mul_(2.0)  # the penalty covers the second basis of a stage too
+    torch.testing.assert_close(model.orthogonality_penalty(), orthogonality_penalty(bases[-1]), atol=1e-6, rtol=0)
+    assert float(model.extra_loss(targets).detach()) > 0
+    with pytest.raises(GradpathError, match="bases_per_stage 3; valid choices: 1, 2"):
+        create_model("resnet-dsfb", "smoke", bases_per_stage=3)
+
+
+def test_double_shared_network_has_the_printed_parameter_count():
+    single, double = (create_model(name, "mini") for name in ("resnet-dsfb", "resnet-dsfb-double"))
+    # one more 3x3 basis C -> s per stage, with s = C at S16 on widths 16, 32, 64
+    assert count_params(double) - count_params(single) == 9 * (16 * 16 + 32 * 32 + 64 * 64)
+    assert abs(count_params(double) / 0.31e6 - 1) < 0.05  # the paper's ResNet56-S16U1: 0.31 M
+    assert count_flops(double, (3, 32, 32)) == count_flops(single, (3, 32, 32))  # same convs, other weights
 
 
 def test_penalty_is_zero_for_orthonormal_bases_and_positive_otherwise():
@@ -87,8 +116,8 @@ def test_shared_basis_receives_gradient_at_several_timestamps():
     params = report.parameters.set_index("module")
     layers = report.layers
     for i in range(3):
-        name = f"stages.{i}.shared_basis"
-        assert params.loc[name, "positions"] == 2 * (SMOKE_BLOCKS - 1)
+        name = f"stages.{i}.shared_bases.0"
+        assert params.loc[name, "positions"] == 2 * (SMOKE_BLOCKS - 1)  # both convs of every sharing block
         per_position = [set(t) for t in layers.loc[layers["module"] == name, "timestamps"]]
         union = set().union(*per_position)
         assert set(params.loc[name, "timestamps"]) == union

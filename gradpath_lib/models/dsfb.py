@@ -3,7 +3,9 @@
 Every 3x3 conv of a block after the first of a stage is `coeff(BN(cat[unique_basis(x),
 shared_basis(x)]))`: the shared basis (3x3, C -> s) is ONE module object used by both convs of
 every such block of the stage, the unique basis (3x3, C -> u) and the coefficients (1x1,
-(s + u) -> C) belong to the layer. The first block of each stage changes width/resolution and is
+(s + u) -> C) belong to the layer. With `bases_per_stage=2` (the official code's double-shared
+network, whose parameter count the paper prints) each stage has two shared bases instead: one
+used by the first conv of every such block, one by the second. The first block of each stage changes width/resolution and is
 an ordinary basic block. Shared bases start orthogonal and may be kept so by the penalty
 mean((B B^T - I)^2) per basis (B: its filters flattened as rows), added to the loss as
 lambda * sum over stages through the model's `extra_loss(targets)`.
@@ -18,6 +20,7 @@ import torch
 from torch import nn
 
 from ..distributed import sum_across_ranks, world
+from ..errors import check_choice
 from .registry import register
 
 ORTHOGONALITY_LAMBDA = 10.0  # the paper's weight of the orthogonality penalty
@@ -83,18 +86,21 @@ class Stage(nn.Module):
     """One resolution of the network: a plain first block, then blocks that may share a basis."""
 
     def __init__(self, in_channels: int, channels: int, blocks: int, stride: int,
-                 shared_rank: int | None, unique_rank: int):
+                 shared_rank: int | None, unique_rank: int, bases_per_stage: int = 1):
         super().__init__()
-        self.shared_basis = None
+        self.shared_bases = nn.ModuleList()
         if shared_rank is not None:
-            self.shared_basis = conv3x3(channels, shared_rank)
-            nn.init.orthogonal_(self.shared_basis.weight)
+            self.shared_bases.extend(conv3x3(channels, shared_rank) for _ in range(bases_per_stage))
+            for basis in self.shared_bases:
+                nn.init.orthogonal_(basis.weight)
+        # the basis of a block's first and of its second conv: one basis for both, or one each
+        per_conv = [self.shared_bases[i % bases_per_stage] for i in range(2)] if shared_rank is not None else []
         layers = [plain_block(in_channels, channels, stride)]
         for _ in range(blocks - 1):
-            if self.shared_basis is None:
+            if not per_conv:
                 layers.append(plain_block(channels, channels, 1))
             else:
-                convs = [SharedBasisConv(channels, self.shared_basis, unique_rank) for _ in range(2)]
+                convs = [SharedBasisConv(channels, basis, unique_rank) for basis in per_conv]
                 layers.append(BasicBlock(*convs, channels, nn.Identity()))
         self.blocks = nn.Sequential(*layers)
 
@@ -151,15 +157,18 @@ class DSFBResNet(nn.Module):
         unique_rank: int = PAPER_UNIQUE_RANK,
         orthogonality_lambda: float = ORTHOGONALITY_LAMBDA,
         num_classes: int = 10,
+        bases_per_stage: int = 1,
     ):
         super().__init__()
+        check_choice("DSFB bases_per_stage", bases_per_stage, (1, 2))
         self.orthogonality_lambda = orthogonality_lambda
         self.stem = nn.Sequential(conv3x3(3, widths[0]), nn.BatchNorm2d(widths[0]), nn.ReLU())
         stages, in_channels = [], widths[0]
         for i, width in enumerate(widths):
             scale = width // widths[0]  # ranks grow with the stage width, as in the paper's CIFAR nets
             stages.append(Stage(in_channels, width, blocks, 1 if i == 0 else 2,
-                                None if shared_rank is None else shared_rank * scale, unique_rank * scale))
+                                None if shared_rank is None else shared_rank * scale, unique_rank * scale,
+                                bases_per_stage))
             in_channels = width
         self.stages = nn.Sequential(*stages)
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -170,8 +179,8 @@ class DSFBResNet(nn.Module):
         return self.fc(self.pool(self.stages(self.stem(x))).flatten(1))
 
     def shared_bases(self) -> list[nn.Conv2d]:
-        """The shared basis of each stage (empty for the plain counterpart)."""
-        return [s.shared_basis for s in self.stages if s.shared_basis is not None]
+        """The shared bases of every stage, stage by stage (empty for the plain counterpart)."""
+        return [basis for stage in self.stages for basis in stage.shared_bases]
 
     def blocks(self) -> list[nn.Module]:
         """Every residual block in data-path order (for per-block gradient monitoring)."""
@@ -183,7 +192,7 @@ class DSFBResNet(nn.Module):
         return {} if norms is None else {"block_grad_norm": norms}
 
     def orthogonality_penalty(self) -> torch.Tensor:
-        """The sum over stages of each shared basis' orthogonality penalty."""
+        """The sum over every shared basis of its orthogonality penalty."""
         return sum((orthogonality_penalty(b) for b in self.shared_bases()), torch.zeros(()))
 
     def extra_loss(self, targets: torch.Tensor) -> torch.Tensor | None:
@@ -206,6 +215,13 @@ register(
     "resnet-dsfb", DSFBResNet, family="dsfb",
     presets={"smoke": SMOKE, "mini": PAPER_SIZE, "paper": PAPER_SIZE},
     description="CIFAR ResNet with deeply shared filter bases per stage, orthogonality penalty lambda=10",
+)
+register(
+    "resnet-dsfb-double", DSFBResNet, family="dsfb",
+    presets={s: {**p, "bases_per_stage": 2}
+             for s, p in {"smoke": SMOKE, "mini": PAPER_SIZE, "paper": PAPER_SIZE}.items()},
+    description="resnet-dsfb with two shared bases per stage, one per conv of a block (the official "
+                "double-shared network the paper prints)",
 )
 register(
     "resnet-dsfb-noreg", DSFBResNet, family="dsfb",
