@@ -37,10 +37,11 @@ python3 -c "import torch; print('torch', torch.__version__, 'CUDA', torch.versio
 for model in resnet csp-resnet prn elan; do
   variants=eager; [ "$model" = resnet ] && variants="eager compile cudagraphs"
   [ -e "results/$SCALE/bench/train-$model.json" ] \
-    || within $GP bench train --model "$model" --scale "$SCALE" --variants $variants --save || echo "bench $model: not done"
+    || within $GP bench train --model "$model" --scale "$SCALE" --steps 50 --variants $variants --save \
+    || echo "bench $model: not done"
 done
 [ -e "results/$SCALE/bench/jobs-resnet.json" ] \
-  || within $GP bench jobs --model resnet --scale "$SCALE" --jobs 1 2 4 8 --save || echo "bench jobs: not done"
+  || within $GP bench jobs --model resnet --scale "$SCALE" --jobs 1 2 4 8 --steps 100 --save || echo "bench jobs: not done"
 $GP bench reproduce --scale "$SCALE" || true
 
 # CIFAR-Det once per machine, in one process per core (a detection run would generate it in one).

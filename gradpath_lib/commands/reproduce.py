@@ -24,7 +24,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--only", nargs="+", metavar="NAME", help="these chapters (and what they depend on)")
     parser.add_argument("--jobs", default="auto",
                         help="runs trained / notebooks executed in parallel, or auto (the default): as many as the "
-                             "recorded `gradpath bench jobs` of this device found best, else 1")
+                             "recorded `gradpath bench jobs` of this device found best, else 1 (1 with --no-train)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--no-train", action="store_true", help="never train: render recorded runs only")
     parser.add_argument("--runs-only", action="store_true",
@@ -74,8 +74,10 @@ def run(args: argparse.Namespace) -> int:
     if args.jobs == AUTO_JOBS:
         from ..bench_jobs import recommended_jobs
 
-        args.jobs, why = (1, "data-parallel runs train one at a time") if data_parallel else recommended_jobs(
-            args.results_dir, args.scale, args.device)
+        if data_parallel or args.no_train:
+            args.jobs, why = 1, "data-parallel runs train one at a time" if data_parallel else "nothing to train"
+        else:
+            args.jobs, why = recommended_jobs(args.results_dir, args.scale, args.device)
         if is_main():
             print(f"gradpath reproduce: --jobs auto = {args.jobs} ({why})")
     if data_parallel and (not args.runs_only or args.jobs != 1 or args.executor != "local"):
