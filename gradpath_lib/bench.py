@@ -235,11 +235,23 @@ def bench_train(
     train_flops = TRAIN_FLOPS_PER_FORWARD * forward_flops
     peak = matmul_peak(dev)
 
-    rows = []
+    rows, failed = [], {}
     for variant in variants:
         torch._dynamo.reset()  # each compiled variant's first pass includes its own compilation
-        run_pass = gradpath_pass(model, scale, bench_recipe(scale, batch_size, VARIANTS[variant]), data, steps, seed)
-        first, seconds, memory = measure_loop(run_pass, dev, repeats)
+        try:
+            run_pass = gradpath_pass(model, scale, bench_recipe(scale, batch_size, VARIANTS[variant]), data, steps,
+                                     seed)
+            first, seconds, memory = measure_loop(run_pass, dev, repeats)
+        except Exception as err:  # a compiler missing on this machine must not lose the other loops
+            if variant == "eager":
+                raise
+            failed[variant] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            continue
+        finally:
+            run_pass = None  # free its model, optimizer and graphs before the next loop is measured
+            torch._dynamo.reset()
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
         rows.append(loop_result(loop_name(variant), first, seconds, steps, count, train_flops, peak, memory))
 
     torch.manual_seed(seed)
@@ -267,7 +279,8 @@ def bench_train(
         "batch_size": recipe.batch_size,
         "steps": steps,
         "repeats": repeats,
-        "variants": variants,
+        "variants": [v for v in variants if v not in failed],
+        "failed_variants": failed,
         "steps_per_run": steps_per_run(scale),
         "reference_workers": workers,
         "data": data_note,
@@ -332,5 +345,6 @@ def format_bench(result: dict[str, Any]) -> str:
         table.to_string(float_format=lambda v: f"{v:.4g}"),
         f"speedup gradpath / reference: {result['speedup']:.2f}x",
         *(compile_verdict(row, result["scale"]) for row in compile_rows(result)),
+        *(f"{variant} failed: {error}" for variant, error in result.get("failed_variants", {}).items()),
     ]
     return "\n".join(lines)

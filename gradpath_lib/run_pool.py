@@ -153,7 +153,8 @@ def _train_group(configs: list[dict[str, Any]], results_dir: str, device: str, p
 
 
 def _train(config: dict[str, Any], results_dir: str, device: str, progress: bool) -> RunOutcome:
-    """Train one run; a failure becomes a FAILED outcome with the error, never an exception."""
+    """Train one run; a failure becomes a FAILED outcome with the error, never an exception. The GPU
+    memory the run cached is handed back afterwards, for the runs of other processes on the device."""
     try:
         record = ensure_run(config, results_dir=results_dir, allow_train=True, device=device, progress=progress)
     except Exception as err:  # ensure_run recorded it as failed (unless the config itself is bad)
@@ -162,7 +163,17 @@ def _train(config: dict[str, Any], results_dir: str, device: str, progress: bool
         except GradpathError:
             failed = None
         return RunOutcome(config, failed, FAILED, f"{type(err).__name__}: {err}")
+    finally:
+        release_cached_gpu_memory()
     return RunOutcome(config, record, TRAINED)
+
+
+def release_cached_gpu_memory() -> None:
+    """Return the blocks PyTorch's CUDA allocator keeps cached to the device (nothing without CUDA)."""
+    import torch
+
+    if torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
 
 
 def share_cpu(jobs: int) -> None:

@@ -124,3 +124,17 @@ def test_unknown_variant_or_compile_mode_names_the_choices():
         bench.bench_train("tiny-bench-net", "smoke", variants=["fast"], device="cpu")
     with pytest.raises(GradpathError, match="valid choices: off, default, reduce-overhead"):
         recipe_for("smoke", compile="fast")
+
+
+def test_a_failing_compiled_variant_is_reported_and_the_other_loops_kept(monkeypatch, capsys):
+    def no_compiler(module, mode):
+        raise RuntimeError("Failed to find C compiler\nmore detail")
+
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    assert main(TINY + ["--variants", "compile"]) == 0
+    out = capsys.readouterr().out
+    assert "compile failed: RuntimeError: Failed to find C compiler" in out and "more detail" not in out
+    result = bench.bench_train("tiny-bench-net", "smoke", batch_size=16, steps=1, repeats=1, workers=0,
+                               device="cpu", variants=["compile"])
+    assert [row["loop"] for row in result["loops"]] == ["gradpath", "reference"]
+    assert result["variants"] == ["eager"] and "compile" in result["failed_variants"]

@@ -9,9 +9,11 @@ from replica t to replica t + 1 in backward. dL/dlogits is injected into replica
 propagation is linear in the incoming gradient once the activations are fixed, so the gradient at
 a layer's output in replica t is exactly the sum over its paths with t + 1 weighted layers:
 replica t holds timestamp t + 1. Summing the replicas gives the ordinary gradient (of the eval-
-mode network). Cost: one forward and one backward pass on a batch T times larger (choose the
-batch so that T copies fit in memory); each sample must be processed independently of the others
-(true in eval mode for the layers the structural analysis supports).
+mode network). Cost: one forward and one backward pass on a batch T times larger; the spectrum
+takes the batch `SPECTRUM_CHUNK` samples at a time (after one plain pass for dL/dlogits of the
+whole batch, since the loss may couple samples), so memory holds T copies of one chunk, not of the
+batch. Each sample must be processed independently of the others (true in eval mode for the
+layers the structural analysis supports).
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ from .graph import WEIGHTED_MODULES
 from .paths import GradientPathReport, analyze_model
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# Samples per replicated pass of the spectrum: a deep VoVNet has T = 80 replicas of about 13 MB of
+# saved activations per sample, so a chunk of 8 holds about 8 GB where a whole batch of 64 held 65.
+SPECTRUM_CHUNK = 8
 
 
 class _ShiftTimestamp(torch.autograd.Function):
@@ -67,22 +72,48 @@ def _capture_outputs(model: nn.Module, replicas: int) -> tuple[dict[tuple[str, i
     return outputs, handles
 
 
+def logit_gradients(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                    loss_fn: LossFn = F.cross_entropy) -> torch.Tensor:
+    """dL/dlogits of the whole batch in eval mode (the model is left in the mode it was in)."""
+    device = next(model.parameters()).device
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad():
+            logits = model(images.to(device))
+    finally:
+        for m, training in modes.items():
+            m.training = training
+    if not isinstance(logits, torch.Tensor):
+        raise GradpathError("the measured spectrum needs a model returning one logits tensor")
+    first = logits.float().requires_grad_()
+    (dlogits,) = torch.autograd.grad(loss_fn(first, labels.to(device)), first)
+    return dlogits
+
+
 def gradients_by_timestamp(
     model: nn.Module,
     images: torch.Tensor,
-    labels: torch.Tensor,
+    labels: torch.Tensor | None,
     replicas: int,
     loss_fn: LossFn = F.cross_entropy,
+    *,
+    dlogits: torch.Tensor | None = None,
 ) -> dict[tuple[str, int], torch.Tensor | None]:
     """dL/d(output) of every weighted-layer position, split by timestamp.
 
     Keys are (module name, call index); values have shape (replicas, batch, ...) where entry t
     is the gradient that arrived through paths of t + 1 weighted layers (None: no gradient).
-    The model runs in eval mode and is left in the mode it was in.
+    `dlogits` (this batch's part of `logit_gradients` of a larger batch) replaces `labels` and
+    `loss_fn` when given. The model runs in eval mode and is left in the mode it was in.
     """
     device = next(model.parameters()).device
-    images, labels = images.to(device), labels.to(device)
+    images = images.to(device)
     batch = images.shape[0]
+    if dlogits is None:
+        if labels is None:
+            raise GradpathError("gradients_by_timestamp needs labels or dlogits")
+        dlogits = logit_gradients(model, images, labels, loss_fn)
     modes = {m: m.training for m in model.modules()}
     model.eval()
     outputs, handles = _capture_outputs(model, replicas)
@@ -90,10 +121,8 @@ def gradients_by_timestamp(
         logits = model(images.repeat(replicas, *([1] * (images.ndim - 1))))
         if not isinstance(logits, torch.Tensor):
             raise GradpathError("the measured spectrum needs a model returning one logits tensor")
-        first = logits[:batch].detach().requires_grad_()
-        (dlogits,) = torch.autograd.grad(loss_fn(first, labels), first)
         injected = torch.zeros_like(logits)
-        injected[:batch] = dlogits
+        injected[:batch] = dlogits.to(device=device, dtype=logits.dtype)
         keys = list(outputs)
         grads = torch.autograd.grad(logits, [outputs[k] for k in keys], injected, allow_unused=True)
     finally:
@@ -124,15 +153,21 @@ def measured_gradient_spectrum(
     replicas = report.network["longest_path"]
     if replicas is None:
         raise GradpathError(f"no weighted layer of {type(model).__name__} receives gradient from its output")
-    grads = gradients_by_timestamp(model, images, labels, replicas, loss_fn)
+    dlogits = logit_gradients(model, images, labels, loss_fn)
+    squares: list[torch.Tensor | None] = [None] * len(report.groups)  # per group: summed squares per timestamp
+    for start in range(0, images.shape[0], SPECTRUM_CHUNK):
+        part = slice(start, start + SPECTRUM_CHUNK)
+        grads = gradients_by_timestamp(model, images[part], None, replicas, dlogits=dlogits[part])
+        for i, g in enumerate(report.groups):
+            grad = grads.get((g.position.module, g.position.call))
+            if grad is not None:
+                channels = grad.narrow(g.position.axis + 1, g.start, g.stop - g.start)  # +1: the replica axis
+                square = channels.reshape(replicas, -1).double().pow(2).sum(1).cpu()
+                squares[i] = square if squares[i] is None else squares[i] + square
+        del grads
     rows = []
-    for g in report.groups:
-        grad = grads.get((g.position.module, g.position.call))
-        if grad is None:
-            norms = [0.0] * replicas
-        else:
-            channels = grad.narrow(g.position.axis + 1, g.start, g.stop - g.start)  # +1: the replica axis
-            norms = channels.reshape(replicas, -1).norm(dim=1).tolist()
+    for g, square in zip(report.groups, squares):
+        norms = [0.0] * replicas if square is None else square.sqrt().tolist()
         total = sum(norms)
         for t, norm in enumerate(norms, start=1):
             rows.append({

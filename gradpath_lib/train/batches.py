@@ -43,6 +43,22 @@ def normalize_batch(batch: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) 
     return x if x.is_cuda else x.contiguous()
 
 
+def channel_stats(images: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and standard deviation, in [0, 1] pixel units, of uint8 (N, H, W, C) images, as
+    (1, C, 1, 1) float32 tensors: from each channel's histogram of the 256 values (exact counts, then
+    float64), so 50 000 CIFAR images take a fraction of a second and no float copy of them."""
+    values = np.arange(256, dtype=np.float64) / PIXEL_MAX
+    means, stds = [], []
+    for channel in range(images.shape[-1]):
+        counts = np.bincount(images[..., channel].ravel(), minlength=256).astype(np.float64)
+        total = counts.sum()
+        mean = (counts * values).sum() / total
+        means.append(mean)
+        stds.append(np.sqrt((counts * (values - mean) ** 2).sum() / total))
+    return (torch.tensor(means, dtype=torch.float32).view(1, -1, 1, 1),
+            torch.tensor(stds, dtype=torch.float32).view(1, -1, 1, 1))
+
+
 Batch = tuple[torch.Tensor, torch.Tensor]  # normalized float32 NCHW images, int64 labels, on the device
 
 
@@ -92,10 +108,7 @@ class DeviceImages:
         stats_from: np.ndarray | None = None,
     ) -> DeviceImages:
         """Move uint8 (N, H, W, 3) images to `device`; normalize with `stats_from`'s statistics."""
-        ref = images if stats_from is None else stats_from
-        pixels = ref.reshape(-1, ref.shape[-1]).astype(np.float64) / PIXEL_MAX
-        mean = torch.tensor(pixels.mean(0), dtype=torch.float32).view(1, -1, 1, 1)
-        std = torch.tensor(pixels.std(0), dtype=torch.float32).view(1, -1, 1, 1)
+        mean, std = channel_stats(images if stats_from is None else stats_from)
         return cls(
             images=torch.from_numpy(np.ascontiguousarray(images)).to(device),
             labels=torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device),
