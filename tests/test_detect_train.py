@@ -214,6 +214,19 @@ def test_ema_follows_the_ramped_decay():
     decay = 0.9 * (1 - torch.exp(torch.tensor(-1.0)))
     assert torch.allclose(ema.module[0].weight, decay * start + (1 - decay) * model[0].weight)
     assert ema.module[1].num_batches_tracked.item() == 5 and ema.updates == 1
+    # later updates (through the tensors gathered at the first) keep following the model in place
+    averaged = ema.module[0].weight.detach().clone()
+    with torch.no_grad():
+        model[0].weight.mul_(-2.0)
+    model[1].num_batches_tracked += 1
+    ema.update(model)
+    decay = 0.9 * (1 - torch.exp(torch.tensor(-2.0)))
+    assert torch.allclose(ema.module[0].weight, decay * averaged + (1 - decay) * model[0].weight)
+    assert ema.module[1].num_batches_tracked.item() == 6 and ema.updates == 2
+    ema.load_state_dict(detect.ModelEMA(model, decay=0.9, tau=1.0).state_dict())  # a resume copies in place
+    assert torch.equal(ema.module[0].weight, model[0].weight)
+    ema.update(model)
+    assert torch.equal(ema.module[0].weight, model[0].weight)  # the average of identical weights
 
 
 def ground_truth_samples(dataset: DetectionDataset, count: int) -> list[dict]:

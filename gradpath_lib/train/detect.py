@@ -172,17 +172,28 @@ class ModelEMA:
     def __init__(self, model: nn.Module, decay: float, tau: float) -> None:
         self.module = copy.deepcopy(model).eval().requires_grad_(False)
         self.decay, self.tau, self.updates = decay, tau, 0
+        self._tensors: tuple[int, list[torch.Tensor], ...] | None = None  # (id(model), lists of `_state_lists`)
+
+    def _state_lists(self, model: nn.Module) -> tuple[list[torch.Tensor], ...]:
+        """(averaged floats, model floats, averaged others, model others): the state tensors, which share
+        the modules' storage, gathered once per model (the step is launch-bound: no state_dict walk per step)."""
+        if self._tensors is None or self._tensors[0] != id(model):
+            averaged, current = self.module.state_dict(), model.state_dict()
+            floats = [k for k, v in averaged.items() if v.is_floating_point()]
+            others = [k for k in averaged if k not in floats]
+            self._tensors = (id(model), [averaged[k] for k in floats], [current[k] for k in floats],
+                             [averaged[k] for k in others], [current[k] for k in others])
+        return self._tensors[1:]
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        """Move the average towards `model`'s current weights and buffers."""
+        """Move the average towards `model`'s current weights and buffers (integer buffers are copied)."""
         self.updates += 1
         decay = self.decay * (1 - math.exp(-self.updates / self.tau))
-        averaged, current = self.module.state_dict(), model.state_dict()
-        floats = [k for k, v in averaged.items() if v.is_floating_point()]
-        torch._foreach_lerp_([averaged[k] for k in floats], [current[k].detach() for k in floats], 1 - decay)
-        for key in averaged.keys() - set(floats):
-            averaged[key].copy_(current[key])
+        averaged_floats, floats, averaged_others, others = self._state_lists(model)
+        torch._foreach_lerp_(averaged_floats, floats, 1 - decay)
+        if others:
+            torch._foreach_copy_(averaged_others, others)
 
     def state_dict(self) -> dict[str, Any]:
         """Averaged weights and the update count (for checkpoints)."""
