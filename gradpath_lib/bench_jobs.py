@@ -103,19 +103,37 @@ def jobs_frame(result: dict[str, Any]) -> pd.DataFrame:
 NEAR_BEST = 0.95  # --jobs auto takes the fewest jobs within 5 % of the best measured total throughput
 
 
+def pick_jobs(benches: Sequence[dict[str, Any]]) -> tuple[int, str]:
+    """(jobs, why) from `bench jobs` results of one device: the fewest concurrent runs whose total images/s
+    is within 5 % of the best measured."""
+    rows = [(row["jobs"], row["total_images_per_s"], bench["model"]) for bench in benches for row in bench["results"]]
+    best = max(total for _, total, _ in rows)
+    jobs, total, model = min((row for row in rows if row[1] >= NEAR_BEST * best), key=lambda row: row[0])
+    return jobs, (f"`gradpath bench jobs` on {benches[0]['device']}: {jobs} concurrent {model} runs train "
+                  f"{total:.0f} images/s, within {1 - NEAR_BEST:.0%} of the best measured ({best:.0f})")
+
+
 def recommended_jobs(results_dir: str | Path, scale: str, device: str) -> tuple[int, str]:
-    """(jobs, why) for `reproduce --jobs auto` on `device` (a device string): the fewest concurrent runs
-    whose total images/s in the recorded `bench jobs` of this device at `scale` is within 5 % of the best
-    measured, or 1 when no bench of this device is recorded."""
+    """(jobs, why) for `reproduce --jobs auto` on `device` (a device string): `pick_jobs` of the recorded
+    `bench jobs` of this device at `scale`, or 1 when none is recorded."""
     from .workload import recorded_benches
 
     name = device_name(resolve_device(device))
-    rows = [(row["jobs"], row["total_images_per_s"], bench["model"])
-            for bench in recorded_benches(results_dir, scale, "jobs") if bench["device"] == name
-            for row in bench["results"]]
-    if not rows:
+    mine = [bench for bench in recorded_benches(results_dir, scale, "jobs") if bench["device"] == name]
+    if not mine:
         return 1, f"no `gradpath bench jobs` of {name} is recorded at the {scale} scale"
-    best = max(total for _, total, _ in rows)
-    jobs, total, model = min((row for row in rows if row[1] >= NEAR_BEST * best), key=lambda row: row[0])
-    return jobs, (f"`gradpath bench jobs` on {name}: {jobs} concurrent {model} runs train {total:.0f} images/s, "
-                  f"within {1 - NEAR_BEST:.0%} of the best measured ({best:.0f})")
+    return pick_jobs(mine)
+
+
+def auto_jobs_summary(results_dir: str | Path, scale: str) -> str:
+    """What `reproduce --jobs auto` chooses on each device with a recorded `bench jobs` at `scale`."""
+    from .workload import recorded_benches
+
+    by_device: dict[str, list[dict[str, Any]]] = {}
+    for bench in recorded_benches(results_dir, scale, "jobs"):
+        by_device.setdefault(bench["device"], []).append(bench)
+    if not by_device:
+        return f"No `gradpath bench jobs` is recorded at the {scale} scale, so `--jobs auto` trains one run at a time."
+    picks = {device: pick_jobs(benches) for device, benches in by_device.items()}
+    return " ".join(f"On {device}, `--jobs auto` trains {jobs} runs at once: {why}."
+                    for device, (jobs, why) in picks.items())

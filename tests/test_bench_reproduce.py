@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from gradpath_lib.bench import bench_train
-from gradpath_lib.bench_jobs import bench_jobs, jobs_frame, recommended_jobs
+from gradpath_lib.bench_jobs import auto_jobs_summary, bench_jobs, jobs_frame, recommended_jobs
 from gradpath_lib.cli import main
 from gradpath_lib.errors import GradpathError
 from gradpath_lib.experiments import chapter
@@ -157,6 +157,10 @@ def test_jobs_auto_takes_the_fewest_jobs_near_the_best_of_this_device(tmp_path):
     save_bench(bench(here, {1: 100.0, 2: 190.0, 4: 300.0, 8: 310.0}), tmp_path, "jobs-resnet")
     jobs, why = recommended_jobs(tmp_path, "smoke", "cpu")
     assert jobs == 4 and "4 concurrent resnet runs train 300 images/s" in why  # 300 >= 0.95 * 310
+    summary = auto_jobs_summary(tmp_path, "smoke")
+    assert f"On {here}, `--jobs auto` trains 4 runs at once" in summary
+    assert "On NVIDIA H200, `--jobs auto` trains 8 runs at once" in summary
+    assert "one run at a time" in auto_jobs_summary(tmp_path / "none", "smoke")
 
 
 def test_reproduce_says_what_jobs_auto_chose(tmp_path, capsys):

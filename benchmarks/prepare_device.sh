@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Here, before a GPU session: put what benchmarks/device_session.sh reads into the git-ignored
+# folders a device call carries: .data/ (the CIFAR-10 archive) and .whl/ (the pycocotools wheel for
+# the device's Python, 3.12 by default, at the version constraints.txt pins).
+#
+#   benchmarks/prepare_device.sh [PYTHON_VERSION]      # then carry .data, .whl and results/<scale>
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY_VERSION=${1:-3.12}
+DATA=${GRADPATH_DATA:-../shared/data}
+ARCHIVE=cifar10-jpeg.tar.xz
+[ -f "$DATA/$ARCHIVE" ] || { echo "no $DATA/$ARCHIVE: set GRADPATH_DATA to the folder holding it" >&2; exit 2; }
+VERSION=$(sed -n 's/^pycocotools==//p' constraints.txt)
+[ -n "$VERSION" ] || { echo "constraints.txt pins no pycocotools version" >&2; exit 2; }
+mkdir -p .data .whl
+cp -u "$DATA/$ARCHIVE" .data/
+rm -f .whl/pycocotools-*.whl
+python3 -m pip download -q --no-deps --only-binary=:all: --python-version "$PY_VERSION" --implementation cp \
+  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+  -d .whl "pycocotools==$VERSION"
+ls -la .data .whl
+echo "carry: .data .whl results/<scale> (64 MiB in all with the working tree)"
