@@ -9,7 +9,9 @@
 # From the repository root. Reads CIFAR-10 from $GRADPATH_DATA (default .data/, holding
 # cifar10-jpeg.tar.xz), installs the wheels in .whl/ (pycocotools, for detection) if there are any,
 # and continues from what results/<scale>/ holds (carry it in). No run starts after the time limit
-# (`reproduce --time-limit`; running ones finish), so no run is cut off. Writes
+# (`reproduce --time-limit`); running ones finish, unless they would leave less than
+# $GRADPATH_PACK_S (30 s) for packing: then they are stopped (the next session trains them again),
+# so the command always ends with its records packed, inside the device's command limit. Writes
 # ${OUT:-.}/results-<scale>.tar.gz.NN (15 MB parts: `cat results-*.tar.gz.* | tar -xz`) with the
 # records, tables, benches and the final weights that runs still to come will need.
 # Exits 0 when every run is recorded, 3 when time ran out first (run it again), else the failure.
@@ -18,6 +20,7 @@ BUDGET_S=${1:-540}
 SCALE=${2:-mini}
 JOBS=${GRADPATH_JOBS:-auto}  # auto: what the jobs bench below found best on this GPU
 LONGEST_RUN_S=${GRADPATH_LONGEST_RUN_S:-150}  # no run starts later than this before the end
+PACK_S=${GRADPATH_PACK_S:-30}  # kept for packing: runs still going this close to the end are stopped
 START=$(date +%s)
 export GRADPATH_DATA=${GRADPATH_DATA:-.data} GRADPATH_CACHE=${GRADPATH_CACHE:-/tmp/gradpath-cache}
 export PYTHONUNBUFFERED=1
@@ -49,10 +52,14 @@ compgen -G "$GRADPATH_CACHE/cifar-det/$SCALE-val-*.json" >/dev/null \
   || within $GP data build cifar-det --scale "$SCALE" || echo "cifar-det: not built"
 
 # Then every run the book needs, $JOBS at a time (auto: as the jobs bench found best), none started in the last $LONGEST_RUN_S seconds.
-STATUS=124
+STATUS=3  # the time ran out before any run could start
 LIMIT=$(left)
-[ "$LIMIT" -gt 0 ] && { $GP reproduce --scale "$SCALE" --runs-only --jobs "$JOBS" --time-limit "$LIMIT"; STATUS=$?; }
-[ "$STATUS" = 124 ] && STATUS=3
+HARD=$((BUDGET_S - PACK_S - ($(date +%s) - START)))
+if [ "$LIMIT" -gt 0 ] && [ "$HARD" -gt 0 ]; then
+  timeout "$HARD" $GP reproduce --scale "$SCALE" --runs-only --jobs "$JOBS" --time-limit "$LIMIT"
+  STATUS=$?
+  [ "$STATUS" = 124 ] && { echo "stopped the runs still going, $PACK_S s before the end"; STATUS=3; }
+fi
 
 NEEDED=$(python3 -c "from gradpath_lib.runner import pending_weights
 print('\n'.join(str(p) for p in pending_weights('$SCALE') if p.exists()))")
