@@ -3,6 +3,7 @@
 # this project's other dependencies (no Jupyter): bench once per results folder, train the missing
 # runs of the book until the time is up, and pack what was recorded so that the notebooks can be
 # rendered elsewhere (`gradpath reproduce --scale mini --no-train`, then `make book`).
+# Unpack here: `cat results-mini.tar.gz.* | tar -xz; cat weights-mini.tar.* | tar -x` (if any).
 #
 #   benchmarks/device_session.sh [SECONDS] [SCALE]      # defaults: 540 s, mini
 #
@@ -12,8 +13,8 @@
 # (`reproduce --time-limit`); running ones finish, unless they would leave less than
 # $GRADPATH_PACK_S (30 s) for packing: then they are stopped (the next session trains them again),
 # so the command always ends with its records packed, inside the device's command limit. Writes
-# ${OUT:-.}/results-<scale>.tar.gz.NN (15 MB parts: `cat results-*.tar.gz.* | tar -xz`) with the
-# records, tables, benches and the final weights that runs still to come will need.
+# ${OUT:-.}/results-<scale>.tar.gz.NN (15 MB parts: the records, tables and benches) and
+# weights-<scale>.tar.NN (the final weights that runs still to come will need).
 # Exits 0 when every run is recorded, 3 when time ran out first (run it again), else the failure.
 set -uo pipefail
 BUDGET_S=${1:-540}
@@ -61,10 +62,26 @@ if [ "$LIMIT" -gt 0 ] && [ "$HARD" -gt 0 ]; then
   [ "$STATUS" = 124 ] && { echo "stopped the runs still going, $PACK_S s before the end"; STATUS=3; }
 fi
 
-NEEDED=$(python3 -c "from gradpath_lib.runner import pending_weights
-print('\n'.join(str(p) for p in pending_weights('$SCALE') if p.exists()))")
-tar -cz --exclude="results/$SCALE/weights" --exclude="results/$SCALE/checkpoints" "results/$SCALE" $NEEDED \
-  | split -b 15M -d - "${OUT:-.}/results-$SCALE.tar.gz."
-echo "packed ${OUT:-.}/results-$SCALE.tar.gz.* ($(echo "$NEEDED" | grep -c . ) weight files) after" \
-  "$(($(date +%s) - START)) s; exit $STATUS"
+# The records first, then the final weights that runs still to come need, smallest first, while
+# everything stays under the device's 64 MiB that come back (a weight file left out is named: the
+# run that needs it then stops with a clear error, and moving its target's record aside retrains it).
+DEST=${OUT:-.}
+tar -cz --exclude="results/$SCALE/weights" --exclude="results/$SCALE/checkpoints" "results/$SCALE" \
+  | split -b 15M -d - "$DEST/results-$SCALE.tar.gz."
+ROOM=$((60 * 1024 * 1024 - $(cat "$DEST/results-$SCALE.tar.gz."* | wc -c)))
+NEEDED=$(python3 - "$SCALE" "$ROOM" <<'PY'
+import sys
+from gradpath_lib.runner import pending_weights
+room = int(sys.argv[2])
+for path in sorted((p for p in pending_weights(sys.argv[1]) if p.exists()), key=lambda p: p.stat().st_size):
+    if path.stat().st_size <= room:
+        room -= path.stat().st_size
+        print(path)
+    else:
+        print(f"weights left out, no room to bring them back: {path}", file=sys.stderr)
+PY
+)
+[ -n "$NEEDED" ] && tar -c $NEEDED | split -b 15M -d - "$DEST/weights-$SCALE.tar."
+echo "packed $DEST/results-$SCALE.tar.gz.* and $(echo "$NEEDED" | grep -c .) weight files" \
+  "($DEST/weights-$SCALE.tar.*) after $(($(date +%s) - START)) s; exit $STATUS"
 exit "$STATUS"

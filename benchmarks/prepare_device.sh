@@ -3,7 +3,8 @@
 # folders a device call carries: .data/ (the CIFAR-10 archive) and .whl/ (the pycocotools wheel for
 # the device's Python, 3.12 by default, at the version constraints.txt pins).
 #
-#   benchmarks/prepare_device.sh [PYTHON_VERSION]      # then carry .data, .whl and results/<scale>
+#   benchmarks/prepare_device.sh [PYTHON_VERSION] [SCALE]   # defaults 3.12, mini; then carry
+#                                                           # .data, .whl and results/<scale>
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY_VERSION=${1:-3.12}
@@ -18,5 +19,9 @@ rm -f .whl/pycocotools-*.whl
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version "$PY_VERSION" --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
   -d .whl "pycocotools==$VERSION"
-ls -la .data .whl
-echo "carry: .data .whl results/<scale> (64 MiB in all with the working tree)"
+SCALE=${2:-mini}
+du -sh .data .whl "results/$SCALE" 2>/dev/null || true
+TOTAL_KB=$(du -sk .data .whl "results/$SCALE" 2>/dev/null | awk '{s += $1} END {print s}')
+echo "carry: .data .whl results/$SCALE (${TOTAL_KB} KiB; a device call takes at most 64 MiB with the working tree)"
+[ "$TOTAL_KB" -lt $((56 * 1024)) ] || echo "warning: that is close to the limit; results/$SCALE/weights holds" \
+  "weights no run still needs once their runs are recorded" >&2
