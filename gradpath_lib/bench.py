@@ -12,11 +12,11 @@ Both loops train the same model at the same batch size on the same images:
 
 Each repeat is one pass of `steps` batches; the first pass (warm-up, compilation) is timed apart
 (`first_pass_s`); images/s is the median over repeats, timed with CUDA events on GPU. A compiled
-variant pays at a scale when a run there is longer than its break-even: the step count of a run at
-which it has made up its slower first pass (`compile_break_even_steps`; torch's on-disk compile
-caches are left as they are, so a second compile of the same network may be faster). Training FLOPs per image are
-taken as 3 x the forward FLOPs of one image (torch's FLOP counter, FLOPs = 2 x MACs): forward plus
-a backward costing about twice the forward. The peak is measured in the same process: a large
+variant pays at a scale when a run there is longer than its break-even: the step count of a run
+at which it has made up its slower first pass (`compile_break_even_steps`; torch's on-disk
+compile caches are left as they are, so a second compile of the same network may be faster).
+Training FLOPs per image are taken as 3 x the forward FLOPs of one image (torch's FLOP counter,
+FLOPs = 2 x MACs): forward plus a backward costing about twice the forward. The peak is measured in the same process: a large
 bf16 matmul on GPU, an fp32 one on CPU.
 """
 

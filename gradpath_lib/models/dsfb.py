@@ -5,10 +5,10 @@ shared_basis(x)]))`: the shared basis (3x3, C -> s) is ONE module object used by
 every such block of the stage, the unique basis (3x3, C -> u) and the coefficients (1x1,
 (s + u) -> C) belong to the layer. With `bases_per_stage=2` (the official code's double-shared
 network, whose parameter count the paper prints) each stage has two shared bases instead: one
-used by the first conv of every such block, one by the second. The first block of each stage changes width/resolution and is
-an ordinary basic block. Shared bases start orthogonal and may be kept so by the penalty
-mean((B B^T - I)^2) per basis (B: its filters flattened as rows), added to the loss as
-lambda * sum over stages through the model's `extra_loss(targets)`.
+used by the first conv of every such block, one by the second. The first block of each stage
+changes width/resolution and is an ordinary basic block. Shared bases start orthogonal and may be
+kept so by the penalty mean((B B^T - I)^2) per basis (B: its filters flattened as rows), added to
+the loss as lambda * sum over the shared bases through the model's `extra_loss(targets)`.
 
 With `shared_rank=None` the same network has plain 3x3 convs everywhere: that is the plain ResNet
 counterpart, so the comparison changes nothing but the convolution.
