@@ -48,13 +48,17 @@ def _timed_job(model: str, scale: str, batch_size: int | None, steps: int, devic
     from .bench import bench_images, bench_recipe, gradpath_pass
     from .train.batches import DeviceImages
 
-    dev = resolve_device(device)
-    recipe = bench_recipe(scale, batch_size)
-    images, labels, _ = bench_images(scale, recipe.batch_size * steps, seed)
-    run_pass = gradpath_pass(model, scale, recipe, DeviceImages.from_arrays(images, labels, dev), steps, seed)
-    run_pass(0)
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
+    try:
+        dev = resolve_device(device)
+        recipe = bench_recipe(scale, batch_size)
+        images, labels, _ = bench_images(scale, recipe.batch_size * steps, seed)
+        run_pass = gradpath_pass(model, scale, recipe, DeviceImages.from_arrays(images, labels, dev), steps, seed)
+        run_pass(0)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+    except BaseException:
+        _start_together.abort()  # the other jobs stop waiting for this one (BrokenBarrierError)
+        raise
     _start_together.wait()
     start = time.time()  # wall clock: comparable across processes
     run_pass(1)  # reads the epoch's sums back, so the GPU work is done when it returns
@@ -82,12 +86,18 @@ def bench_jobs(model: str, scale: str = "smoke", jobs: Sequence[int] = (1, 2, 4)
         raise GradpathError(f"bench jobs needs job counts >= 1 and steps >= 1, got jobs={list(jobs)}, steps={steps}")
     if get_entry(model).task != "classify":
         raise GradpathError(f"bench jobs times classifiers; {model!r} is a {get_entry(model).task!r} model")
-    rows = [measure_jobs(model, scale, n, batch_size=batch_size, steps=steps, device=device) for n in jobs]
+    rows, failed = [], {}
+    for n in jobs:
+        try:
+            rows.append(measure_jobs(model, scale, n, batch_size=batch_size, steps=steps, device=device))
+        except Exception as err:  # e.g. out of GPU memory at N jobs: the other counts still count
+            failed[str(n)] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
     single = next((r["total_images_per_s"] for r in rows if r["jobs"] == 1), None)
     for row in rows:
         row["scaling_vs_one_job"] = row["total_images_per_s"] / single if single else None
     return {"model": model, "scale": scale, "device": device_name(resolve_device(device)),
-            "torch": torch.__version__, "steps": steps, "batch_size": batch_size, "results": rows}
+            "torch": torch.__version__, "steps": steps, "batch_size": batch_size, "results": rows,
+            "failed_jobs": failed}
 
 
 def jobs_frame(result: dict[str, Any]) -> pd.DataFrame:
@@ -119,7 +129,7 @@ def recommended_jobs(results_dir: str | Path, scale: str, device: str) -> tuple[
     from .workload import recorded_benches
 
     name = device_name(resolve_device(device))
-    mine = [bench for bench in recorded_benches(results_dir, scale, "jobs") if bench["device"] == name]
+    mine = [bench for bench in recorded_benches(results_dir, scale, "jobs") if bench["device"] == name and bench["results"]]
     if not mine:
         return 1, f"no `gradpath bench jobs` of {name} is recorded at the {scale} scale"
     return pick_jobs(mine)
@@ -131,7 +141,8 @@ def auto_jobs_summary(results_dir: str | Path, scale: str) -> str:
 
     by_device: dict[str, list[dict[str, Any]]] = {}
     for bench in recorded_benches(results_dir, scale, "jobs"):
-        by_device.setdefault(bench["device"], []).append(bench)
+        if bench["results"]:
+            by_device.setdefault(bench["device"], []).append(bench)
     if not by_device:
         return f"No `gradpath bench jobs` is recorded at the {scale} scale, so `--jobs auto` trains one run at a time."
     picks = {device: pick_jobs(benches) for device, benches in by_device.items()}

@@ -168,3 +168,35 @@ def test_reproduce_says_what_jobs_auto_chose(tmp_path, capsys):
             "--results-dir", str(tmp_path)]
     assert main(argv) == 0
     assert "--jobs auto = 1 (no `gradpath bench jobs` of cpu" in capsys.readouterr().out
+
+
+def test_a_job_count_that_fails_is_reported_and_the_others_kept(monkeypatch, capsys, tmp_path):
+    import gradpath_lib.bench_jobs as bench_jobs_module
+
+    measured = bench_jobs_module.measure_jobs
+
+    def out_of_memory_at_two(model, scale, jobs, **kwargs):
+        if jobs == 2:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\ndetails")
+        return measured(model, scale, jobs, **kwargs)
+
+    monkeypatch.setattr(bench_jobs_module, "measure_jobs", out_of_memory_at_two)
+    assert main(["bench", "jobs", "--model", "resnet", "--scale", "smoke", "--jobs", "1", "2", "--batch", "8",
+                 "--steps", "1", "--device", "cpu", "--save", "--results-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "2 jobs failed: RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB" in out and "details" not in out
+    (bench,) = recorded_benches(tmp_path, "smoke", "jobs")
+    assert [row["jobs"] for row in bench["results"]] == [1] and list(bench["failed_jobs"]) == ["2"]
+    assert recommended_jobs(tmp_path, "smoke", "cpu")[0] == 1
+
+
+def test_a_job_that_fails_before_the_start_releases_the_others(monkeypatch):
+    import threading
+
+    from gradpath_lib import bench_jobs as bench_jobs_module
+
+    barrier = threading.Barrier(2)  # this job and one other, which would otherwise wait for ever
+    monkeypatch.setattr(bench_jobs_module, "_start_together", barrier)
+    with pytest.raises(GradpathError, match="unknown device 'tpu'"):
+        bench_jobs_module._timed_job("resnet", "smoke", 8, 1, "tpu", 0)
+    assert barrier.broken

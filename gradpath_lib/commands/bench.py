@@ -98,6 +98,8 @@ def run_jobs(args: argparse.Namespace) -> int:
     print(f"model {result['model']} ({result['scale']}), {result['steps']} timed steps per run, "
           f"device: {result['device']}, torch {result['torch']}")
     print(jobs_frame(result).to_string(index=False))
+    for jobs, error in result["failed_jobs"].items():
+        print(f"{jobs} jobs failed: {error}")
     if args.save:
         from ..workload import save_bench
 
