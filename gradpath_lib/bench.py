@@ -35,7 +35,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from .data import dataset_for_scale, load_classification
-from .errors import GradpathError, check_choice
+from .errors import GradpathError, check_choice, error_line
 from .models.cost import count_flops
 from .models.registry import create_model, get_entry
 from .runs import resolve_device
@@ -245,7 +245,7 @@ def bench_train(
         except Exception as err:  # a compiler missing on this machine must not lose the other loops
             if variant == "eager":
                 raise
-            failed[variant] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            failed[variant] = error_line(err)
             continue
         finally:
             run_pass = None  # free its model, optimizer and graphs before the next loop is measured

@@ -17,14 +17,14 @@ from __future__ import annotations
 import multiprocessing
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
 
-from .errors import GradpathError
+from .errors import GradpathError, error_line
 from .models.registry import get_entry
 from .runs import resolve_device
 from .store import device_name
@@ -91,7 +91,7 @@ def bench_jobs(model: str, scale: str = "smoke", jobs: Sequence[int] = (1, 2, 4)
         try:
             rows.append(measure_jobs(model, scale, n, batch_size=batch_size, steps=steps, device=device))
         except Exception as err:  # e.g. out of GPU memory at N jobs: the other counts still count
-            failed[str(n)] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            failed[str(n)] = error_line(err)
     single = next((r["total_images_per_s"] for r in rows if r["jobs"] == 1), None)
     for row in rows:
         row["scaling_vs_one_job"] = row["total_images_per_s"] / single if single else None
@@ -129,7 +129,8 @@ def recommended_jobs(results_dir: str | Path, scale: str, device: str) -> tuple[
     from .workload import recorded_benches
 
     name = device_name(resolve_device(device))
-    mine = [bench for bench in recorded_benches(results_dir, scale, "jobs") if bench["device"] == name and bench["results"]]
+    mine = [bench for bench in recorded_benches(results_dir, scale, "jobs")
+            if bench["device"] == name and bench["results"]]
     if not mine:
         return 1, f"no `gradpath bench jobs` of {name} is recorded at the {scale} scale"
     return pick_jobs(mine)

@@ -172,7 +172,7 @@ class ModelEMA:
     def __init__(self, model: nn.Module, decay: float, tau: float) -> None:
         self.module = copy.deepcopy(model).eval().requires_grad_(False)
         self.decay, self.tau, self.updates = decay, tau, 0
-        self._tensors: tuple[int, list[torch.Tensor], ...] | None = None  # (id(model), lists of `_state_lists`)
+        self._tensors: tuple[Any, ...] | None = None  # (id(model), the four lists of `_state_lists`)
 
     def _state_lists(self, model: nn.Module) -> tuple[list[torch.Tensor], ...]:
         """(averaged floats, model floats, averaged others, model others): the state tensors, which share
