@@ -23,6 +23,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import pandas as pd
+
 from .errors import GradpathError
 from .experiments import chapters
 from .runner import executed_notebook, reproduce, select_chapters, succeeded, summary_frame
@@ -36,6 +38,8 @@ PROSE_BEFORE = ("book/gradient_paths",)
 # Prose pages shown as sections of a chapter's page: chapter name -> pages.
 CHAPTER_SECTIONS = {"reproducing": ("book/scale_out",)}
 API_PAGE = "api"
+# Generated fragments that prose pages include (```{include}```), written beside the staged pages.
+PAPER_PRESET_FRAGMENT = "paper_preset.md"  # included by book/scale_out.md
 TOC_HEADER = "# Generated from gradpath_lib.experiments.chapters() by gradpath_lib.book.toc_yaml; do not edit.\n"
 ANNOUNCEMENTS = {
     "smoke": ("SMOKE NUMBERS: this build shows the smoke reproduction (tiny generated data, CPU). "
@@ -84,7 +88,21 @@ def stage_pages(results_dir: str | Path, scale: str) -> list[str]:
             shutil.copyfile(page, PAGES_DIR / page.name)
             staged.append(chap.name)
     (PAGES_DIR / f"{API_PAGE}.md").write_text(api_markdown())
+    (PAGES_DIR / PAPER_PRESET_FRAGMENT).write_text(paper_preset_markdown())
     return staged
+
+
+def paper_preset_markdown() -> str:
+    """The paper preset's costs beside the official ones (`paper_preset_comparison`), as a Markdown table."""
+    from .detection_tables import paper_preset_comparison
+
+    frame = paper_preset_comparison()
+    formats = {"vs yolor-v3": "{:+.1%}", "params (M)": "{:.2f}", "GFLOPs": "{:.1f}"}
+    for column in frame.columns:
+        shown = next((f for key, f in formats.items() if key in column), None)
+        if shown is not None:
+            frame[column] = ["—" if pd.isna(v) else shown.format(v).replace("-", "\u2212") for v in frame[column]]
+    return frame.to_markdown(index=False, disable_numparse=True) + "\n"
 
 
 def api_markdown() -> str:

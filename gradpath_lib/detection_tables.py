@@ -18,9 +18,10 @@ import pandas as pd
 from .errors import GradpathError
 from .models.cost import cost_table
 from .models.yolor import BASELINE, PAPER_INPUT
-from .paper import STATED_DELTA, Claim, references
+from .paper import CLAIMS, STATED_DELTA, Claim, references
 from .tables import Run, readable, runs_frame, summarize
 
+PRESET_MODELS = ("yolor-v3", "yolor-csp", "yolor-elan")  # the paper preset's cross-check (book/scale_out.md)
 POINTS = 100.0  # records hold AP as a fraction; the tables show AP points like the paper
 # table column -> COCOeval summary name in the record (bbox_* for boxes, segm_* for masks)
 AP_COLUMNS = {
@@ -111,3 +112,36 @@ def paper_references(table: str) -> pd.DataFrame:
     rows = [{"paper model": r.paper_model, "ours": r.ours or "—", "metric": r.metric, "value": r.value,
              "source": r.source} for r in references(table)]
     return pd.DataFrame(rows, columns=["paper model", "ours", "metric", "value", "source"])
+
+
+def paper_preset_comparison(models: Sequence[str] = PRESET_MODELS) -> pd.DataFrame:
+    """Our paper-scale preset of `models` at 640x640 beside what the paper's sources print for them
+    (the official configs of Table 6's cross-check; where there is none, the FLOPs change a claim
+    states), with the mini preset's FLOPs change for comparison. Changes are vs YOLOR-v3 (-0.22 = 22 % less)."""
+    flops, change = f"GFLOPs ({PAPER_INPUT})", f"FLOPs vs {BASELINE}"
+    paper = detection_costs(models, "paper").set_index("model")
+    mini = detection_costs(models, "mini").set_index("model")
+    printed = {(r.ours, r.metric): r for r in references("table6")}
+    stated = {c.subject: c for c in CLAIMS
+              if c.metric == "flops" and c.relative and c.kind == STATED_DELTA and c.baseline == BASELINE}
+    rows = []
+    for name in models:
+        config = printed.get((name, "gflops"))
+        if config is not None:
+            official_change = None if name == BASELINE else config.value / printed[BASELINE, "gflops"].value - 1
+            source = config.source
+        else:
+            official_change = stated_fraction(stated[name]) if name in stated else None
+            source = f"the paper's text: {stated[name].paper}" if name in stated else "—"
+        rows.append({
+            "model": name,
+            "params (M)": paper.loc[name, "params (M)"],
+            flops: paper.loc[name, flops],
+            change: paper.loc[name, f"FLOPs ({PAPER_INPUT}) vs {BASELINE}"],
+            "official params (M)": printed[name, "params_m"].value if config is not None else None,
+            f"official {flops}": config.value if config is not None else None,
+            f"official {change}": official_change,
+            "official source": source,
+            f"mini: {change}": mini.loc[name, change],
+        })
+    return pd.DataFrame(rows)

@@ -57,3 +57,5 @@ def test_book_builds_at_smoke_scale_with_warnings_as_errors(smoke_results, tmp_p
     assert ANNOUNCEMENTS["smoke"].split(":")[0] in intro  # every page says the numbers are smoke numbers
     table2 = (html / "book" / "chapters" / "table2.html").read_text()
     assert "reproduced" in table2 and "CSPResNet-50" in table2
+    scale_out = (html / "book" / "scale_out.html").read_text()  # the generated fragment it includes
+    assert "yolor-csp.yaml (official configs, 640 px)" in scale_out and "<table" in scale_out

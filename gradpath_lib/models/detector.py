@@ -47,6 +47,7 @@ PRN_MASK_RATIO = 0.5  # the paper's YOLOR-PRN masks half the channels
 CSP_SPLIT_RATIO = 0.5  # the paper's 50/50 gradient split
 ELAN_BLOCKS = 2  # computational blocks per ELAN (yolov7's backbone ELAN)
 ELAN_BACKBONE_SPLIT = 4  # yolov7 backbone ELAN: splits a, b of c_out / 4, so the concat has c_out channels
+AUTOCAST_DEVICES = ("cuda", "cpu")  # where `predict_float32` looks for an active autocast
 ELAN_NECK_SPLIT = 2  # neck ELANs read a concat of two levels: splits of c_out / 2 (yolov7's head keeps more)
 
 
@@ -149,23 +150,37 @@ class PANNeck(nn.Module):
         return out3, out4, out5
 
 
+def predict_float32(conv: nn.Conv2d, x: Tensor) -> Tensor:
+    """`conv(x)` computed in float32 even under autocast: the final 1x1 convs of the heads, so that box
+    distances (decoded to pixels), class logits (ranked by NMS) and mask coefficients keep float32
+    precision instead of bf16's 8 significant bits. Their cost is a few % of the detector's."""
+    device = next((d for d in AUTOCAST_DEVICES if torch.is_autocast_enabled(d)), None)
+    if device is None:
+        return conv(x)
+    with torch.autocast(device, enabled=False):
+        return conv(x.float())
+
+
 class LevelHead(nn.Module):
-    """Anchor-free head of one level: class logits (C) and box distances (4) + mask coefficients (k)."""
+    """Anchor-free head of one level: class logits (C) and box distances (4) + mask coefficients (k),
+    each predicted in float32 (`predict_float32`)."""
 
     def __init__(self, c_in: int, width: int, num_classes: int, num_protos: int, act: str) -> None:
         super().__init__()
         self.stem = ConvBNAct(c_in, width, 3, act=act)
-        self.cls = nn.Sequential(ConvBNAct(width, width, 3, act=act), nn.Conv2d(width, num_classes, 1))
-        self.reg = nn.Sequential(ConvBNAct(width, width, 3, act=act), nn.Conv2d(width, 4 + num_protos, 1))
-        nn.init.constant_(self.cls[-1].bias, -math.log((1 - PRIOR_PROB) / PRIOR_PROB))
+        self.cls_tower, self.cls_pred = ConvBNAct(width, width, 3, act=act), nn.Conv2d(width, num_classes, 1)
+        self.reg_tower, self.reg_pred = ConvBNAct(width, width, 3, act=act), nn.Conv2d(width, 4 + num_protos, 1)
+        nn.init.constant_(self.cls_pred.bias, -math.log((1 - PRIOR_PROB) / PRIOR_PROB))
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         x = self.stem(x)
-        return self.cls(x).flatten(2), self.reg(x).flatten(2)
+        cls = predict_float32(self.cls_pred, self.cls_tower(x))
+        reg = predict_float32(self.reg_pred, self.reg_tower(x))
+        return cls.flatten(2), reg.flatten(2)
 
 
 class Protonet(nn.Module):
-    """k prototype masks at stride 4 from the stride-8 neck output (YOLACT)."""
+    """k prototype masks at stride 4 from the stride-8 neck output (YOLACT), the last conv in float32."""
 
     def __init__(self, c_in: int, width: int, num_protos: int, act: str) -> None:
         super().__init__()
@@ -173,11 +188,11 @@ class Protonet(nn.Module):
             ConvBNAct(c_in, width, 3, act=act),
             nn.Upsample(scale_factor=2, mode="nearest"),
             ConvBNAct(width, width, 3, act=act),
-            nn.Conv2d(width, num_protos, 1),
         )
+        self.pred = nn.Conv2d(width, num_protos, 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
+        return predict_float32(self.pred, self.net(x))
 
 
 class YOLORDetector(nn.Module):

@@ -6,19 +6,17 @@ presets are shared by all variants, so widths, depths, neck and head match (the 
 Sizes per scale:
 - smoke: 64x64 canvases, a few thousand parameters per stage; trains in seconds on a CPU.
 - mini: 192x192 CIFAR-Det canvases; Darknet depths (1, 3, 3, 2) so the stage blocks, not the
-  shared head, dominate the cost, as in the paper's models. At 192x192 YOLOR-CSP costs about
-  -21 % FLOPs and YOLOR-ELAN ("2,1s") about -24 % vs YOLOR-v3 (paper: -22 %, -26 %).
+  shared head, dominate the cost, as in the paper's models.
 - paper: COCO at 640x640 with Darknet-53's backbone widths and depths (128..1024; 2, 8, 8, 4)
   after a stride-2 stem (Darknet-53's full-resolution stem and 64-wide stage are left out), a
-  1-deep PAN neck, 256-wide heads and 32 prototypes of width 128 (documentation scale). At 640
-  YOLOR-v3 costs 61.2 M params / 175.5 GFLOPs (yolov3.yaml: 61.95 M / 155.9; the extra FLOPs are
-  the mask branch and the decoupled heads yolov3.yaml has not). YOLOR-CSP costs 36.2 M / 108.8
-  GFLOPs, -38 % FLOPs vs YOLOR-v3, where yolor-csp.yaml (52.92 M / 120.2) is -22.9 %: its CSP
-  bottlenecks keep half the stage width (e=1.0), ours halve it once more, as at the mini scale,
-  so at Darknet-53's depths our CSP cuts more than the official one. No change of widths, depths
-  or neck brings the ratio near -23 % (they give -33 % to -49 %); the block is left as it is so
-  that the paper scale builds the same networks as the mini scale. `gradpath models --task
-  detect --scale paper` prints these costs.
+  1-deep PAN neck, 256-wide heads and 32 prototypes of width 128 (documentation scale). Our CSP
+  stages halve the width once more than yolor-csp.yaml's `BottleneckCSP` (e=1.0), as at the mini
+  scale, so at Darknet-53's depths they cut more FLOPs than the official config does; the block is
+  kept so that the paper scale builds the same networks as the mini scale.
+
+`gradpath models --task detect --scale <scale>` prints the costs;
+`gradpath_lib.detection_tables.paper_preset_comparison` puts the paper preset beside the official
+configs (shown in the book's scale-out section).
 """
 
 from __future__ import annotations
