@@ -16,8 +16,9 @@ from gradpath_lib.models.cost import count_flops, count_params
 from gradpath_lib.models.detector import parse_elan_stacks
 from gradpath_lib.models.yolor import BASELINE, INPUT_SIZES, PAPER_INPUT, VARIANTS, detector_cost
 from gradpath_lib.paper import references
-from gradpath_lib.train.boxes import anchor_points, box_iou, decode_ltrb, mask_extents, pairwise_iou
-from gradpath_lib.train.det_predict import batched_nms, nms
+from gradpath_lib.train.boxes import anchor_points, box_iou, decode_ltrb, mask_extents
+from gradpath_lib.train.det_predict import (MAX_CANDIDATES, MAX_DETECTIONS, NMS_IOU, SCORE_THRESHOLD, batched_nms, nms,
+                                            postprocess)
 
 SMOKE_SIDE = 64
 
@@ -193,7 +194,7 @@ def test_box_iou_and_decode_by_hand():
     a = torch.tensor([0.0, 0.0, 10.0, 10.0])
     b = torch.tensor([5.0, 0.0, 15.0, 10.0])
     assert box_iou(a, b).item() == pytest.approx(50 / 150)
-    assert pairwise_iou(a[None], torch.stack([a, b]))[0].tolist() == pytest.approx([1.0, 50 / 150])
+    assert box_iou(a[None, None], torch.stack([a, b])[None])[0].tolist() == pytest.approx([1.0, 50 / 150])
     raw = torch.full((1, 4), torch.log(torch.expm1(torch.tensor(2.0))).item())  # softplus(raw) = 2
     boxes = decode_ltrb(raw, torch.tensor([[20.0, 30.0]]), torch.tensor([8.0]))
     assert boxes[0].tolist() == pytest.approx([4.0, 14.0, 36.0, 46.0])
@@ -238,6 +239,31 @@ def test_nms_matches_reference_on_random_boxes():
     boxes = torch.cat([corners, corners + 5 + torch.rand(60, 2, generator=generator) * 30], 1)
     scores = torch.rand(60, generator=generator)
     assert nms(boxes, scores, 0.5).tolist() == greedy_nms_reference(boxes, scores, 0.5)
+
+
+def test_postprocess_of_a_batch_is_per_image_greedy_nms_of_the_top_candidates():
+    generator = torch.Generator().manual_seed(1)
+    side, classes, batch = 64, 10, 3
+    points, strides = anchor_points(side, side, (8, 16, 32), torch.device("cpu"))
+    outputs = {"cls": torch.randn(batch, len(points), classes, generator=generator) * 3 - 2,
+               "box": torch.randn(batch, len(points), 4, generator=generator)}
+    outputs["cls"][1] = -20.0  # an image with no candidate above the score threshold
+    found = postprocess(outputs, points, strides, (side, side), with_masks=False)
+    assert len(found) == batch and len(found[1].scores) == 0
+    boxes_all = decode_ltrb(outputs["box"], points, strides).clamp(0, side)
+    for image in (0, 2):
+        top = outputs["cls"][image].sigmoid().flatten().topk(MAX_CANDIDATES)
+        chosen = top.indices[top.values > SCORE_THRESHOLD]
+        point, label = chosen // classes, chosen % classes
+        kept = []  # greedy NMS per class, then all classes merged best first
+        for c in label.unique().tolist():
+            of_class = (label == c).nonzero().flatten()
+            kept += of_class[greedy_nms_reference(boxes_all[image, point[of_class]], top.values[of_class], NMS_IOU)].tolist()
+        kept = sorted(kept, key=lambda i: -top.values[i].item())[:MAX_DETECTIONS]
+        assert len(kept) == MAX_DETECTIONS, "the test reaches the cap on detections"
+        assert found[image].labels.tolist() == label[kept].tolist()
+        assert torch.equal(found[image].scores, top.values[kept])
+        assert torch.equal(found[image].boxes, boxes_all[image, point[kept]])
 
 
 def test_batched_nms_is_class_aware():

@@ -24,11 +24,6 @@ def box_iou(a: Tensor, b: Tensor) -> Tensor:
     return inter / (box_area(a) + box_area(b) - inter + EPS)
 
 
-def pairwise_iou(a: Tensor, b: Tensor) -> Tensor:
-    """IoU matrix (N, M) between xyxy boxes a (N, 4) and b (M, 4)."""
-    return box_iou(a[:, None, :], b[None, :, :])
-
-
 def box_ciou(a: Tensor, b: Tensor) -> Tensor:
     """Complete IoU (Zheng et al. 2020) of broadcastable xyxy boxes: IoU - centre term - aspect term."""
     iou = box_iou(a, b)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import GradpathError
-from .boxes import decode_ltrb, pairwise_iou
+from .boxes import box_iou, decode_ltrb
 from .coco_eval import masks_to_rle
 
 SCORE_THRESHOLD = 0.001  # COCO evaluation keeps low-score detections: AP integrates over recall
@@ -80,31 +80,38 @@ class Letterbox:
         return resized[:, 0] > 0.5
 
 
-def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
-    """Indices of the boxes greedy NMS keeps, best first (exact, vectorised).
+def nms_keep(boxes: Tensor, labels: Tensor, valid: Tensor, iou_threshold: float) -> Tensor:
+    """Which of each image's boxes greedy class-aware NMS keeps: boxes (B, N, 4) sorted best first per
+    image, labels (B, N), valid (B, N) bool (invalid boxes neither count nor suppress) -> (B, N) bool.
 
-    Greedy NMS keeps box j iff no kept box with a higher score overlaps it by more than the
-    threshold. With boxes sorted by score that is the fixed point of
-    `keep = ~any_i(keep[i] & overlap[i, j], i < j)`, which the loop reaches in at most as many
-    passes as there are suppression steps in a chain (usually a handful).
+    Greedy NMS keeps box j iff no kept box with a higher score and the same label overlaps it by
+    more than the threshold. With boxes sorted by score that is the fixed point of
+    `keep = valid & ~any_i(keep[i] & overlap[i, j], i < j)`, which the loop reaches, for the whole
+    batch at once, in at most as many passes as the longest suppression chain (usually a handful):
+    one host sync per pass, not per image.
     """
-    order = scores.argsort(descending=True)
-    boxes = boxes[order]
-    overlap = (pairwise_iou(boxes, boxes) > iou_threshold).triu(diagonal=1)
-    keep = torch.ones(len(order), dtype=torch.bool, device=boxes.device)
+    same = (labels[:, :, None] == labels[:, None, :]) & valid[:, :, None]
+    overlap = ((box_iou(boxes[:, :, None], boxes[:, None, :]) > iou_threshold) & same).triu(diagonal=1)
+    keep = valid.clone()
     while True:
-        updated = ~(overlap & keep[:, None]).any(0)
+        updated = valid & ~(overlap & keep[:, :, None]).any(1)
         if torch.equal(updated, keep):
-            return order[keep]
+            return keep
         keep = updated
 
 
+def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
+    """Indices of the boxes (N, 4) greedy NMS keeps, best first (see `nms_keep`)."""
+    return batched_nms(boxes, scores, torch.zeros(len(boxes), dtype=torch.long, device=boxes.device), iou_threshold)
+
+
 def batched_nms(boxes: Tensor, scores: Tensor, labels: Tensor, iou_threshold: float) -> Tensor:
-    """Class-aware NMS: boxes of different labels never suppress each other (offset trick)."""
-    if boxes.numel() == 0:
-        return torch.zeros(0, dtype=torch.long, device=boxes.device)
-    offsets = labels.to(boxes.dtype)[:, None] * (boxes.max() + 1)
-    return nms(boxes + offsets, scores, iou_threshold)
+    """Class-aware NMS of one image: indices kept, best first; boxes of different labels never suppress
+    each other."""
+    order = scores.argsort(descending=True)
+    valid = torch.ones(1, len(order), dtype=torch.bool, device=boxes.device)
+    keep = nms_keep(boxes[order][None], labels[order][None], valid, iou_threshold)[0]
+    return order[keep]
 
 
 def crop_masks(masks: Tensor, boxes: Tensor) -> Tensor:
@@ -123,25 +130,31 @@ def crop_masks(masks: Tensor, boxes: Tensor) -> Tensor:
 def postprocess(
     outputs: dict[str, Tensor], points: Tensor, strides: Tensor, image_size: tuple[int, int], with_masks: bool = True
 ) -> list[Detections]:
-    """Detections per image: top candidates above the score threshold, class-aware NMS, cropped masks."""
+    """Detections per image: top candidates above the score threshold, class-aware NMS, cropped masks.
+
+    The whole batch goes through selection and NMS together (`nms_keep`); the host waits for the
+    device only once per NMS pass and once to split the kept detections by image.
+    """
     height, width = image_size
     boxes_all = decode_ltrb(outputs["box"], points, strides)
     boxes_all[..., 0::2] = boxes_all[..., 0::2].clamp(0, width)
     boxes_all[..., 1::2] = boxes_all[..., 1::2].clamp(0, height)
     scores_all = outputs["cls"].float().sigmoid()
-    num_classes = scores_all.shape[-1]
+    batch, num_classes = scores_all.shape[0], scores_all.shape[-1]
+    flat = scores_all.flatten(1)
+    top = flat.topk(min(MAX_CANDIDATES, flat.shape[1]), dim=1)  # best first in every image
+    point, labels = top.indices // num_classes, top.indices % num_classes
+    boxes = boxes_all.gather(1, point[..., None].expand(-1, -1, 4))
+    keep = nms_keep(boxes, labels, top.values > SCORE_THRESHOLD, NMS_IOU)
+    keep &= keep.cumsum(1) <= MAX_DETECTIONS
+    image, slot = keep.nonzero(as_tuple=True)  # image-major, best first within an image
+    counts = torch.bincount(image, minlength=batch).tolist()
     results = []
-    for image in range(scores_all.shape[0]):
-        flat = scores_all[image].flatten()
-        top = flat.topk(min(MAX_CANDIDATES, flat.numel()))
-        chosen = top.values > SCORE_THRESHOLD
-        scores, index = top.values[chosen], top.indices[chosen]
-        point, labels = index // num_classes, index % num_classes
-        boxes = boxes_all[image, point]
-        keep = batched_nms(boxes, scores, labels, NMS_IOU)[:MAX_DETECTIONS]
-        point, boxes = point[keep], boxes[keep]
-        masks = instance_masks(outputs["coef"][image, point], outputs["protos"][image], boxes, image_size) if with_masks else None
-        results.append(Detections(boxes, scores[keep], labels[keep], masks))
+    for i, chosen in enumerate(slot.split(counts)):
+        found_boxes = boxes[i, chosen]
+        masks = (instance_masks(outputs["coef"][i, point[i, chosen]], outputs["protos"][i], found_boxes, image_size)
+                 if with_masks else None)
+        results.append(Detections(found_boxes, top.values[i, chosen], labels[i, chosen], masks))
     return results
 
 
