@@ -58,8 +58,9 @@ def ensure_runs(
     (or `failed`, with the failed record). With it they are trained, `jobs` at a time on this
     machine, or as Ray tasks with `executor="ray"` (on the cluster at `address`, see
     `gradpath_lib.executors`); a run that raises or whose worker dies is `failed` and the others go on.
-    No group of runs (`target_groups`) starts after `deadline` (a `time.time()` value); a started one
-    finishes, and those not started stay `missing` for a later call.
+    No group of runs (`target_groups`) starts after `deadline` (a `time.time()` value, read by the
+    worker when the group would start, so Ray workers on other machines need synchronised clocks,
+    as NTP keeps them); a started one finishes, and those not started stay `missing` for a later call.
     """
     unique = {run_id(normalize_config(c)): c for c in configs}
     outcomes: dict[str, RunOutcome] = {}
