@@ -97,7 +97,7 @@ def paper_preset_markdown() -> str:
     from .detection_tables import paper_preset_comparison
 
     frame = paper_preset_comparison()
-    formats = {"vs yolor-v3": "{:+.1%}", "params (M)": "{:.2f}", "GFLOPs": "{:.1f}"}
+    formats = {"ΔFLOPs": "{:+.1%}", "params (M)": "{:.2f}", "GFLOPs": "{:.1f}"}
     for column in frame.columns:
         shown = next((f for key, f in formats.items() if key in column), None)
         if shown is not None:

@@ -58,4 +58,4 @@ def test_book_builds_at_smoke_scale_with_warnings_as_errors(smoke_results, tmp_p
     table2 = (html / "book" / "chapters" / "table2.html").read_text()
     assert "reproduced" in table2 and "CSPResNet-50" in table2
     scale_out = (html / "book" / "scale_out.html").read_text()  # the generated fragment it includes
-    assert "yolor-csp.yaml (official configs, 640 px)" in scale_out and "<table" in scale_out
+    assert "official ΔFLOPs" in scale_out and "−22.9%" in scale_out

@@ -142,11 +142,11 @@ def test_paper_preset_against_the_official_configs():
     assert v3["params (M)"] == pytest.approx(_meta_cost("yolor-v3", "paper", PAPER_INPUT)[0] / 1e6)
     assert v3["params (M)"] == pytest.approx(v3["official params (M)"], rel=0.02), "YOLOR-v3 comes close"
     assert v3["GFLOPs (640)"] == pytest.approx(v3["official GFLOPs (640)"], rel=0.15)
-    assert csp["official FLOPs vs yolor-v3"] == pytest.approx(official["yolor-csp", "gflops"] / official["yolor-v3", "gflops"] - 1)
-    assert csp["FLOPs vs yolor-v3"] < csp["official FLOPs vs yolor-v3"] - 0.10, "our CSP cuts far more"
-    assert elan["official FLOPs vs yolor-v3"] == pytest.approx(-0.26) and pd.isna(elan["official GFLOPs (640)"])
+    assert csp["official ΔFLOPs"] == pytest.approx(official["yolor-csp", "gflops"] / official["yolor-v3", "gflops"] - 1)
+    assert csp["ΔFLOPs"] < csp["official ΔFLOPs"] - 0.10, "our CSP cuts far more"
+    assert elan["official ΔFLOPs"] == pytest.approx(-0.26) and pd.isna(elan["official GFLOPs (640)"])
     for row in (csp, elan):  # "at the mini scale ... the cuts happen to sit near the paper's"
-        assert abs(row["mini: FLOPs vs yolor-v3"] - row["official FLOPs vs yolor-v3"]) < 0.03
+        assert abs(row["mini ΔFLOPs"] - row["official ΔFLOPs"]) < 0.03
 
 
 def test_elan_stack_settings():
