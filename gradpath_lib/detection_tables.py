@@ -58,8 +58,8 @@ def detection_costs(models: Sequence[str], scale: str) -> pd.DataFrame:
 
 
 def detection_table(frame: pd.DataFrame, costs: pd.DataFrame, ap_columns: Sequence[str]) -> pd.DataFrame:
-    """Per model: run status, its costs (`detection_costs`, as text) and 'mean ± std' over seeds of
-    `ap_columns` (named for display: `ap75_mask` -> "AP75 mask")."""
+    """Per model: run status, its costs (`detection_costs`, as text; changes vs YOLOR-v3 as "ΔFLOPs", ...)
+    and 'mean ± std' over seeds of `ap_columns` (named for display: `ap75_mask` -> "AP75 mask")."""
     ours = readable(summarize(frame, ap_columns), {c: AP_FORMAT for c in ap_columns}).rename(columns={"label": "model"})
     table = ours[["model", "status"]].merge(_cost_text(costs), on="model", how="left").merge(
         ours.drop(columns="status"), on="model", how="left")
@@ -67,11 +67,18 @@ def detection_table(frame: pd.DataFrame, costs: pd.DataFrame, ap_columns: Sequen
 
 
 def _cost_text(costs: pd.DataFrame) -> pd.DataFrame:
+    """The costs as text, changes vs YOLOR-v3 as signed percentages under short names ("ΔFLOPs (640)")."""
     shown = costs.copy()
     for column in shown.columns[1:]:
         ratio = column.endswith(f"vs {BASELINE}")
         shown[column] = [f"{v:+.1%}" if ratio else f"{v:.3g}" for v in shown[column]]
-    return shown
+    return shown.rename(columns=_change_name)
+
+
+def _change_name(column: str) -> str:
+    """ "FLOPs (640) vs yolor-v3" -> "ΔFLOPs (640)"; other names as they are."""
+    suffix = f" vs {BASELINE}"
+    return "Δ" + column.removesuffix(suffix) if column.endswith(suffix) else column
 
 
 def _ap_name(column: str) -> str:

@@ -192,16 +192,21 @@ def _distinct(items: Iterable[str]) -> list[str]:
 
 
 VERDICT_COLOURS = {"reproduced": "#d8f0d8", "not reproduced": "#f6d5d5", "inconclusive": "#eeeeee"}
+WIDE_TABLE_COLUMNS = 10  # from this many columns on, `show_table` uses WIDE_TABLE_FONT
+WIDE_TABLE_FONT = "0.75em"
 
 
 def show_table(table: Any) -> None:
-    """Display a DataFrame without its index; a `verdict` column is coloured by verdict."""
+    """Display a DataFrame without its index; a `verdict` column is coloured by verdict; a table of
+    `WIDE_TABLE_COLUMNS` columns or more in a smaller font, so that it fits the page."""
     if not _in_notebook():
         print(table.to_string(index=False))
         return
     from IPython.display import display
 
     styled = table.style.hide(axis="index").format(readable_number, na_rep="—")
+    if len(table.columns) >= WIDE_TABLE_COLUMNS:
+        styled = styled.set_table_styles([{"selector": "", "props": [("font-size", WIDE_TABLE_FONT)]}])
     if "verdict" in table.columns:
         styled = styled.map(lambda v: f"background-color: {VERDICT_COLOURS.get(v, 'transparent')}",
                             subset=["verdict"])

@@ -122,7 +122,8 @@ def test_detection_table_shows_costs_and_mean_std_over_seeds() -> None:
     assert table["model"].tolist() == list(TABLE5_MODELS)
     assert table["status"].tolist() == ["2 ok", "2 ok"]
     assert table.loc[1, "AP box"] == "30.5 ± 0.7"
-    assert table.loc[0, "FLOPs vs yolor-v3"] == "+0.0%"
+    assert table.loc[0, "ΔFLOPs"] == "+0.0%" and table.loc[1, "Δparams"] == "{:+.1%}".format(
+        costs.loc[1, "params vs yolor-v3"])
     assert {"AP50 box", "AP75 mask", "params (M)", "GFLOPs (640)"} <= set(table.columns)
     sizes = detection_table(frame, costs, SIZE_APS)
     assert sizes["APl mask"].tolist() == ["—", "—"]

@@ -26,8 +26,8 @@ pytestmark = pytest.mark.timeout(SMOKE_TIMEOUT_S)  # the shared smoke reproducti
 
 STANDARD_PARAMETERS = ("scale", "seeds", "device", "allow_train", "jobs", "results_dir")
 VERDICT_COLUMNS = ["claim", "kind", "paper", "ours", "verdict", "why", "n"]
-DETECTION_COLUMNS = ["model", "status", "params (M)", "GFLOPs (run input)", "GFLOPs (640)", "params vs yolor-v3",
-                     "FLOPs vs yolor-v3", "FLOPs (640) vs yolor-v3", "AP box", "AP75 box", "AP mask", "AP75 mask"]
+DETECTION_COLUMNS = ["model", "status", "params (M)", "GFLOPs (run input)", "GFLOPs (640)", "Δparams",
+                     "ΔFLOPs", "ΔFLOPs (640)", "AP box", "AP75 box", "AP mask", "AP75 mask"]
 # chapter -> {table csv: (expected first column values, columns that must be present)}
 EXPECTED_TABLES = {
     "table2": {"table2": (list(TABLE2_MODELS), ["model", "status", "params", "mflops", "top1",
