@@ -251,3 +251,18 @@ def test_stated_cost_comparison_needs_a_stated_percentage_and_the_claims_model()
         stated_cost_comparison(costs, [_flops_claim("yolor-prn", "-1 %", kind=STATED)])
     with pytest.raises(GradpathError, match="'yolor-elan', which has no costs here"):
         stated_cost_comparison(costs, claims("table7"))
+
+
+def test_box_ap_curves_draw_only_the_evaluated_epochs() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from gradpath_lib.figures.curves import training_curves
+
+    history = [{"bbox_AP": None}, {"bbox_AP": 0.25}, {"bbox_AP": None}, {"bbox_AP": 0.40}]
+    runs = [({"model": "yolor-v3"}, {"status": "ok", "metrics": {"history": history}}),
+            ({"model": "yolor-v3"}, None)]  # a missing run draws nothing
+    figure = training_curves(runs, "bbox_AP", ylabel="box AP")
+    (line,) = figure.axes[0].get_lines()
+    assert list(line.get_xdata()) == [2, 4] and list(line.get_ydata()) == [0.25, 0.40]
+    assert figure.axes[0].get_ylabel() == "box AP"

@@ -63,8 +63,9 @@ EXPECTED_VERDICTS = {"table2": "table2", "table3_classification": "table3", "tab
 EXPECTED_FIGURES = {"architecture": [f"fig{n}" for n in range(2, 7)], "table4": ["table4_training_loss"],
                     "lwdna": ["lwdna_widths"], "dsfb": ["dsfb_gradient_norms"],
                     "fig1_objective": ["fig1_probes"], "cifar_det": ["cifar_det_train", "cifar_det_val"],
-                    "table3_detection": [f"table3_detection_predictions_{m}" for m in TABLE3_DETECTION_MODELS],
-                    **{name: [f"{name}_predictions_{m}" for m in models] for name, models in [
+                    "table3_detection": ["table3_detection_box_ap",
+                                         *[f"table3_detection_predictions_{m}" for m in TABLE3_DETECTION_MODELS]],
+                    **{name: [f"{name}_box_ap", *[f"{name}_predictions_{m}" for m in models]] for name, models in [
                         ("table5", TABLE5_MODELS), ("table6", TABLE6_MODELS), ("table7", TABLE7_MODELS),
                         ("table8", TABLE8_MODELS)]}}
 

@@ -109,6 +109,21 @@ def show_predictions(ctx: Setup, runs: list[Run], models: Sequence[str]) -> list
     return saved
 
 
+def show_box_ap_curves(ctx: Setup, runs: list[Run]) -> Path:
+    """Draw, save (as `<chapter>_box_ap`) and show every run's box AP at each evaluated epoch (the
+    history of its record: every `eval_every`-th epoch and the final evaluation); returns the figure's path."""
+    import matplotlib.pyplot as plt
+
+    from ..figures.curves import training_curves
+
+    figure = training_curves(runs, "bbox_AP", "Box AP on the validation canvases during training (EMA weights)",
+                             ylabel="box AP (COCOeval, 0 to 1)")
+    path = ctx.save_figure(figure, f"{ctx.chapter.name}_box_ap")
+    plt.show()
+    plt.close(figure)
+    return path
+
+
 register_chapter(Chapter("cifar_det", "CIFAR-Det: a detection and segmentation set from CIFAR images", no_runs, 140))
 register_chapter(Chapter("table5", "Table 5: the layer level, YOLOR-PRN vs YOLOR-v3",
                          detection_runs(TABLE5_MODELS), 150))

@@ -8,9 +8,11 @@ from typing import Any
 from ..tables import Run, record_value
 
 
-def training_curves(runs: Sequence[Run], metric: str = "train_loss", title: str = "") -> Any:
-    """A matplotlib figure of `metric` per epoch (from each record's history), one colour per model."""
+def training_curves(runs: Sequence[Run], metric: str = "train_loss", title: str = "", ylabel: str = "") -> Any:
+    """A matplotlib figure of `metric` per epoch (from each record's history), one colour per model;
+    epochs where the metric was not measured (None) are left out of the line."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(6.0, 3.6))
     colours = {}
@@ -18,15 +20,16 @@ def training_curves(runs: Sequence[Run], metric: str = "train_loss", title: str 
         if record is None:
             continue
         history = record_value(record, "history") or []
-        values = [epoch.get(metric) for epoch in history]
+        measured = [(n, epoch[metric]) for n, epoch in enumerate(history, 1) if epoch.get(metric) is not None]
         label = None if config["model"] in colours else config["model"]  # one legend entry per model
         colour = colours.setdefault(config["model"], f"C{len(colours) % 10}")
-        ax.plot(range(1, len(values) + 1), [float("nan") if v is None else v for v in values],
+        ax.plot([n for n, _ in measured], [v for _, v in measured],
                 color=colour, lw=1.2, alpha=0.8, label=label, marker="o", ms=2.5)
         if record["status"] == "diverged":
-            ax.plot([len(values)], [ax.get_ylim()[1]], marker="x", color=colour, ms=9, mew=2)
+            ax.plot([len(history)], [ax.get_ylim()[1]], marker="x", color=colour, ms=9, mew=2)
     ax.set_xlabel("epoch")
-    ax.set_ylabel(metric.replace("_", " "))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel(ylabel or metric.replace("_", " "))
     ax.set_title(title or f"{metric.replace('_', ' ')} per epoch (x: diverged)", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
