@@ -10,7 +10,9 @@ LW-DNA run is counted at its baseline network's FLOPs (its one widened search ep
 **Time.** Minutes = images / images-per-second of the model's recorded `gradpath bench train`
 (our training loop) on the bench's device. A model without a bench of its own is extrapolated
 from the median training FLOP/s the benched models reached; with no bench at all the estimate is
-'unmeasured'. Benches are JSON files in `<results>/<scale>/bench/` (`bench train --save` writes
+'unmeasured'. Training only: evaluations (for detectors, COCOeval on the CPU) are not counted, and
+detectors, having no bench of their own, are extrapolated from the classifiers' FLOP/s although
+their steps do more (assignment, mask loss). Benches are JSON files in `<results>/<scale>/bench/` (`bench train --save` writes
 `train-<model>.json`, `bench reproduce --measure` benches every classifier of the book first,
 `bench jobs --save` writes `jobs-<model>.json`); the book's performance section reads them.
 """
