@@ -13,10 +13,11 @@ their notebooks with papermill in dependency order, and summarise.
 **Resuming.** An executed notebook is written under a temporary name and renamed when it
 succeeds; beside it, `<name>.inputs.json` holds a fingerprint (sha256) of everything it was made
 from: the source notebook, its parameters, the record files of its runs (or their absence), the
-executed notebooks of the chapters it depends on, and the library's source code. A chapter
-counts as done when its executed notebook exists and its recorded fingerprint equals the current
-one, so a rerun after a kill (or after new runs were recorded) redoes exactly what is missing or
-stale.
+executed notebooks of the chapters it depends on, every record and bench of the scale for a
+chapter that reads them all (`Chapter.reads_all_results`: the reproducing chapter), and the
+library's source code. A chapter counts as done when its executed notebook exists and its recorded
+fingerprint equals the current one, so a rerun after a kill (or after new runs were recorded)
+redoes exactly what is missing or stale.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from .experiments import Chapter, chapter, chapters, default_seeds
 from .run_pool import CACHED, FAILED, MISSING, TRAINED, ensure_runs, weights_still_needed
 from .runs import normalize_config
 from .scales import check_scale
-from .store import REPO_ROOT, atomic_write_bytes, record_path, run_id
+from .store import REPO_ROOT, atomic_write_bytes, record_path, run_id, runs_dir
 from .tables import output_dir
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
@@ -152,6 +153,10 @@ def fingerprint(chap: Chapter, scale: str, seeds: list[int], results_dir: Path, 
     for dep in chap.depends_on:
         path = executed_notebook(results_dir, scale, dep)
         add(f"dependency {dep}", path.read_bytes() if path.exists() else b"absent")
+    if chap.reads_all_results:
+        for folder in (runs_dir(results_dir, scale), Path(results_dir) / scale / "bench"):
+            for path in sorted(folder.glob("*.json")):
+                add(f"result {folder.name}/{path.name}", path.read_bytes())
     for path in sorted(LIBRARY_DIR.rglob("*.py")):
         add(f"library {path.relative_to(LIBRARY_DIR).as_posix()}", path.read_bytes())
     return digest.hexdigest()

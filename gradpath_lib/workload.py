@@ -290,3 +290,47 @@ def recorded_cost_table(results_dir: str | Path, scale: str) -> pd.DataFrame:
 
 def _device_label(device: str) -> str:
     return ("CPU: " if device.startswith("cpu") else "GPU: ") + device
+
+
+DETECTOR_SPEED_COLUMNS = ["model", "device", "runs", "images/s (training)", "train TFLOP/s", "fraction of peak",
+                          "training (s)", "evaluation and setup (s)", "wall (s)"]
+
+
+def detector_speed_table(results_dir: str | Path, scale: str, seeds: list[int] | None = None) -> pd.DataFrame:
+    """Per detector of the book with `ok` records at `scale`, medians over its runs (seeds) on each
+    device, read from the records: training images/s, the training FLOP/s that means (3 x forward
+    FLOPs of one canvas) and its fraction of the peak a `bench train` measured on the same device
+    (empty without one), and a run's seconds spent training, in everything else (evaluations with
+    COCOeval on the CPU, data and model setup) and in all."""
+    from .run_pool import recorded
+
+    seeds = default_seeds(scale) if seeds is None else seeds
+    configs = {json.dumps(c, sort_keys=True): c for chap in chapters() for c in chap.runs(scale, seeds)
+               if c["task"] == "detect"}
+    peaks = {b["device"]: b["peak_flops_per_s"] for b in recorded_benches(results_dir, scale, "train")}
+    rows = []
+    for config in configs.values():
+        record = recorded(config, results_dir)
+        if record is None or record["status"] != "ok":
+            continue
+        device = record["provenance"]["device_name"]
+        train_s = sum(epoch["train_s"] for epoch in record["metrics"]["history"])
+        flops_per_s = record["metrics"]["images_per_s"] * TRAIN_FLOPS_PER_FORWARD * record["flops"]
+        rows.append({
+            "model": config["model"],
+            "device": _device_label(device),
+            "images/s (training)": record["metrics"]["images_per_s"],
+            "train TFLOP/s": flops_per_s / 1e12,
+            "fraction of peak": flops_per_s / peaks[device] if device in peaks else None,
+            "training (s)": train_s,
+            "evaluation and setup (s)": record["wall_time_s"] - train_s,
+            "wall (s)": record["wall_time_s"],
+        })
+    if not rows:
+        return pd.DataFrame(columns=DETECTOR_SPEED_COLUMNS)
+    runs = pd.DataFrame(rows)
+    grouped = runs.groupby(["model", "device"], sort=False)
+    table = grouped.median(numeric_only=False).reset_index()
+    table.insert(2, "runs", grouped.size().to_numpy())
+    return table[DETECTOR_SPEED_COLUMNS].round({"images/s (training)": 1, "train TFLOP/s": 4, "fraction of peak": 4,
+                                                "training (s)": 1, "evaluation and setup (s)": 1, "wall (s)": 1})

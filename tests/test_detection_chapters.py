@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -266,3 +267,20 @@ def test_box_ap_curves_draw_only_the_evaluated_epochs() -> None:
     (line,) = figure.axes[0].get_lines()
     assert list(line.get_xdata()) == [2, 4] and list(line.get_ydata()) == [0.25, 0.40]
     assert figure.axes[0].get_ylabel() == "box AP"
+
+
+def test_detector_speed_is_read_from_the_records(smoke_results) -> None:
+    from gradpath_lib.run_pool import recorded
+    from gradpath_lib.workload import DETECTOR_SPEED_COLUMNS, detector_speed_table
+
+    results, _ = smoke_results
+    table = detector_speed_table(results, "smoke", [0])
+    assert list(table.columns) == DETECTOR_SPEED_COLUMNS
+    assert set(table["model"]) == {m for models in TABLE_MODELS.values() for m in models}
+    record = recorded(detect_config("yolor-csp", "smoke", 0), results)
+    row = table.set_index("model").loc["yolor-csp"]
+    train_s = sum(epoch["train_s"] for epoch in record["metrics"]["history"])
+    assert row["runs"] == 1 and row["images/s (training)"] == round(record["metrics"]["images_per_s"], 1)
+    assert row["train TFLOP/s"] == round(3 * record["flops"] * record["metrics"]["images_per_s"] / 1e12, 4)
+    assert row["training (s)"] == round(train_s, 1) and row["wall (s)"] == round(record["wall_time_s"], 1)
+    assert pd.isna(row["fraction of peak"]), "no bench of the runs' device is recorded"

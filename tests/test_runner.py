@@ -108,3 +108,19 @@ def test_a_time_limit_starts_no_run_after_it_and_the_next_call_finishes(tmp_path
 def test_bad_input_is_one_clear_error(argv, message, capsys) -> None:
     assert main(["reproduce", *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_the_reproducing_chapter_is_stale_once_any_record_or_bench_changes(tmp_path: Path) -> None:
+    from gradpath_lib.runner import fingerprint
+
+    reproducing, table2 = chapter("reproducing"), chapter("table2")
+    assert reproducing.reads_all_results and not table2.reads_all_results
+    params = {"scale": "smoke"}
+    before = {c.name: fingerprint(c, "smoke", [0], tmp_path, params) for c in (reproducing, table2)}
+    for folder, name in (("runs", "other-run.json"), ("bench", "train-resnet.json")):
+        (tmp_path / "smoke" / folder).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "smoke" / folder / name).write_text("{}")
+        now = {c.name: fingerprint(c, "smoke", [0], tmp_path, params) for c in (reproducing, table2)}
+        assert now["reproducing"] != before["reproducing"], f"a new {folder} file makes the page stale"
+        assert now["table2"] == before["table2"], "a record of another run does not touch table2"
+        before = now

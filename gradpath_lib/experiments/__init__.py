@@ -29,6 +29,7 @@ class Chapter:
     runs: Callable[[str, list[int]], list[dict[str, Any]]]  # (scale, seeds) -> run configs
     order: int  # position in the book and in the batch (lower first)
     depends_on: tuple[str, ...] = ()  # chapters whose outputs (tables/figures) this one reads
+    reads_all_results: bool = False  # reads every record and bench of its scale, not only its own runs
 
 
 _CHAPTERS: dict[str, Chapter] = {}

@@ -36,4 +36,5 @@ def chapter_costs(scale: str, seeds: list[int], results_dir: str | Path) -> pd.D
     return pd.DataFrame(rows)
 
 
-register_chapter(Chapter("reproducing", "Reproducing this book", no_runs, REPRODUCING_ORDER))
+register_chapter(Chapter("reproducing", "Reproducing this book", no_runs, REPRODUCING_ORDER,
+                         reads_all_results=True))
