@@ -8,11 +8,12 @@ counts its target's training (the probe's single forward pass over the data is l
 LW-DNA run is counted at its baseline network's FLOPs (its one widened search epoch costs more).
 
 **Time.** Minutes = images / images-per-second of the model's recorded `gradpath bench train`
-(our training loop) on the bench's device. A model without a bench of its own is extrapolated
+(our training loop) on the bench's device; for a detector, the training images/s of its recorded
+runs (`detector_speed_table`). A model without a bench of its own is extrapolated
 from the median training FLOP/s the benched models reached; with no bench at all the estimate is
 'unmeasured'. Training only: evaluations (for detectors, COCOeval on the CPU) are not counted, and
-detectors, having no bench of their own, are extrapolated from the classifiers' FLOP/s although
-their steps do more (assignment, mask loss). Benches are JSON files in `<results>/<scale>/bench/` (`bench train --save` writes
+detectors without recorded runs, having no bench of their own, are extrapolated from the
+classifiers' FLOP/s although their steps do more (assignment, mask loss). Benches are JSON files in `<results>/<scale>/bench/` (`bench train --save` writes
 `train-<model>.json`, `bench reproduce --measure` benches every classifier of the book first,
 `bench jobs --save` writes `jobs-<model>.json`); the book's performance section reads them.
 """
@@ -131,11 +132,13 @@ def run_workload(config: dict[str, Any]) -> Workload:
 
 @dataclass(frozen=True)
 class Throughput:
-    """Images/s per benched model and the median training FLOP/s they reached, on one device."""
+    """Images/s per benched model (and per detector with recorded runs, named in `from_runs`) and the
+    median training FLOP/s the benched models reached, on one device."""
 
     images_per_s: dict[str, float]
     flops_per_s: float | None
     device: str
+    from_runs: frozenset[str] = frozenset()
 
     @classmethod
     def from_benches(cls, benches: Sequence[dict[str, Any]]) -> Throughput:
@@ -147,10 +150,28 @@ class Throughput:
             device=", ".join(sorted({_device_label(b["device"]) for b in benches})) or UNMEASURED,
         )
 
+    @classmethod
+    def from_results(cls, results_dir: str | Path, scale: str) -> Throughput:
+        """`from_benches` of the scale's recorded benches, plus each detector's training images/s read
+        from its recorded runs (`detector_speed_table`) on a benched device (any device without benches):
+        detectors have no bench of their own."""
+        benches = recorded_benches(results_dir, scale, "train")
+        measured = cls.from_benches(benches)
+        devices = {_device_label(b["device"]) for b in benches}
+        detectors = detector_speed_table(results_dir, scale)
+        if devices:
+            detectors = detectors[detectors["device"].isin(devices)]
+        if not len(detectors):
+            return measured
+        speeds = detectors.groupby("model")["images/s (training)"].median().to_dict()
+        return cls(images_per_s={**speeds, **measured.images_per_s}, flops_per_s=measured.flops_per_s,
+                   device=", ".join(sorted(devices or set(detectors["device"]))), from_runs=frozenset(speeds))
+
     def seconds(self, workload: Workload) -> tuple[float | None, str]:
-        """(estimated seconds, "measured" | "extrapolated" | UNMEASURED) of one run's training."""
+        """(estimated seconds, "measured" | "recorded runs" | "extrapolated" | UNMEASURED) of one run's training."""
         if workload.model in self.images_per_s:
-            return workload.train_images / self.images_per_s[workload.model], "measured"
+            source = "recorded runs" if workload.model in self.from_runs else "measured"
+            return workload.train_images / self.images_per_s[workload.model], source
         if self.flops_per_s:
             return workload.train_flops() / self.flops_per_s, "extrapolated"
         return None, UNMEASURED
@@ -208,7 +229,7 @@ def bench_reproduce(scale: str, *, results_dir: str | Path = "results", measure:
             raise GradpathError("bench_reproduce(measure=True) needs the `bench` function to measure with")
         for model in classifiers_of_the_book(scale):
             save_bench(bench(model), results_dir, f"train-{model}")
-    table = reproduce_cost(scale, Throughput.from_benches(recorded_benches(results_dir, scale, "train")))
+    table = reproduce_cost(scale, Throughput.from_results(results_dir, scale))
     save_table(table, results_dir, scale, "bench_reproduce")
     return table
 
@@ -284,8 +305,9 @@ def compile_summary(results_dir: str | Path, scale: str) -> str:
 
 
 def recorded_cost_table(results_dir: str | Path, scale: str) -> pd.DataFrame:
-    """`reproduce_cost` of `scale` from the benches recorded there (no measuring, no training)."""
-    return reproduce_cost(scale, Throughput.from_benches(recorded_benches(results_dir, scale, "train")))
+    """`reproduce_cost` of `scale` from the benches and detection runs recorded there (no measuring, no
+    training)."""
+    return reproduce_cost(scale, Throughput.from_results(results_dir, scale))
 
 
 def _device_label(device: str) -> str:

@@ -27,6 +27,7 @@ from gradpath_lib.workload import (
     jobs_table,
     performance_table,
     recorded_benches,
+    recorded_cost_table,
     run_workload,
     save_bench,
     train_set,
@@ -200,3 +201,17 @@ def test_a_job_that_fails_before_the_start_releases_the_others(monkeypatch):
     with pytest.raises(GradpathError, match="unknown device 'tpu'"):
         bench_jobs_module._timed_job("resnet", "smoke", 8, 1, "tpu", 0)
     assert barrier.broken
+
+
+def test_detectors_are_estimated_from_their_recorded_runs(smoke_results):
+    from gradpath_lib.run_pool import recorded
+    from gradpath_lib.train.detect import detect_config
+
+    results, _ = smoke_results
+    table = recorded_cost_table(results, "smoke").set_index("chapter")
+    table5 = table.loc["table5"]
+    assert table5["estimate from"] == "2 recorded runs"
+    expected = sum(run_workload(c).train_images / recorded(c, results)["metrics"]["images_per_s"]
+                   for c in (detect_config(m, "smoke", 0) for m in ("yolor-v3", "yolor-prn")))
+    assert table5["est. minutes"] == pytest.approx(expected / 60, abs=0.01)
+    assert table.loc["table2", "est. minutes"] == UNMEASURED, "classifiers still need a bench"
