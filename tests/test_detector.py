@@ -17,8 +17,7 @@ from gradpath_lib.models.detector import parse_elan_stacks
 from gradpath_lib.models.yolor import BASELINE, INPUT_SIZES, PAPER_INPUT, VARIANTS, detector_cost
 from gradpath_lib.paper import references
 from gradpath_lib.train.boxes import anchor_points, box_iou, decode_ltrb, mask_extents
-from gradpath_lib.train.det_predict import (MAX_CANDIDATES, MAX_DETECTIONS, NMS_IOU, SCORE_THRESHOLD, batched_nms, nms,
-                                            postprocess)
+from gradpath_lib.train.det_predict import MAX_CANDIDATES, MAX_DETECTIONS, NMS_IOU, SCORE_THRESHOLD, nms_keep, postprocess
 
 SMOKE_SIDE = 64
 
@@ -206,6 +205,14 @@ def test_mask_extents_are_tight_pixel_boxes():
     assert mask_extents(masks).tolist() == [[3.0, 2.0, 7.0, 5.0], [0.0, 0.0, 0.0, 0.0]]
 
 
+def nms(boxes: torch.Tensor, scores: torch.Tensor, threshold: float, labels: torch.Tensor | None = None) -> torch.Tensor:
+    """`nms_keep` on one image: the indices kept, best first."""
+    order = scores.argsort(descending=True)
+    labels = torch.zeros(len(boxes), dtype=torch.long) if labels is None else labels
+    valid = torch.ones(1, len(order), dtype=torch.bool)
+    return order[nms_keep(boxes[order][None], labels[order][None], valid, threshold)[0]]
+
+
 def greedy_nms_reference(boxes: torch.Tensor, scores: torch.Tensor, threshold: float) -> list[int]:
     """Textbook greedy NMS, one box at a time."""
     keep: list[int] = []
@@ -266,8 +273,8 @@ def test_postprocess_of_a_batch_is_per_image_greedy_nms_of_the_top_candidates():
         assert torch.equal(found[image].boxes, boxes_all[image, point[kept]])
 
 
-def test_batched_nms_is_class_aware():
+def test_nms_is_class_aware():
     boxes = torch.tensor([[0.0, 0, 10, 10], [0.0, 0, 10, 10], [0.0, 0, 10, 10]])
     scores = torch.tensor([0.9, 0.8, 0.7])
-    assert batched_nms(boxes, scores, torch.tensor([0, 1, 0]), 0.5).tolist() == [0, 1]
-    assert batched_nms(boxes[:0], scores[:0], torch.zeros(0, dtype=torch.long), 0.5).tolist() == []
+    assert nms(boxes, scores, 0.5, torch.tensor([0, 1, 0])).tolist() == [0, 1]
+    assert nms(boxes[:0], scores[:0], 0.5).tolist() == []

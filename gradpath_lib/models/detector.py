@@ -42,12 +42,12 @@ from .blocks import ConvBNAct, CSPStage, ELANBlock, ResidualBlock, Stack, darkne
 BLOCKS = ("dark", "prn", "csp", "c3", "elan")
 STRIDES = (8, 16, 32)  # of the three detection levels P3, P4, P5
 PROTO_STRIDE = 4  # prototypes are the P3 features upsampled twice
+AUTOCAST_DEVICES = ("cuda", "cpu")  # where `predict_float32` looks for an active autocast
 PRIOR_PROB = 0.01  # initial class probability (RetinaNet's focal-loss prior), keeps early loss sane
 PRN_MASK_RATIO = 0.5  # the paper's YOLOR-PRN masks half the channels
 CSP_SPLIT_RATIO = 0.5  # the paper's 50/50 gradient split
 ELAN_BLOCKS = 2  # computational blocks per ELAN (yolov7's backbone ELAN)
 ELAN_BACKBONE_SPLIT = 4  # yolov7 backbone ELAN: splits a, b of c_out / 4, so the concat has c_out channels
-AUTOCAST_DEVICES = ("cuda", "cpu")  # where `predict_float32` looks for an active autocast
 ELAN_NECK_SPLIT = 2  # neck ELANs read a concat of two levels: splits of c_out / 2 (yolov7's head keeps more)
 
 

@@ -100,20 +100,6 @@ def nms_keep(boxes: Tensor, labels: Tensor, valid: Tensor, iou_threshold: float)
         keep = updated
 
 
-def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
-    """Indices of the boxes (N, 4) greedy NMS keeps, best first (see `nms_keep`)."""
-    return batched_nms(boxes, scores, torch.zeros(len(boxes), dtype=torch.long, device=boxes.device), iou_threshold)
-
-
-def batched_nms(boxes: Tensor, scores: Tensor, labels: Tensor, iou_threshold: float) -> Tensor:
-    """Class-aware NMS of one image: indices kept, best first; boxes of different labels never suppress
-    each other."""
-    order = scores.argsort(descending=True)
-    valid = torch.ones(1, len(order), dtype=torch.bool, device=boxes.device)
-    keep = nms_keep(boxes[order][None], labels[order][None], valid, iou_threshold)[0]
-    return order[keep]
-
-
 def crop_masks(masks: Tensor, boxes: Tensor) -> Tensor:
     """Zero mask pixels (D, H, W) whose centres lie outside their box (D, 4) in pixels."""
     height, width = masks.shape[-2:]
