@@ -9,11 +9,11 @@ LW-DNA run is counted at its baseline network's FLOPs (its one widened search ep
 
 **Time.** Minutes = images / images-per-second of the model's recorded `gradpath bench train`
 (our training loop) on the bench's device; for a detector, the training images/s of its recorded
-runs (`detector_speed_table`). A model without a bench of its own is extrapolated
-from the median training FLOP/s the benched models reached; with no bench at all the estimate is
-'unmeasured'. Training only: evaluations (for detectors, COCOeval on the CPU) are not counted, and
-detectors without recorded runs, having no bench of their own, are extrapolated from the
-classifiers' FLOP/s although their steps do more (assignment, mask loss). Benches are JSON files in `<results>/<scale>/bench/` (`bench train --save` writes
+runs (`detector_speed_table`). A model without either is extrapolated from the median training
+FLOP/s the benched models reached; with no bench at all the estimate is 'unmeasured'. Training
+only: evaluations (for detectors, COCOeval on the CPU) are not counted, and a detector without
+recorded runs is extrapolated from the classifiers' FLOP/s although its steps do more (assignment,
+mask loss). Benches are JSON files in `<results>/<scale>/bench/` (`bench train --save` writes
 `train-<model>.json`, `bench reproduce --measure` benches every classifier of the book first,
 `bench jobs --save` writes `jobs-<model>.json`); the book's performance section reads them.
 """
