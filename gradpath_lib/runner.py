@@ -2,9 +2,11 @@
 their notebooks with papermill in dependency order, and summarise.
 
 1. **Runs.** Every run the selected chapters need is ensured first (`run_pool.ensure_runs`: cached
-   records reused, missing ones trained `jobs` at a time across processes). `--runs-only` stops
-   here, so a GPU machine with only PyTorch can train everything (papermill is imported only in
-   step 2).
+   records reused, missing ones trained `jobs` at a time across processes), seed by seed
+   (`training_order`): every chapter's seed-0 runs, then every seed-1 run, and so on. A batch cut
+   short by a time limit (a GPU lent for minutes) thus leaves every chapter with some seeds rather
+   than some chapters with all of them. `--runs-only` stops here, so a GPU machine with only
+   PyTorch can train everything (papermill is imported only in step 2).
 2. **Notebooks.** `notebooks/<name>.ipynb` is executed with `allow_train=False` (its runs are
    recorded by then) into `<results_dir>/<scale>/notebooks/<name>.ipynb`; notebooks whose
    dependencies are done run in parallel (`jobs` processes). A notebook that fails does not stop
@@ -112,9 +114,9 @@ def reproduce(
     seeds = default_seeds(scale)
     reports = {c.name: ChapterReport(c.name) for c in selected}
     configs = {c.name: c.runs(scale, seeds) for c in selected}
-    outcomes = ensure_runs([cfg for c in selected for cfg in configs[c.name]], results_dir=results_dir,
-                           allow_train=train, device=device, jobs=jobs, progress=progress,
-                           executor=executor, address=address, deadline=deadline)
+    wanted = training_order([cfg for c in selected for cfg in configs[c.name]])
+    outcomes = ensure_runs(wanted, results_dir=results_dir, allow_train=train, device=device, jobs=jobs,
+                           progress=progress, executor=executor, address=address, deadline=deadline)
     by_id = {_run_id(o.config): o for o in outcomes}
     for c in selected:
         sources = [by_id[_run_id(cfg)].source for cfg in configs[c.name]]
@@ -125,6 +127,12 @@ def reproduce(
     else:
         _execute_all(selected, scale, seeds, device, jobs, Path(results_dir), reports, progress, executor, address)
     return [reports[c.name] for c in selected]
+
+
+def training_order(configs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`configs` seed by seed (stable: book order within a seed); a run that studies a trained
+    `target` (probes, spectra) counts with its target's seed."""
+    return sorted(configs, key=lambda config: config.get("target", config)["seed"])
 
 
 def pending_weights(scale: str, results_dir: str | Path = "results") -> list[Path]:

@@ -124,3 +124,24 @@ def test_the_reproducing_chapter_is_stale_once_any_record_or_bench_changes(tmp_p
         assert now["reproducing"] != before["reproducing"], f"a new {folder} file makes the page stale"
         assert now["table2"] == before["table2"], "a record of another run does not touch table2"
         before = now
+
+
+def test_runs_are_trained_seed_by_seed_so_a_cut_batch_covers_every_chapter(tmp_path: Path, monkeypatch) -> None:
+    import gradpath_lib.runner as runner
+
+    asked: list[dict] = []
+
+    def record_order(configs, **kwargs):
+        asked.extend(configs)
+        return real_ensure_runs(configs, **kwargs)
+
+    real_ensure_runs = runner.ensure_runs
+    monkeypatch.setattr(runner, "ensure_runs", record_order)
+    reports = reproduce("mini", train=False, runs_only=True, results_dir=tmp_path, progress=False)
+    seeds = [(c.get("target") or c)["seed"] for c in asked]
+    assert seeds == sorted(seeds) and set(seeds) == {0, 1, 2}
+    seed0 = [c for c, s in zip(asked, seeds) if s == 0]
+    with_runs = [r.name for r in reports if sum(r.runs.values())]
+    for name in with_runs:  # the seed-0 block alone holds a run of every chapter that trains
+        ids = {runner._run_id(c) for c in chapter(name).runs("mini", [0])}
+        assert ids & {runner._run_id(c) for c in seed0}, name
