@@ -1,9 +1,11 @@
 """Channel bookkeeping: which producer channels each channel of a traced tensor comes from.
 
 A `ChannelMap` describes the channel axis of one tensor as consecutive `Piece`s. Every
-channel of a piece depends on one channel of each of the piece's `Source`s: channel `c` of the
-piece [start, stop) comes from channel `offset + step * (c - start)` of the source's producer
-(step 1 maps channel to channel; step 0 is one producer channel broadcast over the piece).
+channel of a piece depends on `width` consecutive channels of each of the piece's `Source`s:
+channel `c` of the piece [start, stop) comes from channels [o, o + width) of the source's
+producer, o = `offset + step * (c - start)` (step 1 maps channel to channel; step 0 is the same
+producer channels broadcast over the piece; width > 1 comes from an operation that mixes
+channels without weights, such as LayerNorm over the channels: `mix`).
 A producer is a weighted-layer position (an int >= 0) or the network input (`INPUT`).
 `axis` is the tensor dimension holding the channels (1 until a permute or transpose moves it).
 A source marked not `live` is a forward dependency through `.detach()`: it carries no gradient.
@@ -27,10 +29,16 @@ class Source:
     offset: int
     step: int = 1
     live: bool = True
+    width: int = 1
 
     def shifted(self, by: int) -> Source:
         """The same source seen from `by` channels further into the piece."""
         return replace(self, offset=self.offset + self.step * by)
+
+    def span(self, channels: int) -> tuple[int, int]:
+        """The producer channels [lo, hi) that `channels` consecutive piece channels depend on."""
+        last = self.offset + self.step * (channels - 1)
+        return min(self.offset, last), max(self.offset, last) + self.width
 
 
 @dataclass(frozen=True)
@@ -102,13 +110,28 @@ def concat(maps: list[ChannelMap]) -> ChannelMap:
 
 
 def broadcast(m: ChannelMap, channels: int) -> ChannelMap:
-    """A one-channel map broadcast to `channels` channels (as elementwise ops do)."""
+    """A one-channel (or uniform) map broadcast to `channels` channels (as elementwise ops do)."""
     if m.channels == channels:
         return m
-    if m.channels != 1:
+    if m.channels != 1 and not is_uniform(m):
         raise GradpathError(f"cannot broadcast {m.channels} channels to {channels}")
     sources = frozenset(replace(s, step=0) for s in m.pieces[0].sources)
     return ChannelMap(channels, (Piece(0, channels, sources),), m.unit, m.axis)
+
+
+def mix(m: ChannelMap, channels: int, axis: int | None = None) -> ChannelMap:
+    """`channels` channels (along `axis`, default `m`'s) each depending on every channel of `m`:
+    what a weightless op that mixes channels gives (LayerNorm or softmax over the channels, a mean
+    over them, the contracted side of a matmul)."""
+    sources = frozenset(Source(s.producer, lo, 0, s.live, hi - lo) for p in m.pieces for s in p.sources
+                        for lo, hi in [s.span(p.stop - p.start)])
+    return ChannelMap(channels, (Piece(0, channels, sources),), axis=m.axis if axis is None else axis)
+
+
+def is_uniform(m: ChannelMap) -> bool:
+    """True when every channel of `m` has the same sources (a broadcast or mixed map): its channel
+    axis can then be taken to be any dimension."""
+    return len(m.pieces) == 1 and all(s.step == 0 for s in m.pieces[0].sources)
 
 
 def merge(maps: list[ChannelMap]) -> ChannelMap:
@@ -155,8 +178,7 @@ def consumed_ranges(m: ChannelMap) -> list[tuple[int, int, int]]:
     for p in m.pieces:
         for s in p.sources:
             if s.live and s.producer != INPUT:
-                last = s.offset + s.step * (p.stop - p.start - 1)
-                ranges.append((s.producer, min(s.offset, last), max(s.offset, last) + 1))
+                ranges.append((s.producer, *s.span(p.stop - p.start)))
     return ranges
 
 

@@ -8,6 +8,9 @@ shares its weights but has two positions). BatchNorm, activations, pooling, upsa
 identity and flattening pass channels through. Channel slices, `torch.cat`, `split`/`chunk`
 along the channel axis, elementwise `+ - * /` (including partial adds built from slices and a
 cat) and multiplication by a constant channel mask (a buffer or parameter) are tracked;
+operations that mix channels without weights (LayerNorm or softmax over the channels, GroupNorm
+within its groups, means and variances over the channels, `@` / matmul: attention) make every
+channel they mix depend on all of them, without adding a weighted layer to any path;
 `.detach()` and `torch.detach(x)` cut the gradient edge; `permute`/`transpose` move the channel
 axis (as a detection head does before its output; each position records the axis of its output
 channels). Tensors computed from constants alone carry no gradient path.
@@ -48,6 +51,8 @@ from .channels import (
     detach,
     fresh,
     merge,
+    is_uniform,
+    mix,
     moved,
     producers,
     slice_channels,
@@ -75,15 +80,23 @@ CHANNELWISE_FUNCTIONS = {
     F.sigmoid, F.tanh, torch.relu, torch.sigmoid, torch.tanh, F.dropout, F.dropout2d,
     F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
     F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_max_pool1d, F.adaptive_max_pool2d,
-    F.interpolate,
+    F.interpolate, F.softplus, torch.sqrt, torch.rsqrt, torch.exp, torch.log, torch.abs, torch.neg,
+    torch.square, torch.clamp, torch.erf, operator.neg,
 }
 CHANNELWISE_METHODS = {"relu", "sigmoid", "tanh", "contiguous", "clone", "float", "relu_",
-                       "sigmoid_"}
+                       "sigmoid_", "sqrt", "rsqrt", "exp", "log", "abs", "neg", "square", "clamp"}
 ELEMENTWISE_FUNCTIONS = {operator.add, operator.iadd, operator.sub, operator.mul, operator.imul,
-                         operator.truediv, torch.add, torch.sub, torch.mul}
-ELEMENTWISE_METHODS = {"add", "sub", "mul", "div"}
+                         operator.truediv, operator.pow, torch.add, torch.sub, torch.mul, torch.div, torch.pow}
+ELEMENTWISE_METHODS = {"add", "sub", "mul", "div", "pow"}
 MULTIPLY = {operator.mul, operator.imul, torch.mul, "mul"}
-REDUCTIONS = {torch.mean, torch.amax, torch.sum, "mean", "amax", "sum"}
+REDUCTIONS = {torch.mean, torch.amax, torch.amin, torch.sum, torch.var, torch.std,
+              "mean", "amax", "amin", "sum", "var", "std"}
+# Weightless ops that mix the tensor along one dim: (index of that dim among the args, its default).
+ALONG_DIM = {torch.softmax: (1, None), F.softmax: (1, None), torch.log_softmax: (1, None),
+             F.log_softmax: (1, None), F.softmin: (1, None), "softmax": (1, None),
+             "log_softmax": (1, None), F.normalize: (2, 1)}
+SOFTMAX_MODULES = (nn.Softmax, nn.LogSoftmax, nn.Softmin)
+MATMULS = {operator.matmul, torch.matmul, torch.bmm, "matmul", "bmm"}
 RESHAPES = {torch.flatten, "flatten", "view", "reshape"}
 PERMUTES = {torch.permute, "permute"}
 TRANSPOSES = {torch.transpose, "transpose"}
@@ -93,9 +106,11 @@ CONCATS = {torch.cat, torch.concat}
 SUPPORTED = (
     "weighted layers (Conv1d/2d/3d, ConvTranspose, Linear); channel-wise modules and functions "
     "(BatchNorm, InstanceNorm, activations, pooling, upsampling/interpolate, dropout, padding, "
-    "Identity, Flatten); channel slices x[:, a:b], torch.cat, split/chunk, elementwise + - * /, "
-    "permute/transpose, reductions over other dims, flatten/view/reshape that keep the channels, "
-    "and .detach() / torch.detach()"
+    "Identity, Flatten, elementwise math such as sqrt/exp/pow); channel slices x[:, a:b] and None "
+    "indices, torch.cat, split/chunk, elementwise + - * / **, permute/transpose, flatten/view/reshape "
+    "that keep the channels, .detach() / torch.detach(); and, mixing the channels without weights, "
+    "LayerNorm, GroupNorm, softmax / log_softmax / normalize, mean/sum/var/std/amax/amin "
+    "reductions, and @ / matmul / bmm (single-head attention)"
 )
 
 
@@ -238,6 +253,15 @@ class _ChannelTracer(fx.Interpreter):
             return self._reduce(n, result)
         if target in PERMUTES or target in TRANSPOSES:
             return self._permute(n, result)
+        if target in MATMULS:
+            return self._matmul(n, result)
+        if target in ALONG_DIM:
+            index, default = ALONG_DIM[target]
+            return self._mixed_along(n, _dim_arg(n, index, default), result)
+        if target is F.layer_norm:
+            return self._layer_norm(n, n.args[1] if len(n.args) > 1 else n.kwargs["normalized_shape"], result)
+        if target is F.group_norm:
+            return self._group_norm(n, n.args[1] if len(n.args) > 1 else n.kwargs["num_groups"], result)
         if target in DETACHES:
             return detach(self._input_map(n))
         if target in CHANNELWISE_FUNCTIONS or target in CHANNELWISE_METHODS:
@@ -250,6 +274,12 @@ class _ChannelTracer(fx.Interpreter):
             return self._weighted(n, module, result)
         if isinstance(module, CHANNELWISE_MODULES):
             return self._channelwise(n, result)
+        if isinstance(module, nn.LayerNorm):
+            return self._layer_norm(n, module.normalized_shape, result)
+        if isinstance(module, nn.GroupNorm):
+            return self._group_norm(n, module.num_groups, result)
+        if isinstance(module, SOFTMAX_MODULES):
+            return self._mixed_along(n, module.dim, result)
         if isinstance(module, nn.Flatten):
             return self._reshape(n, result)
         raise _unsupported(n, f"the module {n.target!r} of type {type(module).__name__}")
@@ -257,7 +287,7 @@ class _ChannelTracer(fx.Interpreter):
     def _weighted(self, n: fx.Node, module: nn.Module, result: torch.Tensor) -> ChannelMap:
         m = self._input_map(n)
         axis = result.ndim - 1 if isinstance(module, nn.Linear) else 1
-        if m.axis != axis:
+        if m.axis != axis and not is_uniform(m):
             raise _unsupported(n, f"{type(module).__name__} {n.target!r} reading channels from dim {m.axis}")
         pos = Position(len(self.layer_graph.positions), n.target, self.calls[n.target], result.shape[axis],
                        type(module).__name__, axis)
@@ -278,17 +308,30 @@ class _ChannelTracer(fx.Interpreter):
             return container[index]
         ndim = len(self.shapes[n.args[0]])
         index = index if isinstance(index, tuple) else (index,)
+        used = sum(i is not None and i is not Ellipsis for i in index)  # None adds a dim, uses none
         if Ellipsis in index:
             at = index.index(Ellipsis)
-            index = index[:at] + (slice(None),) * (ndim - len(index) + 1) + index[at + 1:]
-        index = index + (slice(None),) * (ndim - len(index))
-        if not all(isinstance(i, (slice, int)) for i in index) or not isinstance(index[container.axis], slice):
-            raise _unsupported(n, f"indexing with {index!r} (only slices and ints, a slice on the channels)")
-        start, stop, step = index[container.axis].indices(container.channels)
+            index = index[:at] + (slice(None),) * (ndim - used) + index[at + 1:]
+        index = index + (slice(None),) * (ndim - sum(i is not None for i in index))
+        if not all(i is None or isinstance(i, (slice, int)) for i in index):
+            raise _unsupported(n, f"indexing with {index!r} (only slices, ints and None, a slice on the channels)")
+        if is_uniform(container):  # every channel alike: the result is too, along any dim
+            axis = min(container.axis, result.ndim - 1) if result.ndim else 0
+            return mix(container, result.shape[axis] if result.ndim else 1, axis)
+        dim = out = 0  # the input and output dims of the next index entry
+        for entry in index:
+            if entry is None:
+                out += 1
+            elif dim == container.axis:
+                break
+            else:
+                dim, out = dim + 1, out + isinstance(entry, slice)
+        if not isinstance(entry, slice):
+            raise _unsupported(n, f"indexing with {index!r} (only slices, ints and None, a slice on the channels)")
+        start, stop, step = entry.indices(container.channels)
         if step != 1:
             raise _unsupported(n, f"a channel slice with step {step}")
-        dropped_before = sum(isinstance(i, int) for i in index[: container.axis])
-        return moved(slice_channels(container, start, stop), container.axis - dropped_before)
+        return moved(slice_channels(container, start, stop), out)
 
     def _operands(self, n: fx.Node) -> list[Any]:
         return [self._value(a) for a in n.args] + [self._value(v) for v in n.kwargs.values()]
@@ -299,9 +342,9 @@ class _ChannelTracer(fx.Interpreter):
         for v, a in zip(operands, list(n.args) + list(n.kwargs.values())):
             if isinstance(v, ChannelMap) and len(self.shapes[a]) != result.ndim:
                 raise _unsupported(n, "an elementwise op broadcasting tensors of different ranks")
-        axis = maps[0].axis
+        axis = next((m.axis for m in maps if not is_uniform(m)), maps[0].axis)
         channels = result.shape[axis]
-        merged = merge([broadcast(m, channels) for m in maps])
+        merged = merge([broadcast(moved(m, axis), channels) for m in maps])
         if target in MULTIPLY:
             for v in operands:
                 if isinstance(v, _Constant) and v.value.ndim == result.ndim:
@@ -353,10 +396,58 @@ class _ChannelTracer(fx.Interpreter):
         m = self._input_map(n)
         ndim = len(self.shapes[n.args[0]])
         dims = _normalize_dims(_dim_arg(n, 1, None), ndim)
-        if dims is None or m.axis in dims:
-            raise _unsupported(n, f"{n.target} over the channel dimension")
         keep = result.ndim == ndim
-        return moved(m, m.axis if keep else m.axis - sum(d < m.axis for d in dims))
+        if dims is None:
+            dims = set(range(ndim))
+        axis = m.axis if keep else m.axis - sum(d < m.axis for d in dims)
+        if m.axis not in dims:
+            return moved(m, axis)
+        axis = min(axis, result.ndim - 1) if result.ndim else 0  # the channels are gone: any dim
+        return mix(m, result.shape[axis] if result.ndim else 1, axis)
+
+    def _mixed_along(self, n: fx.Node, dim: Any, result: torch.Tensor) -> ChannelMap:
+        """The input through an op that mixes it along `dim` (softmax, normalize)."""
+        m = self._input_map(n)
+        if not isinstance(dim, int):
+            raise _unsupported(n, f"{n.target} without an explicit integer dim")
+        return mix(m, m.channels) if dim % result.ndim == m.axis else m
+
+    def _layer_norm(self, n: fx.Node, normalized_shape: Any, result: torch.Tensor) -> ChannelMap:
+        """LayerNorm over the trailing `normalized_shape` dims: it mixes the channels if they are one."""
+        m = self._input_map(n)
+        trailing = len(normalized_shape) if isinstance(normalized_shape, (tuple, list, torch.Size)) else 1
+        return mix(m, m.channels) if m.axis >= result.ndim - trailing else m
+
+    def _group_norm(self, n: fx.Node, groups: int, result: torch.Tensor) -> ChannelMap:
+        """GroupNorm: each of its `groups` groups of dim 1 mixes within itself (and over the dims after)."""
+        m = self._input_map(n)
+        if m.axis != 1:
+            return mix(m, m.channels)
+        size = m.channels // groups
+        return concat([mix(slice_channels(m, g * size, (g + 1) * size), size) for g in range(groups)])
+
+    def _matmul(self, n: fx.Node, result: torch.Tensor) -> ChannelMap:
+        """a @ b: a channel axis on a contracted dim mixes into every output; one on a kept dim (rows
+        of a, columns of b, or a batch dim) stays the output's channel axis."""
+        kept, mixed = [], []
+        for arg, contracted, kept_dim in ((n.args[0], -1, -2), (n.args[1], -2, -1)):
+            m = self._value(arg)
+            if not isinstance(m, ChannelMap):
+                continue
+            ndim = len(self.shapes[arg])
+            if ndim < 2:
+                raise _unsupported(n, "a matmul with a one-dimensional operand")
+            if is_uniform(m) or m.axis == ndim + contracted:
+                mixed.append(m)
+            else:
+                offset = result.ndim - ndim  # batch dims line up from the right
+                kept.append(moved(m, result.ndim + kept_dim if m.axis == ndim + kept_dim else m.axis + offset))
+        axes = {m.axis for m in kept}
+        if len(axes) > 1:
+            raise _unsupported(n, "a matmul whose operands keep their channels along different dims")
+        axis = axes.pop() if axes else result.ndim - 1
+        channels = result.shape[axis]
+        return merge([broadcast(m, channels) for m in kept] + [mix(m, channels, axis) for m in mixed])
 
 
 def _flatten_maps(value: Any) -> list[ChannelMap]:

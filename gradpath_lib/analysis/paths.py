@@ -3,7 +3,10 @@
 Definitions (the counting convention of the whole library):
 
 - A *weighted layer* is a convolution or linear layer; BatchNorm (its affine parameters
-  included), activations, pooling, upsampling and dropout are not weighted layers.
+  included), activations, pooling, upsampling and dropout are not weighted layers. Neither are
+  ops that mix channels without weights (LayerNorm, GroupNorm, softmax over the channels,
+  attention's matmuls): they add no timestamp, but each channel they mix reaches the loss
+  through the consumers of all the channels it is mixed with.
 - A *gradient path* of a layer runs from its output to the loss; its *length* is the number of
   weighted layers on it, the layer itself included. The layer producing the logits has a path
   of length 1: it receives gradient at *timestamp* 1 (the first backward step).

@@ -1,0 +1,217 @@
+"""Weightless ops that mix channels (LayerNorm, GroupNorm, softmax, channel means, matmul):
+they join channels into one gradient group without lengthening any path, and the measured
+spectrum (an independent, exact computation) agrees with the structure on models built of them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gradpath_lib.analysis import analyze_model
+from gradpath_lib.analysis.measured import measured_gradient_spectrum
+from gradpath_lib.errors import GradpathError
+
+C = 4
+SHAPE = (3, 8, 8)
+
+
+def groups(report, layer: str) -> list[tuple[int, int, tuple[int, ...]]]:
+    """(start, stop, timestamps) of every channel group of `layer`."""
+    return [(g.start, g.stop, g.timestamps) for g in report.groups if g.position.name == layer]
+
+
+class ChannelsFirstLayerNorm(nn.Module):
+    """ConvNeXt's LayerNorm for (N, C, H, W), written with means over the channels."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.weight, self.bias = nn.Parameter(torch.ones(c)), nn.Parameter(torch.zeros(c))
+
+    def forward(self, x):
+        u = x.mean(1, keepdim=True)
+        s = (x - u).pow(2).mean(1, keepdim=True)
+        x = (x - u) / torch.sqrt(s + 1e-6)
+        return self.weight[:, None, None] * x + self.bias[:, None, None]
+
+
+class ConvNeXtBlock(nn.Module):
+    """Depthwise 7x7, channels-last LayerNorm and MLP, layer scale, residual."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.dw = nn.Conv2d(c, c, 7, padding=3, groups=c)
+        self.norm = nn.LayerNorm(c)
+        self.up, self.down = nn.Linear(c, 4 * c), nn.Linear(4 * c, c)
+        self.gamma = nn.Parameter(torch.full((c,), 0.5))
+
+    def forward(self, x):
+        y = self.norm(self.dw(x).permute(0, 2, 3, 1))
+        y = self.gamma * self.down(F.gelu(self.up(y)))
+        return x + y.permute(0, 3, 1, 2)
+
+
+class ConvNeXtLike(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, C, 2, stride=2)
+        self.stem_norm = ChannelsFirstLayerNorm(C)
+        self.blocks = nn.Sequential(ConvNeXtBlock(C), ConvNeXtBlock(C))
+        self.norm = nn.LayerNorm(C)
+        self.head = nn.Linear(C, 3)
+
+    def forward(self, x):
+        x = self.blocks(self.stem_norm(self.stem(x)))
+        return self.head(self.norm(x.mean((2, 3))))
+
+
+class SplitNormalized(nn.Module):
+    """conv `a`, then `norm`, then only the first half of the channels goes on."""
+
+    def __init__(self, norm: nn.Module):
+        super().__init__()
+        self.a, self.norm = nn.Conv2d(3, C, 1), norm
+        self.head = nn.Linear(C // 2, 3)
+
+    def forward(self, x):
+        return self.head(self.norm(self.a(x))[:, : C // 2].mean((2, 3)))
+
+
+class Softmaxed(nn.Module):
+    """SplitNormalized with a softmax along `dim` of the flattened (N, C, H*W) map."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.a, self.dim = nn.Conv2d(3, C, 1), dim
+        self.head = nn.Linear(C // 2, 3)
+
+    def forward(self, x):
+        y = torch.softmax(self.a(x).flatten(2), dim=self.dim)
+        return self.head(y[:, : C // 2].sum(-1))
+
+
+class SqueezeExcite(nn.Module):
+    """SE gate from a channel mean, indexed back to (N, C, 1, 1) with None."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, C, 3, padding=1)
+        self.squeeze, self.excite = nn.Linear(C, 2), nn.Linear(2, C)
+        self.head = nn.Linear(C, 3)
+
+    def forward(self, x):
+        y = self.a(x)
+        gate = torch.sigmoid(self.excite(F.relu(self.squeeze(y.mean((2, 3))))))
+        return self.head((y * gate[:, :, None, None]).amax((2, 3)))
+
+
+class Attention(nn.Module):
+    """Single-head self-attention with pre-norm and an MLP, on (N, L, D) tokens."""
+
+    def __init__(self, d: int):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.mlp = nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
+        self.scale = d ** -0.5
+
+    def forward(self, x):
+        q, k, v = self.qkv(self.norm1(x)).chunk(3, dim=-1)
+        weights = (q @ k.transpose(-2, -1) * self.scale).softmax(-1)
+        x = x + self.proj(weights @ v)
+        return x + self.mlp(self.norm2(x))
+
+
+class TinyViT(nn.Module):
+    def __init__(self, d: int = 8):
+        super().__init__()
+        self.patch = nn.Conv2d(3, d, 4, stride=4)
+        self.blocks = nn.Sequential(Attention(d), Attention(d))
+        self.head = nn.Linear(d, 3)
+
+    def forward(self, x):
+        return self.head(self.blocks(self.patch(x).flatten(2).transpose(1, 2)).mean(1))
+
+
+MODELS = {
+    "convnext": ConvNeXtLike,
+    "groupnorm": lambda: SplitNormalized(nn.GroupNorm(2, C)),
+    "layernorm-channels-first": lambda: SplitNormalized(ChannelsFirstLayerNorm(C)),
+    "softmax-channels": lambda: Softmaxed(1),
+    "softmax-space": lambda: Softmaxed(-1),
+    "squeeze-excite": SqueezeExcite,
+    "attention": TinyViT,
+}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_measured_support_equals_structural_timestamps(name):
+    torch.manual_seed(0)
+    model = MODELS[name]()
+    report = analyze_model(model, SHAPE)
+    gen = torch.Generator().manual_seed(1)
+    images, labels = torch.randn(3, *SHAPE, generator=gen), torch.randint(0, 3, (3,), generator=gen)
+    spectrum = measured_gradient_spectrum(model, images, labels, report=report)
+    measured = spectrum[spectrum.grad_norm > 1e-12].groupby(["layer", "group_start"]).timestamp.apply(tuple)
+    for g in report.groups:
+        assert measured.get((g.position.name, g.start), ()) == g.timestamps, (name, g.position.name, g.start)
+
+
+@pytest.mark.parametrize("norm, expected", [
+    (nn.GroupNorm(2, C), [(0, 2, (2,)), (2, 4, ())]),  # the kept half is one group: the other gets nothing
+    (nn.GroupNorm(1, C), [(0, 4, (2,))]),  # one group mixes every channel into the kept half
+    (nn.LayerNorm([C, 8, 8]), [(0, 4, (2,))]),
+    (nn.LayerNorm(8), [(0, 2, (2,)), (2, 4, ())]),  # over the width only: channels stay apart
+    (nn.InstanceNorm2d(C), [(0, 2, (2,)), (2, 4, ())]),
+])
+def test_a_norm_mixes_exactly_the_channels_it_normalizes_together_without_a_timestamp(norm, expected):
+    assert groups(analyze_model(SplitNormalized(norm), SHAPE), "a") == expected
+
+
+@pytest.mark.parametrize("dim, expected", [(1, [(0, 4, (2,))]), (-1, [(0, 2, (2,)), (2, 4, ())])])
+def test_softmax_mixes_channels_only_along_them(dim, expected):
+    assert groups(analyze_model(Softmaxed(dim), SHAPE), "a") == expected
+
+
+def test_attention_queries_keys_and_values_all_reach_the_loss_through_the_projection():
+    report = analyze_model(TinyViT(), SHAPE)
+    assert groups(report, "blocks.1.qkv") == [(0, 24, (3, 5))]  # proj -> head, or proj -> block-1 mlp -> head
+    assert groups(report, "blocks.1.proj") == [(0, 8, (2, 4))]
+    assert report.network["longest_path"] == 10  # patch + 2 x (qkv, proj, mlp.0, mlp.2) + head
+
+
+def test_layer_norm_over_channels_adds_no_timestamp():
+    stem_norm = analyze_model(ConvNeXtLike(), SHAPE)
+    assert groups(stem_norm, "stem")[0][2][0] == 2  # stem -> (norms) -> head: two weighted layers
+
+
+class OuterProduct(nn.Module):
+    """x^T x over the channels keeps them along two dims: not a map of one channel axis."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.head = nn.Linear(8, 4), nn.Linear(16, 3)
+
+    def forward(self, x):
+        y = self.a(x.mean(1))  # (N, 8, 4) from (N, 8, 8)
+        return self.head((y.transpose(1, 2) @ y).flatten(1))
+
+
+class Flipped(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, C, 1)
+
+    def forward(self, x):
+        return torch.flip(self.a(x), [1]).mean((2, 3))
+
+
+@pytest.mark.parametrize("model, names", [
+    (OuterProduct(), "keep their channels along different dims"),
+    (Flipped(), "'flip'"),
+    (nn.Sequential(nn.Conv2d(3, C, 1), nn.LocalResponseNorm(2)), "LocalResponseNorm"),
+])
+def test_what_still_cannot_be_followed_is_an_error_naming_it(model, names):
+    with pytest.raises(GradpathError, match=names):
+        analyze_model(model, SHAPE)
