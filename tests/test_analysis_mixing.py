@@ -134,30 +134,6 @@ class TinyViT(nn.Module):
         return self.head(self.blocks(self.patch(x).flatten(2).transpose(1, 2)).mean(1))
 
 
-MODELS = {
-    "convnext": ConvNeXtLike,
-    "groupnorm": lambda: SplitNormalized(nn.GroupNorm(2, C)),
-    "layernorm-channels-first": lambda: SplitNormalized(ChannelsFirstLayerNorm(C)),
-    "softmax-channels": lambda: Softmaxed(1),
-    "softmax-space": lambda: Softmaxed(-1),
-    "squeeze-excite": SqueezeExcite,
-    "attention": TinyViT,
-}
-
-
-@pytest.mark.parametrize("name", MODELS)
-def test_measured_support_equals_structural_timestamps(name):
-    torch.manual_seed(0)
-    model = MODELS[name]()
-    report = analyze_model(model, SHAPE)
-    gen = torch.Generator().manual_seed(1)
-    images, labels = torch.randn(3, *SHAPE, generator=gen), torch.randint(0, 3, (3,), generator=gen)
-    spectrum = measured_gradient_spectrum(model, images, labels, report=report)
-    measured = spectrum[spectrum.grad_norm > 1e-12].groupby(["layer", "group_start"]).timestamp.apply(tuple)
-    for g in report.groups:
-        assert measured.get((g.position.name, g.start), ()) == g.timestamps, (name, g.position.name, g.start)
-
-
 @pytest.mark.parametrize("norm, expected", [
     (nn.GroupNorm(2, C), [(0, 2, (2,)), (2, 4, ())]),  # the kept half is one group: the other gets nothing
     (nn.GroupNorm(1, C), [(0, 4, (2,))]),  # one group mixes every channel into the kept half
@@ -207,11 +183,111 @@ class Flipped(nn.Module):
         return torch.flip(self.a(x), [1]).mean((2, 3))
 
 
+class HeadsIntoBatch(nn.Module):
+    """Heads folded into the batch dim, (B, H, N, hd) -> (B * H, N, hd): channels leave the channel dims."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.head = nn.Linear(8, 8), nn.Linear(4, 3)
+
+    def forward(self, x):
+        y = self.a(x.mean(1)).reshape(-1, 8, 2, 4).transpose(1, 2).reshape(-1, 8, 4)
+        return self.head(y.mean(1))
+
+
 @pytest.mark.parametrize("model, names", [
     (OuterProduct(), "keep their channels along different dims"),
+    (HeadsIntoBatch(), "a reshape from"),
     (Flipped(), "'flip'"),
     (nn.Sequential(nn.Conv2d(3, C, 1), nn.LocalResponseNorm(2)), "LocalResponseNorm"),
 ])
 def test_what_still_cannot_be_followed_is_an_error_naming_it(model, names):
     with pytest.raises(GradpathError, match=names):
         analyze_model(model, SHAPE)
+
+
+HEADS, HEAD_DIM = 2, 4
+D = HEADS * HEAD_DIM
+
+
+class MultiHead(nn.Module):
+    """Multi-head self-attention written three common ways; `only_head` keeps one head's output."""
+
+    def __init__(self, style: str, only_head: int | None = None):
+        super().__init__()
+        self.patch = nn.Conv2d(3, D, 4, stride=4)
+        self.qkv, self.proj = nn.Linear(D, 3 * D), nn.Linear(HEAD_DIM if only_head is not None else D, D)
+        self.head = nn.Linear(D, 3)
+        self.style, self.only_head = style, only_head
+
+    def forward(self, x):
+        x = self.patch(x).flatten(2).transpose(1, 2)
+        b, n, _ = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, HEADS, HEAD_DIM).permute(2, 0, 3, 1, 4)
+        if self.style == "unbind":
+            q, k, v = qkv.unbind(0)
+        else:
+            q, k, v = qkv[0], qkv[1], qkv[2]
+        if self.style == "sdpa":
+            y = F.scaled_dot_product_attention(q, k, v)
+        else:
+            y = (q @ k.transpose(-2, -1) * HEAD_DIM ** -0.5).softmax(dim=-1) @ v
+        y = y[:, self.only_head] if self.only_head is not None else y.transpose(1, 2).reshape(b, n, D)
+        return self.head((x + self.proj(y)).mean(1))
+
+
+class AnchorHead(nn.Module):
+    """A YOLO-style head: conv channels viewed as (anchors, outputs), only the box outputs used."""
+
+    def __init__(self, anchors: int = 3, outputs: int = 6):
+        super().__init__()
+        self.a = nn.Conv2d(3, anchors * outputs, 1)
+        self.anchors, self.outputs = anchors, outputs
+
+    def forward(self, x):
+        b, _, h, w = x.shape
+        y = self.a(x).view(b, self.anchors, self.outputs, h, w).permute(0, 1, 3, 4, 2)
+        return y[..., :4].sigmoid().mean((1, 2, 3))
+
+
+
+
+def test_each_head_keeps_its_own_queries_keys_and_values():
+    report = analyze_model(MultiHead("unbind", only_head=1), SHAPE)
+    used = [(start, stop) for start, stop, stamps in groups(report, "qkv") if stamps]
+    head = slice(HEAD_DIM, 2 * HEAD_DIM)  # head 1 of each of q, k, v
+    assert used == [(part * D + head.start, part * D + head.stop) for part in range(3)]
+
+
+def test_channels_viewed_as_anchors_by_outputs_keep_their_place():
+    report = analyze_model(AnchorHead(), SHAPE)
+    assert [(a, b) for a, b, stamps in groups(report, "a") if stamps] == [(0, 4), (6, 10), (12, 16)]
+
+
+MODELS = {
+    "convnext": ConvNeXtLike,
+    "groupnorm": lambda: SplitNormalized(nn.GroupNorm(2, C)),
+    "layernorm-channels-first": lambda: SplitNormalized(ChannelsFirstLayerNorm(C)),
+    "softmax-channels": lambda: Softmaxed(1),
+    "softmax-space": lambda: Softmaxed(-1),
+    "squeeze-excite": SqueezeExcite,
+    "attention": TinyViT,
+    "multi-head-unbind": lambda: MultiHead("unbind"),
+    "multi-head-index": lambda: MultiHead("index"),
+    "multi-head-sdpa": lambda: MultiHead("sdpa"),
+    "one-head": lambda: MultiHead("unbind", only_head=1),
+    "anchor-head": AnchorHead,
+}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_measured_support_equals_structural_timestamps(name):
+    torch.manual_seed(0)
+    model = MODELS[name]()
+    report = analyze_model(model, SHAPE)
+    gen = torch.Generator().manual_seed(1)
+    images, labels = torch.randn(3, *SHAPE, generator=gen), torch.randint(0, 3, (3,), generator=gen)
+    spectrum = measured_gradient_spectrum(model, images, labels, report=report)
+    measured = spectrum[spectrum.grad_norm > 1e-12].groupby(["layer", "group_start"]).timestamp.apply(tuple)
+    for g in report.groups:
+        assert measured.get((g.position.name, g.start), ()) == g.timestamps, (name, g.position.name, g.start)

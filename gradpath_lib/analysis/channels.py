@@ -8,11 +8,15 @@ producer channels broadcast over the piece; width > 1 comes from an operation th
 channels without weights, such as LayerNorm over the channels: `mix`).
 A producer is a weighted-layer position (an int >= 0) or the network input (`INPUT`).
 `axis` is the tensor dimension holding the channels (1 until a permute or transpose moves it).
+A reshape may spread the channels over several dimensions, as attention splits them into heads:
+then `split` lists the (dimension, size) of each, outermost first, and channel
+c = sum(index_k * stride_k) in row-major order (`layout` gives this view of any map).
 A source marked not `live` is a forward dependency through `.detach()`: it carries no gradient.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -58,6 +62,12 @@ class ChannelMap:
     pieces: tuple[Piece, ...]
     unit: int = 1
     axis: int = 1
+    split: tuple[tuple[int, int], ...] = ()  # (dim, size) outermost first, when over several dims
+
+    @property
+    def layout(self) -> tuple[tuple[int, int], ...]:
+        """(dim, size) of every dimension the channels are spread over, outermost first."""
+        return self.split or ((self.axis, self.channels),)
 
     def sources_from(self, start: int, stop: int) -> frozenset[Source]:
         """The sources of channels [start, stop), which must lie inside one piece."""
@@ -82,7 +92,7 @@ def _from_boundaries(
     """A map of `channels` cut at `cuts`, each piece's sources from `sources_of(start, stop)`."""
     points = sorted(c for c in cuts | {0, channels} if 0 <= c <= channels)
     pieces = tuple(Piece(a, b, sources_of(a, b)) for a, b in zip(points, points[1:]) if b > a)
-    return ChannelMap(channels, pieces, like.unit, like.axis)
+    return ChannelMap(channels, pieces, like.unit, like.axis, like.split if channels == like.channels else ())
 
 
 def _check_unflattened(m: ChannelMap, what: str) -> None:
@@ -95,11 +105,12 @@ def slice_channels(m: ChannelMap, start: int, stop: int) -> ChannelMap:
     _check_unflattened(m, "channel slicing")
     stop = max(start, stop)
     cuts = {b - start for b in m.boundaries() if start < b < stop}
-    return _from_boundaries(stop - start, cuts, lambda a, b: m.sources_from(a + start, b + start), m)
+    return replace(_from_boundaries(stop - start, cuts, lambda a, b: m.sources_from(a + start, b + start), m),
+                   split=())
 
 
 def concat(maps: list[ChannelMap]) -> ChannelMap:
-    """Concatenation along the channel axis."""
+    """Concatenation along the channel axis (the result lies along the first map's `axis`)."""
     pieces: list[Piece] = []
     base = 0
     for m in maps:
@@ -119,13 +130,44 @@ def broadcast(m: ChannelMap, channels: int) -> ChannelMap:
     return ChannelMap(channels, (Piece(0, channels, sources),), m.unit, m.axis)
 
 
+def laid_out(m: ChannelMap, layout: tuple[tuple[int, int], ...]) -> ChannelMap:
+    """`m` with its channels spread over `layout` ((dim, size) outermost first)."""
+    return replace(m, axis=layout[0][0], split=tuple(layout) if len(layout) > 1 else ())
+
+
+def select(m: ChannelMap, sub: int, start: int, stop: int) -> ChannelMap:
+    """Indices [start, stop) of sub-axis `sub` of `m`'s layout (the others whole), in the same layout."""
+    sizes = [size for _, size in m.layout]
+    outer, inner = math.prod(sizes[:sub]), math.prod(sizes[sub + 1:])
+    block = sizes[sub] * inner
+    parts = [slice_channels(m, o * block + start * inner, o * block + stop * inner) for o in range(outer)]
+    layout = tuple((d, stop - start if k == sub else size) for k, (d, size) in enumerate(m.layout))
+    return laid_out(concat(parts), layout)
+
+
+def expand(m: ChannelMap, layout: tuple[tuple[int, int], ...]) -> ChannelMap:
+    """`m`, whose layout is the outer part of `layout`, broadcast over the rest of `layout`."""
+    inner = math.prod(size for _, size in layout[len(m.layout):])
+    parts = [broadcast(slice_channels(m, c, c + 1), inner) for c in range(m.channels)]
+    return laid_out(concat(parts), layout)
+
+
+def mix_groups(m: ChannelMap, size: int, out_size: int | None = None) -> ChannelMap:
+    """Every `size` consecutive channels mixed together into `out_size` (default `size`) channels."""
+    out_size = size if out_size is None else out_size
+    parts = [mix(slice_channels(m, g, g + size), out_size) for g in range(0, m.channels, size)]
+    return replace(concat(parts), axis=m.axis, split=m.split if out_size == size else ())
+
+
 def mix(m: ChannelMap, channels: int, axis: int | None = None) -> ChannelMap:
-    """`channels` channels (along `axis`, default `m`'s) each depending on every channel of `m`:
-    what a weightless op that mixes channels gives (LayerNorm or softmax over the channels, a mean
-    over them, the contracted side of a matmul)."""
+    """`channels` channels (along `axis`, default `m`'s layout) each depending on every channel of
+    `m`: what a weightless op that mixes channels gives (LayerNorm or softmax over the channels, a
+    mean over them, the contracted side of a matmul)."""
     sources = frozenset(Source(s.producer, lo, 0, s.live, hi - lo) for p in m.pieces for s in p.sources
                         for lo, hi in [s.span(p.stop - p.start)])
-    return ChannelMap(channels, (Piece(0, channels, sources),), axis=m.axis if axis is None else axis)
+    same = axis is None and channels == m.channels
+    return ChannelMap(channels, (Piece(0, channels, sources),), axis=m.axis if axis is None else axis,
+                      split=m.split if same else ())
 
 
 def is_uniform(m: ChannelMap) -> bool:
@@ -137,7 +179,7 @@ def is_uniform(m: ChannelMap) -> bool:
 def merge(maps: list[ChannelMap]) -> ChannelMap:
     """Elementwise combination (add, mul, ...): every channel depends on that channel of each map."""
     channels = maps[0].channels
-    if len({(m.unit, m.axis, m.channels) for m in maps}) != 1:
+    if len({(m.unit, m.layout) for m in maps}) != 1:
         raise GradpathError("elementwise op on tensors whose channels do not line up")
     cuts = set().union(*(m.boundaries() for m in maps))
     return _from_boundaries(
@@ -165,11 +207,6 @@ def zero_channels(m: ChannelMap, zero: list[bool]) -> ChannelMap:
 def with_unit(m: ChannelMap, unit: int) -> ChannelMap:
     """The same channels after flattening `unit` features per channel."""
     return replace(m, unit=m.unit * unit)
-
-
-def moved(m: ChannelMap, axis: int) -> ChannelMap:
-    """The same channels held in tensor dimension `axis` (after a permute or transpose)."""
-    return replace(m, axis=axis)
 
 
 def consumed_ranges(m: ChannelMap) -> list[tuple[int, int, int]]:

@@ -9,8 +9,11 @@ identity and flattening pass channels through. Channel slices, `torch.cat`, `spl
 along the channel axis, elementwise `+ - * /` (including partial adds built from slices and a
 cat) and multiplication by a constant channel mask (a buffer or parameter) are tracked;
 operations that mix channels without weights (LayerNorm or softmax over the channels, GroupNorm
-within its groups, means and variances over the channels, `@` / matmul: attention) make every
-channel they mix depend on all of them, without adding a weighted layer to any path;
+within its groups, means and variances over the channels, `@` / matmul and
+scaled_dot_product_attention) make every channel they mix depend on all of them, without adding
+a weighted layer to any path. A reshape may spread the channels over several dims (attention
+heads, a YOLO head's anchors x outputs); slices, `unbind`, reductions and matmuls then act on
+each of those dims exactly (a matmul contracts the innermost one);
 `.detach()` and `torch.detach(x)` cut the gradient edge; `permute`/`transpose` move the channel
 axis (as a detection head does before its output; each position records the axis of its output
 channels). Tensors computed from constants alone carry no gradient path.
@@ -51,11 +54,13 @@ from .channels import (
     detach,
     fresh,
     merge,
+    expand,
     is_uniform,
+    laid_out,
     mix,
-    moved,
+    mix_groups,
+    select,
     producers,
-    slice_channels,
     with_unit,
     zero_channels,
 )
@@ -101,6 +106,7 @@ RESHAPES = {torch.flatten, "flatten", "view", "reshape"}
 PERMUTES = {torch.permute, "permute"}
 TRANSPOSES = {torch.transpose, "transpose"}
 SPLITS = {torch.split, torch.chunk, "split", "chunk"}
+UNBINDS = {torch.unbind, "unbind"}
 DETACHES = {torch.detach, "detach"}
 CONCATS = {torch.cat, torch.concat}
 SUPPORTED = (
@@ -110,7 +116,8 @@ SUPPORTED = (
     "indices, torch.cat, split/chunk, elementwise + - * / **, permute/transpose, flatten/view/reshape "
     "that keep the channels, .detach() / torch.detach(); and, mixing the channels without weights, "
     "LayerNorm, GroupNorm, softmax / log_softmax / normalize, mean/sum/var/std/amax/amin "
-    "reductions, and @ / matmul / bmm (single-head attention)"
+    "reductions, @ / matmul / bmm and scaled_dot_product_attention; reshapes that spread the "
+    "channels over whole dims (attention heads) and back, with unbind and indexing along them"
 )
 
 
@@ -247,6 +254,10 @@ class _ChannelTracer(fx.Interpreter):
             return self._concat(n, result)
         if target in SPLITS:
             return self._split(n, result)
+        if target in UNBINDS:
+            return self._unbind(n, result)
+        if target is F.scaled_dot_product_attention:
+            return self._attention(n, result)
         if target in RESHAPES:
             return self._reshape(n, result)
         if target in REDUCTIONS:
@@ -287,8 +298,9 @@ class _ChannelTracer(fx.Interpreter):
     def _weighted(self, n: fx.Node, module: nn.Module, result: torch.Tensor) -> ChannelMap:
         m = self._input_map(n)
         axis = result.ndim - 1 if isinstance(module, nn.Linear) else 1
-        if m.axis != axis and not is_uniform(m):
-            raise _unsupported(n, f"{type(module).__name__} {n.target!r} reading channels from dim {m.axis}")
+        if m.layout != ((axis, m.channels),) and not is_uniform(m):
+            where = " and ".join(str(d) for d, _ in m.layout)
+            raise _unsupported(n, f"{type(module).__name__} {n.target!r} reading channels from dim {where}")
         pos = Position(len(self.layer_graph.positions), n.target, self.calls[n.target], result.shape[axis],
                        type(module).__name__, axis)
         self.calls[n.target] += 1
@@ -298,40 +310,47 @@ class _ChannelTracer(fx.Interpreter):
 
     def _channelwise(self, n: fx.Node, result: torch.Tensor) -> ChannelMap:
         m = self._input_map(n)
-        if result.ndim != len(self.shapes[n.args[0]]) or result.shape[m.axis] != m.channels:
+        if result.ndim != len(self.shapes[n.args[0]]) or any(result.shape[d] != size for d, size in m.layout):
             raise _unsupported(n, f"{n.target} changing the channel count")
         return m
 
-    def _getitem(self, n: fx.Node, result: Any) -> Any:
-        container, index = self._value(n.args[0]), n.args[1]
-        if not isinstance(container, ChannelMap):
-            return container[index]
-        ndim = len(self.shapes[n.args[0]])
-        index = index if isinstance(index, tuple) else (index,)
-        used = sum(i is not None and i is not Ellipsis for i in index)  # None adds a dim, uses none
+    def _index(self, n: fx.Node, index: tuple, ndim: int) -> tuple:
+        """`index` with its Ellipsis expanded and trailing full slices added (None adds a dim)."""
+        used = sum(i is not None and i is not Ellipsis for i in index)
         if Ellipsis in index:
             at = index.index(Ellipsis)
             index = index[:at] + (slice(None),) * (ndim - used) + index[at + 1:]
         index = index + (slice(None),) * (ndim - sum(i is not None for i in index))
         if not all(i is None or isinstance(i, (slice, int)) for i in index):
-            raise _unsupported(n, f"indexing with {index!r} (only slices, ints and None, a slice on the channels)")
+            raise _unsupported(n, f"indexing with {index!r} (only slices, ints and None)")
+        return index
+
+    def _getitem(self, n: fx.Node, result: Any) -> Any:
+        container, index = self._value(n.args[0]), n.args[1]
+        if not isinstance(container, ChannelMap):
+            return container[index]
         if is_uniform(container):  # every channel alike: the result is too, along any dim
-            axis = min(container.axis, result.ndim - 1) if result.ndim else 0
-            return mix(container, result.shape[axis] if result.ndim else 1, axis)
-        dim = out = 0  # the input and output dims of the next index entry
+            return _uniform_like(container, result)
+        ndim = len(self.shapes[n.args[0]])
+        index = self._index(n, index if isinstance(index, tuple) else (index,), ndim)
+        subs = {d: k for k, (d, _) in enumerate(container.layout)}
+        m, out_of, dim, out = container, {}, 0, 0  # out_of: output dim of each channel dim kept
         for entry in index:
             if entry is None:
                 out += 1
-            elif dim == container.axis:
-                break
-            else:
-                dim, out = dim + 1, out + isinstance(entry, slice)
-        if not isinstance(entry, slice):
-            raise _unsupported(n, f"indexing with {index!r} (only slices, ints and None, a slice on the channels)")
-        start, stop, step = entry.indices(container.channels)
-        if step != 1:
-            raise _unsupported(n, f"a channel slice with step {step}")
-        return moved(slice_channels(container, start, stop), out)
+                continue
+            if dim in subs:
+                size = container.layout[subs[dim]][1]
+                if isinstance(entry, int):
+                    m = select(m, subs[dim], entry % size, entry % size + 1)
+                else:
+                    lo, hi, step = entry.indices(size)
+                    if step != 1:
+                        raise _unsupported(n, f"a channel slice with step {step}")
+                    m, out_of[dim] = select(m, subs[dim], lo, max(lo, hi)), out
+            dim, out = dim + 1, out + isinstance(entry, slice)
+        layout = tuple((out_of[d], size) for (d, _), (_, size) in zip(container.layout, m.layout) if d in out_of)
+        return laid_out(m, layout) if layout else _uniform_like(mix(m, 1), result)
 
     def _operands(self, n: fx.Node) -> list[Any]:
         return [self._value(a) for a in n.args] + [self._value(v) for v in n.kwargs.values()]
@@ -342,14 +361,26 @@ class _ChannelTracer(fx.Interpreter):
         for v, a in zip(operands, list(n.args) + list(n.kwargs.values())):
             if isinstance(v, ChannelMap) and len(self.shapes[a]) != result.ndim:
                 raise _unsupported(n, "an elementwise op broadcasting tensors of different ranks")
-        axis = next((m.axis for m in maps if not is_uniform(m)), maps[0].axis)
-        channels = result.shape[axis]
-        merged = merge([broadcast(moved(m, axis), channels) for m in maps])
+        plain = [m for m in maps if not is_uniform(m) and m.channels > 1]
+        layout = max((m.layout for m in plain), key=len) if plain else ((maps[0].axis, result.shape[maps[0].axis]),)
+        channels = math.prod(size for _, size in layout)
+
+        def lined_up(m: ChannelMap) -> ChannelMap:
+            if is_uniform(m) or m.channels == 1:
+                return laid_out(broadcast(m, channels), layout)
+            if m.layout == layout:
+                return m
+            if m.layout == layout[:len(m.layout)]:
+                return expand(m, layout)
+            raise _unsupported(n, "an elementwise op on tensors whose channels lie along different dims")
+
+        merged = merge([lined_up(m) for m in maps])
         if target in MULTIPLY:
             for v in operands:
                 if isinstance(v, _Constant) and v.value.ndim == result.ndim:
-                    mask = v.value.expand_as(result).movedim(axis, 0).reshape(channels, -1)
-                    merged = zero_channels(merged, (mask == 0).all(dim=1).tolist())
+                    dims = [d for d, _ in layout]
+                    mask = v.value.expand_as(result).permute(*dims, *(d for d in range(result.ndim) if d not in dims))
+                    merged = zero_channels(merged, (mask.reshape(channels, -1) == 0).all(dim=1).tolist())
         return merged
 
     def _concat(self, n: fx.Node, result: torch.Tensor) -> ChannelMap:
@@ -357,17 +388,34 @@ class _ChannelTracer(fx.Interpreter):
         if not all(isinstance(p, ChannelMap) for p in parts):
             raise _unsupported(n, "concatenating a constant with traced tensors")
         dim = _dim_arg(n, 1, 0) % result.ndim
-        return concat(list(parts)) if dim == parts[0].axis else merge(list(parts))
+        if dim not in {d for p in parts for d, _ in p.layout}:
+            return merge(list(parts))
+        if any(p.split for p in parts):
+            raise _unsupported(n, "concatenating along one of several dims that hold the channels")
+        return concat(list(parts))
 
     def _split(self, n: fx.Node, result: tuple) -> tuple:
         m = self._input_map(n)
         dim = _dim_arg(n, 2, 0) % result[0].ndim
-        if dim != m.axis:
+        subs = [d for d, _ in m.layout]
+        if dim not in subs:
             return tuple(m for _ in result)
         starts = [0]
         for part in result:
-            starts.append(starts[-1] + part.shape[m.axis])
-        return tuple(slice_channels(m, a, b) for a, b in zip(starts, starts[1:]))
+            starts.append(starts[-1] + part.shape[dim])
+        return tuple(select(m, subs.index(dim), a, b) for a, b in zip(starts, starts[1:]))
+
+    def _unbind(self, n: fx.Node, result: tuple) -> tuple:
+        m = self._input_map(n)
+        dim = _dim_arg(n, 1, 0) % (result[0].ndim + 1)
+        subs = [d for d, _ in m.layout]
+        shifted = tuple((d - (d > dim), size) for d, size in m.layout)
+        if dim not in subs or is_uniform(m):
+            return tuple(laid_out(m, shifted) for _ in result)
+        k = subs.index(dim)
+        if len(subs) == 1:
+            raise _unsupported(n, "unbind along the only dim that holds the channels")
+        return tuple(laid_out(select(m, k, i, i + 1), shifted[:k] + shifted[k + 1:]) for i in range(len(result)))
 
     def _permute(self, n: fx.Node, result: torch.Tensor) -> ChannelMap:
         m = self._input_map(n)
@@ -379,16 +427,24 @@ class _ChannelTracer(fx.Interpreter):
         else:
             dims = n.args[1] if len(n.args) == 2 and isinstance(n.args[1], (tuple, list)) else n.args[1:]
             order = [d % ndim for d in dims or n.kwargs["dims"]]
-        return moved(m, order.index(m.axis))
+        return laid_out(m, tuple((order.index(d), size) for d, size in m.layout))
 
     def _reshape(self, n: fx.Node, result: torch.Tensor) -> ChannelMap:
+        """Channel c keeps its row-major place: the channels must fill whole consecutive dims before
+        and after the reshape (or lie along dim 1 and be flattened with the dims after it)."""
         m = self._input_map(n)
         before, after = tuple(self.shapes[n.args[0]]), tuple(result.shape)
-        if after[: m.axis + 1] == before[: m.axis + 1]:
-            return m  # only dimensions after the channels change
-        if m.axis == len(before) - 1 and after[-1] == before[-1]:
-            return moved(m, len(after) - 1)  # only dimensions before the channels change
-        if m.axis == 1 and len(after) == 2 and after == (before[0], math.prod(before[1:])):
+        if is_uniform(m):
+            return _uniform_like(m, result)
+        dims = [d for d, _ in m.layout]
+        if dims == list(range(dims[0], dims[0] + len(dims))) and m.unit == 1:
+            outer = math.prod(before[: dims[0]])
+            sizes = [math.prod(after[:i]) for i in range(len(after) + 1)]  # elements before each dim
+            if outer in sizes and outer * m.channels in sizes:
+                first, last = sizes.index(outer), sizes.index(outer * m.channels)
+                layout = tuple((d, after[d]) for d in range(first, last) if after[d] != 1)
+                return laid_out(m, layout or ((first, 1),))
+        if m.layout == ((1, m.channels),) and len(after) == 2 and after == (before[0], math.prod(before[1:])):
             return with_unit(m, math.prod(before[2:]))
         raise _unsupported(n, f"a reshape from {before} to {after} that moves channels")
 
@@ -396,58 +452,107 @@ class _ChannelTracer(fx.Interpreter):
         m = self._input_map(n)
         ndim = len(self.shapes[n.args[0]])
         dims = _normalize_dims(_dim_arg(n, 1, None), ndim)
+        dims = set(range(ndim)) if dims is None else dims
         keep = result.ndim == ndim
-        if dims is None:
-            dims = set(range(ndim))
-        axis = m.axis if keep else m.axis - sum(d < m.axis for d in dims)
-        if m.axis not in dims:
-            return moved(m, axis)
-        axis = min(axis, result.ndim - 1) if result.ndim else 0  # the channels are gone: any dim
-        return mix(m, result.shape[axis] if result.ndim else 1, axis)
+        subs = {d for d, _ in m.layout}
+        if not subs & dims:
+            return laid_out(m, tuple((d if keep else d - sum(r < d for r in dims), size) for d, size in m.layout))
+        if is_uniform(m) or subs <= dims:  # the channels are gone (mixed): any dim holds them
+            return _uniform_like(m, result)
+        for k in reversed(range(len(m.layout))):  # sum over a sub-axis: its indices merge
+            d, size = m.layout[k]
+            if d in dims:
+                rest = m.layout[:k] + m.layout[k + 1:]
+                m = merge([laid_out(select(m, k, i, i + 1), rest) for i in range(size)])
+        return laid_out(m, tuple((d if keep else d - sum(r < d for r in dims), size) for d, size in m.layout))
+
+    def _mixed_dims(self, n: fx.Node, dims: set[int]) -> ChannelMap:
+        """The input through an op that mixes each sample along `dims` (softmax, normalizations)."""
+        m = self._input_map(n)
+        subs = [d for d, _ in m.layout]
+        inner = [d in dims for d in subs]
+        if not any(inner):
+            return m
+        if all(inner):
+            return mix(m, m.channels)
+        if inner == sorted(inner):  # only innermost sub-axes: each group of them mixes within itself
+            return mix_groups(m, math.prod(size for (d, size) in m.layout if d in dims))
+        raise _unsupported(n, f"{n.target} mixing outer but not inner dims of the channels")
 
     def _mixed_along(self, n: fx.Node, dim: Any, result: torch.Tensor) -> ChannelMap:
         """The input through an op that mixes it along `dim` (softmax, normalize)."""
-        m = self._input_map(n)
         if not isinstance(dim, int):
             raise _unsupported(n, f"{n.target} without an explicit integer dim")
-        return mix(m, m.channels) if dim % result.ndim == m.axis else m
+        return self._mixed_dims(n, {dim % result.ndim})
 
     def _layer_norm(self, n: fx.Node, normalized_shape: Any, result: torch.Tensor) -> ChannelMap:
-        """LayerNorm over the trailing `normalized_shape` dims: it mixes the channels if they are one."""
-        m = self._input_map(n)
+        """LayerNorm over the trailing `normalized_shape` dims."""
         trailing = len(normalized_shape) if isinstance(normalized_shape, (tuple, list, torch.Size)) else 1
-        return mix(m, m.channels) if m.axis >= result.ndim - trailing else m
+        return self._mixed_dims(n, set(range(result.ndim - trailing, result.ndim)))
 
     def _group_norm(self, n: fx.Node, groups: int, result: torch.Tensor) -> ChannelMap:
         """GroupNorm: each of its `groups` groups of dim 1 mixes within itself (and over the dims after)."""
         m = self._input_map(n)
-        if m.axis != 1:
-            return mix(m, m.channels)
-        size = m.channels // groups
-        return concat([mix(slice_channels(m, g * size, (g + 1) * size), size) for g in range(groups)])
+        if m.layout != ((1, m.channels),):
+            return self._mixed_dims(n, set(range(1, result.ndim)))
+        return mix_groups(m, m.channels // groups)
 
     def _matmul(self, n: fx.Node, result: torch.Tensor) -> ChannelMap:
-        """a @ b: a channel axis on a contracted dim mixes into every output; one on a kept dim (rows
-        of a, columns of b, or a batch dim) stays the output's channel axis."""
-        kept, mixed = [], []
-        for arg, contracted, kept_dim in ((n.args[0], -1, -2), (n.args[1], -2, -1)):
-            m = self._value(arg)
+        a, b = n.args[:2]
+        return self._product(n, (self._value(a), self.shapes.get(a)), (self._value(b), self.shapes.get(b)),
+                             tuple(result.shape))
+
+    def _attention(self, n: fx.Node, result: torch.Tensor) -> ChannelMap:
+        """scaled_dot_product_attention(q, k, v) = softmax(q @ k^T) @ v."""
+        (q, k, v), shapes = (self._value(a) for a in n.args[:3]), [self.shapes.get(a) for a in n.args[:3]]
+        if isinstance(k, ChannelMap):
+            ndim = len(shapes[1])
+            swap = {ndim - 1: ndim - 2, ndim - 2: ndim - 1}
+            k = laid_out(k, tuple((swap.get(d, d), size) for d, size in k.layout))
+        k_t = shapes[1][:-2] + (shapes[1][-1], shapes[1][-2])
+        weights_shape = tuple(shapes[0][:-1]) + (shapes[1][-2],)
+        weights = self._product(n, (q, shapes[0]), (k, k_t), weights_shape)
+        if any(d == len(weights_shape) - 1 for d, _ in weights.layout) and not is_uniform(weights):
+            raise _unsupported(n, "attention whose keys hold channels along the sequence")
+        return self._product(n, (weights, weights_shape), (v, shapes[2]), tuple(result.shape))
+
+    def _product(self, n: fx.Node, a: tuple[Any, Any], b: tuple[Any, Any], out: tuple[int, ...]) -> ChannelMap:
+        """The map of a @ b from the (map or constant, shape) of each: channels on the contracted dim
+        mix (the innermost of several channel dims only); channels on a kept dim (rows of a, columns
+        of b, a batch dim) stay channels of the output."""
+        parts = []
+        for (m, shape), contracted, kept in ((a, -1, -2), (b, -2, -1)):
             if not isinstance(m, ChannelMap):
                 continue
-            ndim = len(self.shapes[arg])
+            ndim = len(shape)
             if ndim < 2:
                 raise _unsupported(n, "a matmul with a one-dimensional operand")
-            if is_uniform(m) or m.axis == ndim + contracted:
-                mixed.append(m)
+            layout = () if is_uniform(m) else m.layout
+            if any(d == ndim + contracted for d, _ in layout):
+                if layout[-1][0] != ndim + contracted:
+                    raise _unsupported(n, "a matmul contracting channels that are not the innermost")
+                m, layout = mix_groups(m, layout[-1][1], 1), layout[:-1]
+            offset = len(out) - ndim  # batch dims line up from the right
+            parts.append((m, tuple((len(out) + kept if d == ndim + kept else d + offset, size) for d, size in layout)))
+        target = max((layout for _, layout in parts), key=len)
+        if not target:  # every operand mixed: the output is uniform
+            return mix(merge([mix(m, 1, len(out) - 1) for m, _ in parts]), out[-1], len(out) - 1)
+        lined = []
+        for m, layout in parts:
+            if not layout:
+                lined.append(laid_out(mix(m, math.prod(size for _, size in target)), target))
+            elif layout == target[:len(layout)]:
+                lined.append(laid_out(m, target) if layout == target else expand(laid_out(m, layout), target))
             else:
-                offset = result.ndim - ndim  # batch dims line up from the right
-                kept.append(moved(m, result.ndim + kept_dim if m.axis == ndim + kept_dim else m.axis + offset))
-        axes = {m.axis for m in kept}
-        if len(axes) > 1:
-            raise _unsupported(n, "a matmul whose operands keep their channels along different dims")
-        axis = axes.pop() if axes else result.ndim - 1
-        channels = result.shape[axis]
-        return merge([broadcast(m, channels) for m in kept] + [mix(m, channels, axis) for m in mixed])
+                raise _unsupported(n, "a matmul whose operands keep their channels along different dims")
+        return merge(lined)
+
+
+def _uniform_like(m: ChannelMap, result: Any) -> ChannelMap:
+    """A map whose channels all depend on every channel of `m`, laid along a dim of `result`."""
+    ndim = result.ndim if isinstance(result, torch.Tensor) else 0
+    axis = min(m.axis, ndim - 1) if ndim else 0
+    return mix(m, result.shape[axis] if ndim else 1, axis)
 
 
 def _flatten_maps(value: Any) -> list[ChannelMap]:
