@@ -195,9 +195,22 @@ class HeadsIntoBatch(nn.Module):
         return self.head(y.mean(1))
 
 
+class SelfAttentionModule(nn.Module):
+    """torch's nn.MultiheadAttention on (N, L, D) tokens."""
+
+    def __init__(self):
+        super().__init__()
+        self.attention, self.head = nn.MultiheadAttention(8, 2, batch_first=True), nn.Linear(8, 3)
+
+    def forward(self, x):
+        tokens = x.mean(1)
+        return self.head(self.attention(tokens, tokens, tokens)[0].mean(1))
+
+
 @pytest.mark.parametrize("model, names", [
     (OuterProduct(), "keep their channels along different dims"),
     (HeadsIntoBatch(), "a reshape from"),
+    (SelfAttentionModule(), "write it with nn.Linear and F.scaled_dot_product_attention"),
     (Flipped(), "'flip'"),
     (nn.Sequential(nn.Conv2d(3, C, 1), nn.LocalResponseNorm(2)), "LocalResponseNorm"),
 ])

@@ -293,6 +293,9 @@ class _ChannelTracer(fx.Interpreter):
             return self._mixed_along(n, module.dim, result)
         if isinstance(module, nn.Flatten):
             return self._reshape(n, result)
+        if isinstance(module, nn.MultiheadAttention):
+            raise _unsupported(n, f"nn.MultiheadAttention {n.target!r}: its projections are parameters, not "
+                                  "Linear modules (write it with nn.Linear and F.scaled_dot_product_attention)")
         raise _unsupported(n, f"the module {n.target!r} of type {type(module).__name__}")
 
     def _weighted(self, n: fx.Node, module: nn.Module, result: torch.Tensor) -> ChannelMap:
