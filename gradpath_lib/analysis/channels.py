@@ -152,6 +152,16 @@ def expand(m: ChannelMap, layout: tuple[tuple[int, int], ...]) -> ChannelMap:
     return laid_out(concat(parts), layout)
 
 
+def line_up(m: ChannelMap, layout: tuple[tuple[int, int], ...]) -> ChannelMap | None:
+    """`m` spread over `layout` for an elementwise combination: broadcast when all its channels are
+    alike, expanded when its layout is the outer part of `layout`; None when it does not fit."""
+    if is_uniform(m) or m.channels == 1:
+        return laid_out(broadcast(m, math.prod(size for _, size in layout)), layout)
+    if m.layout == layout:
+        return m
+    return expand(m, layout) if m.layout == layout[:len(m.layout)] else None
+
+
 def mix_groups(m: ChannelMap, size: int, out_size: int | None = None) -> ChannelMap:
     """Every `size` consecutive channels mixed together into `out_size` (default `size`) channels."""
     out_size = size if out_size is None else out_size

@@ -48,15 +48,14 @@ from ..errors import GradpathError
 from .channels import (
     INPUT,
     ChannelMap,
-    broadcast,
     concat,
     consumed_ranges,
     detach,
     fresh,
     merge,
-    expand,
     is_uniform,
     laid_out,
+    line_up,
     mix,
     mix_groups,
     select,
@@ -353,7 +352,7 @@ class _ChannelTracer(fx.Interpreter):
                     m, out_of[dim] = select(m, subs[dim], lo, max(lo, hi)), out
             dim, out = dim + 1, out + isinstance(entry, slice)
         layout = tuple((out_of[d], size) for (d, _), (_, size) in zip(container.layout, m.layout) if d in out_of)
-        return laid_out(m, layout) if layout else _uniform_like(mix(m, 1), result)
+        return laid_out(m, layout) if layout else _uniform_like(m, result)
 
     def _operands(self, n: fx.Node) -> list[Any]:
         return [self._value(a) for a in n.args] + [self._value(v) for v in n.kwargs.values()]
@@ -367,17 +366,10 @@ class _ChannelTracer(fx.Interpreter):
         plain = [m for m in maps if not is_uniform(m) and m.channels > 1]
         layout = max((m.layout for m in plain), key=len) if plain else ((maps[0].axis, result.shape[maps[0].axis]),)
         channels = math.prod(size for _, size in layout)
-
-        def lined_up(m: ChannelMap) -> ChannelMap:
-            if is_uniform(m) or m.channels == 1:
-                return laid_out(broadcast(m, channels), layout)
-            if m.layout == layout:
-                return m
-            if m.layout == layout[:len(m.layout)]:
-                return expand(m, layout)
+        lined = [line_up(m, layout) for m in maps]
+        if None in lined:
             raise _unsupported(n, "an elementwise op on tensors whose channels lie along different dims")
-
-        merged = merge([lined_up(m) for m in maps])
+        merged = merge(lined)
         if target in MULTIPLY:
             for v in operands:
                 if isinstance(v, _Constant) and v.value.ndim == result.ndim:
@@ -537,17 +529,11 @@ class _ChannelTracer(fx.Interpreter):
                 m, layout = mix_groups(m, layout[-1][1], 1), layout[:-1]
             offset = len(out) - ndim  # batch dims line up from the right
             parts.append((m, tuple((len(out) + kept if d == ndim + kept else d + offset, size) for d, size in layout)))
-        target = max((layout for _, layout in parts), key=len)
-        if not target:  # every operand mixed: the output is uniform
-            return mix(merge([mix(m, 1, len(out) - 1) for m, _ in parts]), out[-1], len(out) - 1)
-        lined = []
-        for m, layout in parts:
-            if not layout:
-                lined.append(laid_out(mix(m, math.prod(size for _, size in target)), target))
-            elif layout == target[:len(layout)]:
-                lined.append(laid_out(m, target) if layout == target else expand(laid_out(m, layout), target))
-            else:
-                raise _unsupported(n, "a matmul whose operands keep their channels along different dims")
+        # every operand mixed (no channel dim left): the output is uniform, along its last dim
+        target = max((layout for _, layout in parts), key=len) or ((len(out) - 1, out[-1]),)
+        lined = [line_up(laid_out(m, layout) if layout else m, target) for m, layout in parts]
+        if None in lined:
+            raise _unsupported(n, "a matmul whose operands keep their channels along different dims")
         return merge(lined)
 
 
