@@ -89,8 +89,14 @@ def strip_timing(metrics: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def fast_path(device: torch.device) -> bool:
+    """Whether training on `device` takes the speed path: bf16 autocast, channels-last weights,
+    cuDNN autotuning and fused optimizers. CUDA only; elsewhere training stays fp32 and deterministic."""
+    return device.type == "cuda"
+
+
 def make_optimizer(model: nn.Module, recipe: Recipe, device: torch.device) -> torch.optim.SGD:
-    """SGD (Nesterov) with weight decay on conv/linear weights only, fused on CUDA."""
+    """SGD (Nesterov) with weight decay on conv/linear weights only, fused on the fast path."""
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
     groups = [
@@ -99,7 +105,7 @@ def make_optimizer(model: nn.Module, recipe: Recipe, device: torch.device) -> to
     ]
     return torch.optim.SGD(
         groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov,
-        fused=device.type == "cuda",
+        fused=fast_path(device),
     )
 
 
@@ -109,8 +115,8 @@ def compiled(forward: nn.Module, mode: str) -> nn.Module:
 
 
 def autocast(device: torch.device) -> torch.autocast:
-    """bf16 autocast on CUDA; a no-op (fp32) elsewhere."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    """bf16 autocast on the fast path; a no-op (fp32) elsewhere."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=fast_path(device))
 
 
 def training_loss(
@@ -326,9 +332,9 @@ def initial_model(config: dict[str, Any]) -> nn.Module:
 
 
 def prepare_model(model: nn.Module, device: torch.device) -> nn.Module:
-    """`model` on `device` (channels-last memory and cuDNN autotuning on CUDA)."""
+    """`model` on `device` (channels-last memory and cuDNN autotuning on the fast path)."""
     model.to(device)
-    if device.type == "cuda":
+    if fast_path(device):
         torch.backends.cudnn.benchmark = True
         model.to(memory_format=torch.channels_last)
     return model

@@ -52,7 +52,7 @@ from ..scales import check_scale
 from ..store import load_checkpoint, save_checkpoint, weights_path
 from .batches import epoch_generator
 from .boxes import anchor_points
-from .classify import autocast, compiled, finite_or_none, rng_state, set_rng_state
+from .classify import autocast, compiled, fast_path, finite_or_none, prepare_model, rng_state, set_rng_state
 from .coco_eval import SUMMARY_NAMES, evaluate_coco
 from .det_data import DetectionData, detection_data
 from .det_loss import detection_loss
@@ -207,11 +207,11 @@ class ModelEMA:
 
 
 def make_optimizer(model: nn.Module, recipe: DetectRecipe, device: torch.device) -> torch.optim.AdamW:
-    """AdamW with weight decay on conv weights only, fused on CUDA."""
+    """AdamW with weight decay on conv weights only, fused on the fast path."""
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=recipe.lr, fused=device.type == "cuda")
+    return torch.optim.AdamW(groups, lr=recipe.lr, fused=fast_path(device))
 
 
 @dataclass
@@ -340,10 +340,7 @@ def fit_detector(
                             "use a smaller batch_size")
     check_global_batch(recipe.batch_size)
     total_steps = steps_per_epoch * recipe.epochs
-    model.to(device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        model.to(memory_format=torch.channels_last)
+    prepare_model(model, device)
     optimizer = make_optimizer(model, recipe, device)
     ema = ModelEMA(model, recipe.ema_decay, recipe.ema_tau)
     history: list[dict[str, Any]] = []
