@@ -1,6 +1,8 @@
 """Weightless ops that mix channels (LayerNorm, GroupNorm, softmax, channel means, matmul):
-they join channels into one gradient group without lengthening any path, and the measured
-spectrum (an independent, exact computation) agrees with the structure on models built of them."""
+they join channels into one gradient group without lengthening any path; ops that reorder
+channels (ShuffleNet's channel shuffle, flips, strided slices, pixel shuffles) move each channel's
+paths with it. The measured spectrum (an independent, exact computation) agrees with the
+structure on models built of them."""
 
 from __future__ import annotations
 
@@ -174,15 +176,6 @@ class OuterProduct(nn.Module):
         return self.head((y.transpose(1, 2) @ y).flatten(1))
 
 
-class Flipped(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.a = nn.Conv2d(3, C, 1)
-
-    def forward(self, x):
-        return torch.flip(self.a(x), [1]).mean((2, 3))
-
-
 class HeadsIntoBatch(nn.Module):
     """Heads folded into the batch dim, (B, H, N, hd) -> (B * H, N, hd): channels leave the channel dims."""
 
@@ -207,11 +200,22 @@ class SelfAttentionModule(nn.Module):
         return self.head(self.attention(tokens, tokens, tokens)[0].mean(1))
 
 
+class PixelShuffledRows(nn.Module):
+    """A pixel shuffle of (N, H, C, W): it would spread the channels over space and channels."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, C, 1)
+
+    def forward(self, x):
+        return F.pixel_shuffle(self.a(x).transpose(1, 2), 2).mean((2, 3))
+
+
 @pytest.mark.parametrize("model, names", [
     (OuterProduct(), "keep their channels along different dims"),
     (HeadsIntoBatch(), "a reshape from"),
     (SelfAttentionModule(), "write it with nn.Linear and F.scaled_dot_product_attention"),
-    (Flipped(), "'flip'"),
+    (PixelShuffledRows(), "a pixel shuffle of channels that do not lie along dim 1"),
     (nn.Sequential(nn.Conv2d(3, C, 1), nn.LocalResponseNorm(2)), "LocalResponseNorm"),
 ])
 def test_what_still_cannot_be_followed_is_an_error_naming_it(model, names):
@@ -277,6 +281,81 @@ def test_channels_viewed_as_anchors_by_outputs_keep_their_place():
     assert [(a, b) for a, b, stamps in groups(report, "a") if stamps] == [(0, 4), (6, 10), (12, 16)]
 
 
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """ShuffleNet's shuffle as torchvision writes it: view, transpose, flatten back."""
+    b, c, h, w = x.shape
+    return torch.transpose(x.view(b, groups, c // groups, h, w), 1, 2).contiguous().view(b, -1, h, w)
+
+
+SHUFFLES = {"view": lambda x: channel_shuffle(x, 2), "module": nn.ChannelShuffle(2),
+            "function": lambda x: F.channel_shuffle(x, 2)}
+
+
+class ShuffleUnit(nn.Module):
+    """ShuffleNetV2's stride-1 unit: half the channels pass, half go through 1x1, depthwise 3x3
+    and 1x1; the halves are concatenated, then shuffled (as `style` writes it)."""
+
+    def __init__(self, c: int, style: str):
+        super().__init__()
+        h = c // 2
+        self.branch = nn.Sequential(nn.Conv2d(h, h, 1), nn.SiLU(), nn.Conv2d(h, h, 3, padding=1, groups=h),
+                                    nn.Conv2d(h, h, 1), nn.SiLU())
+        self.shuffle = SHUFFLES[style]
+
+    def forward(self, x):
+        a, b = x.chunk(2, dim=1)
+        return self.shuffle(torch.cat((a, self.branch(b)), dim=1))
+
+
+class ShuffleNetLike(nn.Module):
+    def __init__(self, style: str, c: int = 2 * C, units: int = 3):
+        super().__init__()
+        self.stem = nn.Conv2d(3, c, 3, padding=1)
+        self.units = nn.Sequential(*[ShuffleUnit(c, style) for _ in range(units)])
+        self.head = nn.Linear(c, 3)
+
+    def forward(self, x):
+        return self.head(self.units(self.stem(x)).mean((2, 3)))
+
+
+class Reordered(nn.Module):
+    """conv `a` (`width` channels), `reorder`, then only channels [lo, hi) go on to the head."""
+
+    def __init__(self, reorder, width: int, lo: int, hi: int):
+        super().__init__()
+        self.a, self.reorder, self.lo, self.hi = nn.Conv2d(3, width, 1), reorder, lo, hi
+        self.head = nn.Linear(hi - lo, 3)
+
+    def forward(self, x):
+        return self.head(self.reorder(self.a(x))[:, self.lo:self.hi].mean((2, 3)))
+
+
+REORDERS = {  # model, the channel ranges of `a` that reach the loss
+    "shuffle": (lambda: Reordered(nn.ChannelShuffle(2), 8, 0, 2), [(0, 1), (4, 5)]),
+    "shuffle-rows": (lambda: Reordered(lambda y: F.channel_shuffle(y.transpose(1, 2), 2).transpose(1, 2), 8, 0, 1),
+                     [(0, 1)]),  # a shuffle of dim 1 when it holds rows, not channels
+    "flip": (lambda: Reordered(lambda y: torch.flip(y, [1]), 4, 0, 1), [(3, 4)]),
+    "strided-slice": (lambda: Reordered(lambda y: y[:, 1::3], 8, 1, 2), [(4, 5)]),
+    "pixel-shuffle": (lambda: Reordered(nn.PixelShuffle(2), 8, 1, 2), [(4, 8)]),
+    "pixel-unshuffle": (lambda: Reordered(nn.PixelUnshuffle(2), 2, 4, 5), [(1, 2)]),
+}
+
+
+@pytest.mark.parametrize("name", REORDERS)
+def test_reordered_channels_take_their_gradient_paths_with_them(name):
+    model, used = REORDERS[name]
+    report = analyze_model(model(), SHAPE)
+    assert [(a, b) for a, b, stamps in groups(report, "a") if stamps] == used
+
+
+def test_shuffled_halves_alternate_between_the_shortcut_and_the_branch():
+    """Through a shuffle, half of a unit's branch output skips the next unit's branch: its channel
+    groups reach the loss by different path lengths, as CSP's partial channels do."""
+    report = analyze_model(ShuffleNetLike("view"), SHAPE)
+    assert groups(report, "units.1.branch.3") == [(0, 2, (2,)), (2, 4, (5,))]
+    assert groups(report, "units.0.branch.3") == [(0, 1, (2,)), (1, 2, (5,)), (2, 4, (5, 8))]
+
+
 MODELS = {
     "convnext": ConvNeXtLike,
     "groupnorm": lambda: SplitNormalized(nn.GroupNorm(2, C)),
@@ -290,6 +369,8 @@ MODELS = {
     "multi-head-sdpa": lambda: MultiHead("sdpa"),
     "one-head": lambda: MultiHead("unbind", only_head=1),
     "anchor-head": AnchorHead,
+    **{f"shufflenet-{style}": (lambda style=style: ShuffleNetLike(style)) for style in SHUFFLES},
+    **{name: model for name, (model, _) in REORDERS.items()},
 }
 
 

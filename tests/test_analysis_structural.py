@@ -317,8 +317,6 @@ class Branching(nn.Module):
     [
         (Permuting(conv_after=True), "Conv2d 'conv' reading channels from dim 3"),
         (nn.Sequential(conv(3, C), nn.Flatten(0)), "reshape"),
-        (nn.Sequential(conv(3, C), nn.PixelShuffle(2)), "PixelShuffle"),
-        (nn.Sequential(conv(3, C), nn.ChannelShuffle(2)), "ChannelShuffle"),
         (Branching(), "control flow"),
         (AddInPlace(), "'add_'"),
     ],

@@ -17,8 +17,10 @@ A source marked not `live` is a forward dependency through `.detach()`: it carri
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+
+import numpy as np
 
 from ..errors import GradpathError
 
@@ -120,6 +122,38 @@ def concat(maps: list[ChannelMap]) -> ChannelMap:
     return ChannelMap(base, tuple(pieces), axis=maps[0].axis)
 
 
+def reordered(m: ChannelMap, order: Sequence[int]) -> ChannelMap:
+    """Channel j of the result is channel `order[j]` of `m` (a channel shuffle, a flip, a strided
+    slice). Channels that stay consecutive stay one piece; the layout is kept when the count is."""
+    _check_unflattened(m, "reordering channels")
+    pieces: list[Piece] = []
+    for j, old in enumerate(order):
+        sources = m.sources_from(old, old + 1)
+        last = pieces[-1] if pieces else None
+        if last is not None and sources == frozenset(s.shifted(last.stop - last.start) for s in last.sources):
+            pieces[-1] = replace(last, stop=j + 1)
+        else:
+            pieces.append(Piece(j, j + 1, sources))
+    return replace(m, channels=len(order), pieces=tuple(pieces), split=m.split if len(order) == m.channels else ())
+
+
+def channel_order(sizes: Sequence[int], transform: Callable[[np.ndarray], np.ndarray]) -> list[int]:
+    """The `order` of `reordered` for channels indexed row-major over `sizes`, rearranged by
+    `transform` (an array op such as a transpose or a flip of the index array)."""
+    return transform(np.arange(math.prod(sizes)).reshape(tuple(sizes))).reshape(-1).tolist()
+
+
+def in_dim_order(m: ChannelMap) -> ChannelMap:
+    """`m` with the dims of its layout in increasing order, its channels renumbered row-major over
+    them: how a reshape reads channels that a transpose of two channel dims moved (a channel shuffle)."""
+    dims = [d for d, _ in m.layout]
+    if dims == sorted(dims) or is_uniform(m):
+        return m
+    by_dim = sorted(range(len(dims)), key=dims.__getitem__)
+    order = channel_order([size for _, size in m.layout], lambda index: index.transpose(by_dim))
+    return laid_out(reordered(m, order), tuple(m.layout[k] for k in by_dim))
+
+
 def broadcast(m: ChannelMap, channels: int) -> ChannelMap:
     """A one-channel (or uniform) map broadcast to `channels` channels (as elementwise ops do)."""
     if m.channels == channels:
@@ -143,6 +177,13 @@ def select(m: ChannelMap, sub: int, start: int, stop: int) -> ChannelMap:
     parts = [slice_channels(m, o * block + start * inner, o * block + stop * inner) for o in range(outer)]
     layout = tuple((d, stop - start if k == sub else size) for k, (d, size) in enumerate(m.layout))
     return laid_out(concat(parts), layout)
+
+
+def take(m: ChannelMap, sub: int, indices: Sequence[int]) -> ChannelMap:
+    """Indices `indices` (in that order) of sub-axis `sub` of `m`'s layout, the others whole."""
+    order = channel_order([size for _, size in m.layout], lambda index: np.take(index, list(indices), axis=sub))
+    layout = tuple((d, len(indices) if k == sub else size) for k, (d, size) in enumerate(m.layout))
+    return laid_out(reordered(m, order), layout)
 
 
 def expand(m: ChannelMap, layout: tuple[tuple[int, int], ...]) -> ChannelMap:

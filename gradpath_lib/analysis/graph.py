@@ -13,7 +13,10 @@ within its groups, means and variances over the channels, `@` / matmul and
 scaled_dot_product_attention) make every channel they mix depend on all of them, without adding
 a weighted layer to any path. A reshape may spread the channels over several dims (attention
 heads, a YOLO head's anchors x outputs); slices, `unbind`, reductions and matmuls then act on
-each of those dims exactly (a matmul contracts the innermost one);
+each of those dims exactly (a matmul contracts the innermost one). Ops that reorder channels
+carry each channel's sources with it: a transpose of two channel dims read back by a reshape (a
+channel shuffle, also `nn.ChannelShuffle` / `F.channel_shuffle`), `torch.flip`, strided slices;
+PixelShuffle makes each output channel depend on its r^2 input channels, PixelUnshuffle the reverse;
 `.detach()` and `torch.detach(x)` cut the gradient edge; `permute`/`transpose` move the channel
 axis (as a detection head does before its output; each position records the axis of its output
 channels). Tensors computed from constants alone carry no gradient path.
@@ -38,6 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
@@ -48,17 +52,23 @@ from ..errors import GradpathError
 from .channels import (
     INPUT,
     ChannelMap,
+    broadcast,
+    channel_order,
     concat,
     consumed_ranges,
     detach,
     fresh,
+    in_dim_order,
     merge,
     is_uniform,
     laid_out,
     line_up,
     mix,
     mix_groups,
+    reordered,
     select,
+    slice_channels,
+    take,
     producers,
     with_unit,
     zero_channels,
@@ -108,13 +118,17 @@ SPLITS = {torch.split, torch.chunk, "split", "chunk"}
 UNBINDS = {torch.unbind, "unbind"}
 DETACHES = {torch.detach, "detach"}
 CONCATS = {torch.cat, torch.concat}
+FLIPS = {torch.flip, "flip"}
+CHANNEL_SHUFFLES = {torch.channel_shuffle, torch.native_channel_shuffle}
+PIXEL_SHUFFLES = {torch.pixel_shuffle: True, torch.pixel_unshuffle: False}  # -> True for shuffle, False for unshuffle
 SUPPORTED = (
     "weighted layers (Conv1d/2d/3d, ConvTranspose, Linear); channel-wise modules and functions "
     "(BatchNorm, InstanceNorm, activations, pooling, upsampling/interpolate, dropout, padding, "
     "Identity, Flatten, elementwise math such as sqrt/exp/pow); channel slices x[:, a:b] and None "
     "indices, torch.cat, split/chunk, elementwise + - * / **, permute/transpose, flatten/view/reshape "
-    "that keep the channels, .detach() / torch.detach(); and, mixing the channels without weights, "
-    "LayerNorm, GroupNorm, softmax / log_softmax / normalize, mean/sum/var/std/amax/amin "
+    "that keep the channels, .detach() / torch.detach(); channel shuffles (view-transpose-view, "
+    "nn.ChannelShuffle), torch.flip, strided slices, PixelShuffle/PixelUnshuffle; and, mixing the "
+    "channels without weights, LayerNorm, GroupNorm, softmax / log_softmax / normalize, mean/sum/var/std/amax/amin "
     "reductions, @ / matmul / bmm and scaled_dot_product_attention; reshapes that spread the "
     "channels over whole dims (attention heads) and back, with unbind and indexing along them"
 )
@@ -274,6 +288,13 @@ class _ChannelTracer(fx.Interpreter):
             return self._group_norm(n, n.args[1] if len(n.args) > 1 else n.kwargs["num_groups"], result)
         if target in DETACHES:
             return detach(self._input_map(n))
+        if target in FLIPS:
+            return self._flip(n)
+        if target in CHANNEL_SHUFFLES:
+            return self._channel_shuffle(n, n.args[1] if len(n.args) > 1 else n.kwargs["groups"])
+        if target in PIXEL_SHUFFLES:
+            factor = n.args[1] if len(n.args) > 1 else next(iter(n.kwargs.values()))
+            return self._pixel_shuffle(n, factor, PIXEL_SHUFFLES[target])
         if target in CHANNELWISE_FUNCTIONS or target in CHANNELWISE_METHODS:
             return self._channelwise(n, result)
         name = getattr(target, "__name__", str(target))
@@ -292,6 +313,11 @@ class _ChannelTracer(fx.Interpreter):
             return self._mixed_along(n, module.dim, result)
         if isinstance(module, nn.Flatten):
             return self._reshape(n, result)
+        if isinstance(module, nn.ChannelShuffle):
+            return self._channel_shuffle(n, module.groups)
+        if isinstance(module, (nn.PixelShuffle, nn.PixelUnshuffle)):
+            shuffle = isinstance(module, nn.PixelShuffle)
+            return self._pixel_shuffle(n, module.upscale_factor if shuffle else module.downscale_factor, shuffle)
         if isinstance(module, nn.MultiheadAttention):
             raise _unsupported(n, f"nn.MultiheadAttention {n.target!r}: its projections are parameters, not "
                                   "Linear modules (write it with nn.Linear and F.scaled_dot_product_attention)")
@@ -347,9 +373,11 @@ class _ChannelTracer(fx.Interpreter):
                     m = select(m, subs[dim], entry % size, entry % size + 1)
                 else:
                     lo, hi, step = entry.indices(size)
-                    if step != 1:
-                        raise _unsupported(n, f"a channel slice with step {step}")
-                    m, out_of[dim] = select(m, subs[dim], lo, max(lo, hi)), out
+                    if step == 1:
+                        m = select(m, subs[dim], lo, max(lo, hi))
+                    else:
+                        m = take(m, subs[dim], range(lo, hi, step))
+                    out_of[dim] = out
             dim, out = dim + 1, out + isinstance(entry, slice)
         layout = tuple((out_of[d], size) for (d, _), (_, size) in zip(container.layout, m.layout) if d in out_of)
         return laid_out(m, layout) if layout else _uniform_like(m, result)
@@ -359,7 +387,7 @@ class _ChannelTracer(fx.Interpreter):
 
     def _elementwise(self, n: fx.Node, target: Any, result: torch.Tensor) -> Any:
         operands = self._operands(n)
-        maps = [v for v in operands if isinstance(v, ChannelMap)]
+        maps = [in_dim_order(v) for v in operands if isinstance(v, ChannelMap)]
         for v, a in zip(operands, list(n.args) + list(n.kwargs.values())):
             if isinstance(v, ChannelMap) and len(self.shapes[a]) != result.ndim:
                 raise _unsupported(n, "an elementwise op broadcasting tensors of different ranks")
@@ -427,7 +455,7 @@ class _ChannelTracer(fx.Interpreter):
     def _reshape(self, n: fx.Node, result: torch.Tensor) -> ChannelMap:
         """Channel c keeps its row-major place: the channels must fill whole consecutive dims before
         and after the reshape (or lie along dim 1 and be flattened with the dims after it)."""
-        m = self._input_map(n)
+        m = in_dim_order(self._input_map(n))
         before, after = tuple(self.shapes[n.args[0]]), tuple(result.shape)
         if is_uniform(m):
             return _uniform_like(m, result)
@@ -442,6 +470,42 @@ class _ChannelTracer(fx.Interpreter):
         if m.layout == ((1, m.channels),) and len(after) == 2 and after == (before[0], math.prod(before[1:])):
             return with_unit(m, math.prod(before[2:]))
         raise _unsupported(n, f"a reshape from {before} to {after} that moves channels")
+
+    def _flip(self, n: fx.Node) -> ChannelMap:
+        """torch.flip: channels in reverse order along every flipped dim that holds them."""
+        m = self._input_map(n)
+        ndim = len(self.shapes[n.args[0]])
+        dims = n.args[1] if len(n.args) == 2 and isinstance(n.args[1], (tuple, list)) else n.args[1:]
+        flipped = {d % ndim for d in (dims or n.kwargs["dims"])}
+        axes = tuple(k for k, (d, _) in enumerate(m.layout) if d in flipped)
+        if not axes or is_uniform(m):
+            return m
+        return reordered(m, channel_order([size for _, size in m.layout], lambda index: np.flip(index, axes)))
+
+    def _channel_map_on_dim1(self, n: fx.Node, what: str) -> ChannelMap:
+        m = self._input_map(n)
+        if is_uniform(m):
+            return laid_out(m, ((1, m.channels),))
+        if m.layout != ((1, m.channels),):
+            raise _unsupported(n, f"{what} of channels that do not lie along dim 1 alone")
+        return m
+
+    def _channel_shuffle(self, n: fx.Node, groups: int) -> ChannelMap:
+        """ShuffleNet's shuffle: (N, g * c, ...) viewed as (N, g, c, ...), transposed, flattened back.
+        It moves dim 1 only: channels along other dims stay where they are."""
+        if 1 not in {d for d, _ in self._input_map(n).layout}:
+            return self._input_map(n)
+        m = self._channel_map_on_dim1(n, "a channel shuffle")
+        return reordered(m, channel_order((groups, m.channels // groups), np.transpose))
+
+    def _pixel_shuffle(self, n: fx.Node, factor: int, shuffle: bool) -> ChannelMap:
+        """PixelShuffle(r): output channel c is input channels [c r^2, (c + 1) r^2) spread over space, so it
+        depends on exactly those; PixelUnshuffle(r): output channels [c r^2, (c + 1) r^2) are input channel c."""
+        m = self._channel_map_on_dim1(n, "a pixel shuffle")
+        block = factor * factor
+        if shuffle:
+            return mix_groups(m, block, 1)
+        return concat([broadcast(slice_channels(m, c, c + 1), block) for c in range(m.channels)])
 
     def _reduce(self, n: fx.Node, result: torch.Tensor) -> ChannelMap:
         m = self._input_map(n)
