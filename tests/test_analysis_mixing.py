@@ -188,18 +188,6 @@ class HeadsIntoBatch(nn.Module):
         return self.head(y.mean(1))
 
 
-class SelfAttentionModule(nn.Module):
-    """torch's nn.MultiheadAttention on (N, L, D) tokens."""
-
-    def __init__(self):
-        super().__init__()
-        self.attention, self.head = nn.MultiheadAttention(8, 2, batch_first=True), nn.Linear(8, 3)
-
-    def forward(self, x):
-        tokens = x.mean(1)
-        return self.head(self.attention(tokens, tokens, tokens)[0].mean(1))
-
-
 class PixelShuffledRows(nn.Module):
     """A pixel shuffle of (N, H, C, W): it would spread the channels over space and channels."""
 
@@ -214,7 +202,6 @@ class PixelShuffledRows(nn.Module):
 @pytest.mark.parametrize("model, names", [
     (OuterProduct(), "keep their channels along different dims"),
     (HeadsIntoBatch(), "a reshape from"),
-    (SelfAttentionModule(), "write it with nn.Linear and F.scaled_dot_product_attention"),
     (PixelShuffledRows(), "a pixel shuffle of channels that do not lie along dim 1"),
     (nn.Sequential(nn.Conv2d(3, C, 1), nn.LocalResponseNorm(2)), "LocalResponseNorm"),
 ])

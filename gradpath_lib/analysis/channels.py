@@ -88,6 +88,11 @@ def fresh(producer: int, channels: int, axis: int = 1) -> ChannelMap:
     return ChannelMap(channels, (Piece(0, channels, frozenset({Source(producer, 0)})),), axis=axis)
 
 
+def sourceless(channels: int, axis: int = 1) -> ChannelMap:
+    """Channels that depend on nothing traced: a constant concatenated with traced tensors."""
+    return ChannelMap(channels, (Piece(0, channels, frozenset()),), axis=axis)
+
+
 def _from_boundaries(
     channels: int, cuts: set[int], sources_of: Callable[[int, int], frozenset[Source]], like: ChannelMap
 ) -> ChannelMap:

@@ -17,9 +17,13 @@ each of those dims exactly (a matmul contracts the innermost one). Ops that reor
 carry each channel's sources with it: a transpose of two channel dims read back by a reshape (a
 channel shuffle, also `nn.ChannelShuffle` / `F.channel_shuffle`), `torch.flip`, strided slices;
 PixelShuffle makes each output channel depend on its r^2 input channels, PixelUnshuffle the reverse;
+each `nn.MultiheadAttention` is first unrolled into its Linear projections (`unroll`);
 `.detach()` and `torch.detach(x)` cut the gradient edge; `permute`/`transpose` move the channel
 axis (as a detection head does before its output; each position records the axis of its output
-channels). Tensors computed from constants alone carry no gradient path.
+channels). Tensors computed from constants alone carry no gradient path; a constant
+concatenated to traced tensors (a class token) adds channels without one. Channels are followed,
+not positions along the other dims: a cat along those dims merges its parts' sources (and warns
+when one part is a constant, since a model reading only that position is then over-counted).
 A grouped convolution is treated as dense (every output channel depends on every input channel),
 which over-counts its connections inside the layer but changes no timestamp of whole groups.
 Anything else that may move gradient between channels raises `GradpathError` naming it, and so
@@ -36,6 +40,7 @@ from __future__ import annotations
 
 import math
 import operator
+import warnings
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -68,11 +73,13 @@ from .channels import (
     reordered,
     select,
     slice_channels,
+    sourceless,
     take,
     producers,
     with_unit,
     zero_channels,
 )
+from .unroll import unroll_attention
 
 LOSS = -2  # consumer id of the model's output (the loss)
 TRACE_BATCH = 1  # batch size of the shape-propagation run (in eval mode, so BatchNorm accepts 1)
@@ -131,6 +138,13 @@ SUPPORTED = (
     "channels without weights, LayerNorm, GroupNorm, softmax / log_softmax / normalize, mean/sum/var/std/amax/amin "
     "reductions, @ / matmul / bmm and scaled_dot_product_attention; reshapes that spread the "
     "channels over whole dims (attention heads) and back, with unbind and indexing along them"
+)
+
+POSITIONS_WARNING = (
+    "torch.cat along dim {dim} (graph node {node!r}) joins a constant, such as a learned class token, to "
+    "traced tensors. The analysis follows channels, not positions along dim {dim}: a model that reads only "
+    "some positions (the class token) is given the timestamps of all of them, which may include paths "
+    "it does not have. A model that pools over the dim reads every position, and its timestamps are exact."
 )
 
 
@@ -318,9 +332,6 @@ class _ChannelTracer(fx.Interpreter):
         if isinstance(module, (nn.PixelShuffle, nn.PixelUnshuffle)):
             shuffle = isinstance(module, nn.PixelShuffle)
             return self._pixel_shuffle(n, module.upscale_factor if shuffle else module.downscale_factor, shuffle)
-        if isinstance(module, nn.MultiheadAttention):
-            raise _unsupported(n, f"nn.MultiheadAttention {n.target!r}: its projections are parameters, not "
-                                  "Linear modules (write it with nn.Linear and F.scaled_dot_product_attention)")
         raise _unsupported(n, f"the module {n.target!r} of type {type(module).__name__}")
 
     def _weighted(self, n: fx.Node, module: nn.Module, result: torch.Tensor) -> ChannelMap:
@@ -407,15 +418,20 @@ class _ChannelTracer(fx.Interpreter):
         return merged
 
     def _concat(self, n: fx.Node, result: torch.Tensor) -> ChannelMap:
-        parts = self._value(n.args[0])
-        if not all(isinstance(p, ChannelMap) for p in parts):
-            raise _unsupported(n, "concatenating a constant with traced tensors")
+        """torch.cat along the channels, or along another dim (a class token joining the patch
+        tokens): then each channel depends on that channel of every part. A constant part (a
+        buffer, a learned token) carries no path."""
+        values, tensors = self._value(n.args[0]), n.args[0]
         dim = _dim_arg(n, 1, 0) % result.ndim
-        if dim not in {d for p in parts for d, _ in p.layout}:
-            return merge(list(parts))
-        if any(p.split for p in parts):
+        maps = [v for v in values if isinstance(v, ChannelMap)]
+        if dim not in {d for m in maps for d, _ in m.layout}:
+            if len(maps) < len(values):
+                warnings.warn(POSITIONS_WARNING.format(node=n.name, dim=dim), stacklevel=2)
+            return merge(maps)
+        if any(m.split for m in maps):
             raise _unsupported(n, "concatenating along one of several dims that hold the channels")
-        return concat(list(parts))
+        return concat([v if isinstance(v, ChannelMap) else sourceless(self.shapes[t][dim], dim)
+                       for v, t in zip(values, tensors)])
 
     def _split(self, n: fx.Node, result: tuple) -> tuple:
         m = self._input_map(n)
@@ -703,6 +719,7 @@ def trace_layers(model: nn.Module, input_shape: tuple[int, ...] = (3, 32, 32)) -
     """The weighted-layer DAG of `model` for one input of shape `input_shape` (without batch)."""
     if not input_shape or not all(isinstance(d, int) and d > 0 for d in input_shape):
         raise GradpathError(f"input shape {input_shape!r} must be positive ints such as (3, 32, 32)")
+    model = unroll_attention(model)
     gm = _symbolic_trace(model)
     device = next(model.parameters(), torch.empty(0)).device
     tracer = _ChannelTracer(gm)

@@ -29,6 +29,7 @@ from torch import nn
 from ..errors import GradpathError
 from .graph import WEIGHTED_MODULES
 from .paths import GradientPathReport, analyze_model
+from .unroll import unroll_attention
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 # Samples per replicated pass of the spectrum: a deep VoVNet has T = 80 replicas of about 13 MB of
@@ -149,6 +150,7 @@ def measured_gradient_spectrum(
     `report` (the structural analysis) is computed when not given; the number of replicas is its
     longest path.
     """
+    model = unroll_attention(model)  # the positions of `report` name its projections
     report = report or analyze_model(model, tuple(images.shape[1:]))
     replicas = report.network["longest_path"]
     if replicas is None:

@@ -1,0 +1,186 @@
+"""nn.MultiheadAttention in the gradient path analysis: unrolled into its four Linear projections
+(`analysis.unroll`), it computes what the module computes, and the structural timestamps of models
+built with it (a torchvision-style ViT among them) equal the measured spectrum's support."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from gradpath_lib.analysis import analyze_model
+from gradpath_lib.analysis.measured import measured_gradient_spectrum
+from gradpath_lib.analysis.unroll import UnrolledAttention, unroll_attention
+from gradpath_lib.errors import GradpathError
+
+E, HEADS, L, S, B = 8, 2, 5, 7, 3
+SHAPE = (3, 8, 8)
+
+CONFIGS = {
+    "self, batch first": dict(batch_first=True),
+    "sequence first": dict(),
+    "kdim/vdim, no bias": dict(kdim=4, vdim=6, bias=False, batch_first=True),
+}
+
+
+def inputs(config: dict, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+    kdim, vdim = config.get("kdim", E), config.get("vdim", E)
+    q, k, v = (torch.randn(B, n, d, generator=gen) for n, d in ((L, E), (S, kdim), (S, vdim)))
+    return (q, k, v) if config.get("batch_first") else tuple(t.transpose(0, 1) for t in (q, k, v))
+
+
+MASKS = {
+    "none": {},
+    "bool attn_mask": {"attn_mask": torch.rand(L, S, generator=torch.Generator().manual_seed(2)) > 0.7},
+    "float per-head attn_mask": {"attn_mask": torch.randn(B * HEADS, L, S, generator=torch.Generator().manual_seed(3))},
+    "key_padding_mask": {"key_padding_mask": torch.arange(S).expand(B, S) >= torch.tensor([[S], [S - 2], [3]])},
+}
+
+
+@pytest.mark.parametrize("mask", MASKS)
+@pytest.mark.parametrize("config", CONFIGS)
+def test_the_unrolled_module_computes_what_multihead_attention_computes(config, mask):
+    torch.manual_seed(0)
+    attention = nn.MultiheadAttention(E, HEADS, **CONFIGS[config]).eval()
+    nn.init.normal_(attention.out_proj.bias) if attention.out_proj.bias is not None else None
+    unrolled = UnrolledAttention(attention).eval()
+    q, k, v = inputs(CONFIGS[config], torch.Generator().manual_seed(1))
+    for average in (True, False):
+        want = attention(q, k, v, average_attn_weights=average, **MASKS[mask])
+        got = unrolled(q, k, v, average_attn_weights=average, **MASKS[mask])
+        for a, b in zip(want, got):
+            torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5)
+    assert unrolled(q, k, v, need_weights=False, **MASKS[mask])[1] is None
+
+
+def test_unrolling_copies_the_model_and_leaves_one_without_attention_alone():
+    model = SelfAttention()
+    unrolled = unroll_attention(model)
+    assert isinstance(model.attention, nn.MultiheadAttention), "the model given is not changed"
+    assert isinstance(unrolled.attention, UnrolledAttention)
+    plain = nn.Sequential(nn.Conv2d(3, 4, 1))
+    assert unroll_attention(plain) is plain
+
+
+def test_options_it_cannot_unroll_are_named():
+    with pytest.raises(GradpathError, match="add_bias_kv or add_zero_attn"):
+        analyze_model(SelfAttention(add_bias_kv=True), SHAPE)
+
+
+class SelfAttention(nn.Module):
+    """Tokens (N, L, D) from the image rows, one nn.MultiheadAttention, a linear head."""
+
+    def __init__(self, **options):
+        super().__init__()
+        self.attention = nn.MultiheadAttention(E, HEADS, batch_first=True, **options)
+        self.head = nn.Linear(E, 3)
+
+    def forward(self, x):
+        tokens = x.mean(1)
+        return self.head(self.attention(tokens, tokens, tokens)[0].mean(1))
+
+
+class CrossAttention(nn.Module):
+    """Sequence-first cross-attention: queries from one conv, keys and values (other widths) from
+    a second conv on the first, a causal bool mask; so the key/value path is one layer longer."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, E, 1), nn.Conv2d(E, 6, 1)
+        self.attention = nn.MultiheadAttention(E, HEADS, kdim=6, vdim=6)
+        self.register_buffer("causal", torch.ones(8, 8, dtype=torch.bool).triu(1))
+        self.head = nn.Linear(E, 3)
+
+    def forward(self, x):
+        a = self.a(x)
+        queries = a.mean(3).permute(2, 0, 1)  # (L, N, E): one token per image row
+        memory = self.b(a).mean(3).permute(2, 0, 1)
+        out, _ = self.attention(queries, memory, memory, attn_mask=self.causal, need_weights=False)
+        return self.head(out.mean(0))
+
+
+class EncoderBlock(nn.Module):
+    """torchvision's ViT encoder block: pre-norm attention and MLP, each with a residual."""
+
+    def __init__(self):
+        super().__init__()
+        self.ln_1, self.ln_2 = nn.LayerNorm(E), nn.LayerNorm(E)
+        self.self_attention = nn.MultiheadAttention(E, HEADS, batch_first=True)
+        self.mlp = nn.Sequential(nn.Linear(E, 2 * E), nn.GELU(), nn.Linear(2 * E, E))
+
+    def forward(self, x):
+        y = self.ln_1(x)
+        y, _ = self.self_attention(y, y, y, need_weights=False)
+        x = x + y
+        return x + self.mlp(self.ln_2(x))
+
+
+class VisionTransformer(nn.Module):
+    """torchvision's ViT in miniature: conv patches, a learned class token concatenated to the
+    patch tokens, a learned position embedding, encoder blocks, the head on the class token (or,
+    with `pool`, on the mean of all tokens)."""
+
+    def __init__(self, patch: int = 4, blocks: int = 2, pool: bool = False):
+        super().__init__()
+        self.pool = pool
+        self.conv_proj = nn.Conv2d(3, E, patch, stride=patch)
+        self.class_token = nn.Parameter(torch.randn(1, 1, E))
+        self.pos_embedding = nn.Parameter(torch.randn(1, (SHAPE[1] // patch) ** 2 + 1, E))
+        self.encoder = nn.Sequential(*[EncoderBlock() for _ in range(blocks)])
+        self.ln = nn.LayerNorm(E)
+        self.head = nn.Linear(E, 3)
+
+    def forward(self, x):
+        x = self.conv_proj(x).flatten(2).permute(0, 2, 1)
+        x = torch.cat([self.class_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embedding
+        x = self.ln(self.encoder(x))
+        return self.head(x.mean(1) if self.pool else x[:, 0])
+
+
+def timestamps(report, layer: str) -> tuple[int, ...]:
+    (stamps,) = {g.timestamps for g in report.groups if g.position.name == layer}
+    return stamps
+
+
+def test_the_projections_are_positions_of_their_own():
+    report = analyze_model(CrossAttention(), SHAPE)
+    assert timestamps(report, "attention.out_proj") == (2,)
+    assert [timestamps(report, f"attention.{p}_proj") for p in "qkv"] == [(3,), (3,), (3,)]
+    assert timestamps(report, "b") == (4,) and timestamps(report, "a") == (4, 5)
+    vit = analyze_model(VisionTransformer(pool=True), SHAPE)
+    assert "encoder.0.self_attention.q_proj" in set(vit.layers.layer)
+
+
+def measured_support(model: nn.Module, report) -> dict:
+    """(layer, group_start) -> the timestamps at which the measured spectrum has gradient."""
+    gen = torch.Generator().manual_seed(1)
+    images, labels = torch.randn(3, *SHAPE, generator=gen), torch.randint(0, 3, (3,), generator=gen)
+    spectrum = measured_gradient_spectrum(model, images, labels, report=report)
+    return spectrum[spectrum.grad_norm > 1e-12].groupby(["layer", "group_start"]).timestamp.apply(tuple).to_dict()
+
+
+MODELS = {"self-attention": SelfAttention, "cross-attention": CrossAttention,
+          "vit-pooled": lambda: VisionTransformer(pool=True)}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_measured_support_equals_structural_timestamps(name):
+    torch.manual_seed(0)
+    model = MODELS[name]()
+    report = analyze_model(model, SHAPE)
+    measured = measured_support(model, report)
+    for g in report.groups:
+        assert measured.get((g.position.name, g.start), ()) == g.timestamps, (name, g.position.name, g.start)
+
+
+def test_reading_the_class_token_alone_is_warned_about_and_over_counts_only():
+    """Channels, not token positions, are followed: the patch tokens' residual stream does not reach
+    the class token except through attention, but the analysis cannot tell, and says so."""
+    torch.manual_seed(0)
+    model = VisionTransformer()
+    with pytest.warns(UserWarning, match="reads only some positions"):
+        report = analyze_model(model, SHAPE)
+    measured = measured_support(model, report)
+    for g in report.groups:
+        assert set(measured.get((g.position.name, g.start), ())) <= set(g.timestamps)
+    assert measured[("conv_proj", 0)] != timestamps(report, "conv_proj"), "the over-count this warns of"
