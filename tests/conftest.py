@@ -31,6 +31,19 @@ def fit_interrupted_after(real_fit: Callable[..., Any], epochs: int) -> Callable
     return fit
 
 
+class Killed(BaseException):
+    """Stands for a SIGKILL right after a checkpoint: nothing after it runs, nothing is recorded."""
+
+
+def save_then_die(save: Callable[..., Any]) -> Callable[..., Any]:
+    """A stand-in for a trainer's `save_checkpoint` that saves, then raises `Killed`."""
+    def save_and_die(*args: Any, **kwargs: Any) -> Any:
+        save(*args, **kwargs)
+        raise Killed
+
+    return save_and_die
+
+
 @pytest.fixture
 def one_thread() -> Iterator[None]:
     """One intra-op thread: on the test machine's two shared cores tiny CPU ops get slower, not

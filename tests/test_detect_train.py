@@ -25,6 +25,8 @@ from gradpath_lib.train.detect import (
     PREDICTION_CANVASES, RECIPES, SAMPLE_DETECTIONS, detect_config, fit_detector,
 )
 
+from conftest import Killed, save_then_die
+
 CPU = torch.device("cpu")
 OVERFIT_CANVASES = 8
 
@@ -165,10 +167,6 @@ def test_smoke_detector_overfits_a_handful_of_canvases(smoke_train, tmp_path):
     assert losses[-1] < 0.5 * losses[0]
 
 
-class Killed(BaseException):
-    """Stands for a SIGKILL right after a checkpoint: nothing after it runs, nothing is recorded."""
-
-
 def test_resume_after_kill_equals_an_uninterrupted_run(tmp_path, monkeypatch):
     config = detect_config("yolor-csp", "smoke", 1, epochs=2, batch_size=32, eval_every=2)
     whole = ensure_run(config, results_dir=tmp_path / "whole", device="cpu", progress=False)
@@ -176,12 +174,7 @@ def test_resume_after_kill_equals_an_uninterrupted_run(tmp_path, monkeypatch):
     for key in ("bbox_AP", "bbox_AP50", "segm_AP", "segm_AP75"):
         assert whole["metrics"][key] is not None
     save = detect.save_checkpoint
-
-    def save_then_die(path, state):
-        save(path, state)
-        raise Killed
-
-    monkeypatch.setattr(detect, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(detect, "save_checkpoint", save_then_die(save))
     with pytest.raises(Killed):
         ensure_run(config, results_dir=tmp_path / "killed", device="cpu", progress=False)
     assert not list((tmp_path / "killed").glob("*/runs/*.json"))

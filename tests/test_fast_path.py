@@ -17,15 +17,11 @@ from gradpath_lib.train import classify
 from gradpath_lib.train.classify import classify_config, strip_timing
 from gradpath_lib.train.detect import detect_config
 
-from conftest import fit_interrupted_after
+from conftest import Killed, fit_interrupted_after, save_then_die
 
 CHANCE = 0.1
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
-
-
-class Killed(BaseException):
-    """Stands for a SIGKILL right after a checkpoint: nothing after it runs, nothing is recorded."""
 
 
 @pytest.fixture
@@ -84,12 +80,7 @@ def test_detection_on_the_fast_path_evaluates_and_resumes_exactly(tmp_path, monk
     for key in ("bbox_AP", "bbox_AP50", "segm_AP", "segm_AP50"):
         assert 0 <= whole["metrics"][key] <= 1
     save = detect.save_checkpoint
-
-    def save_then_die(path, state):
-        save(path, state)
-        raise Killed
-
-    monkeypatch.setattr(detect, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(detect, "save_checkpoint", save_then_die(save))
     with pytest.raises(Killed):
         ensure_run(config, results_dir=tmp_path / "killed", device="cpu", progress=False)
     monkeypatch.setattr(detect, "save_checkpoint", save)
