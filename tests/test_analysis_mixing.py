@@ -343,6 +343,35 @@ def test_shuffled_halves_alternate_between_the_shortcut_and_the_branch():
     assert groups(report, "units.0.branch.3") == [(0, 1, (2,)), (1, 2, (5,)), (2, 4, (5, 8))]
 
 
+class StdConv2d(nn.Conv2d):
+    """A weight-standardized conv (as timm's): its forward calls F.conv2d on a normalized weight."""
+
+    def forward(self, x):
+        w = self.weight
+        w = (w - w.mean((1, 2, 3), keepdim=True)) / (w.std((1, 2, 3), keepdim=True) + 1e-5)
+        return F.conv2d(x, w, self.bias, self.stride, self.padding)
+
+
+class StandardizedNet(nn.Module):
+    """StdConv2d layers with a residual: each call of the subclass is one weighted layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.a, self.b = StdConv2d(3, C, 3, padding=1), StdConv2d(C, C, 3, padding=1), StdConv2d(C, C, 1)
+        self.head = nn.Linear(C, 3)
+
+    def forward(self, x):
+        x = self.stem(x)
+        return self.head((x + self.b(F.silu(self.a(x)))).mean((2, 3)))
+
+
+def test_a_subclass_of_a_weighted_module_is_one_weighted_layer():
+    report = analyze_model(StandardizedNet(), SHAPE)
+    assert [(p.name, p.kind) for p in report.graph.positions] == [
+        ("stem", "StdConv2d"), ("a", "StdConv2d"), ("b", "StdConv2d"), ("head", "Linear")]
+    assert groups(report, "stem") == [(0, C, (2, 4))]
+
+
 MODELS = {
     "convnext": ConvNeXtLike,
     "groupnorm": lambda: SplitNormalized(nn.GroupNorm(2, C)),
@@ -356,6 +385,7 @@ MODELS = {
     "multi-head-sdpa": lambda: MultiHead("sdpa"),
     "one-head": lambda: MultiHead("unbind", only_head=1),
     "anchor-head": AnchorHead,
+    "weight-standardized": StandardizedNet,
     **{f"shufflenet-{style}": (lambda style=style: ShuffleNetLike(style)) for style in SHUFFLES},
     **{name: model for name, (model, _) in REORDERS.items()},
 }

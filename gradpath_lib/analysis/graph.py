@@ -3,7 +3,8 @@
 `torch.fx.symbolic_trace` gives the model's graph; running it once on a small input (in eval
 mode, without gradients) gives every tensor's shape, and a `ChannelMap` per tensor records
 which producer channels it carries. Weighted layers are the modules in `WEIGHTED_MODULES`
-(convolutions and linear layers); each call of one is a *position* (a module called at two places
+(convolutions and linear layers, their subclasses included: fx keeps them whole); each call of one
+is a *position* (a module called at two places
 shares its weights but has two positions). BatchNorm, activations, pooling, upsampling, dropout,
 identity and flattening pass channels through. Channel slices, `torch.cat`, `split`/`chunk`
 along the channel axis, elementwise `+ - * /` (including partial adds built from slices and a
@@ -634,9 +635,17 @@ def _flatten_maps(value: Any) -> list[ChannelMap]:
     return []
 
 
+class _Tracer(fx.Tracer):
+    """fx's tracer, with subclasses of the weighted modules (a weight-standardized conv, a conv with
+    "same" padding) kept whole: each call of one is a position, as a plain Conv2d or Linear is."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return isinstance(m, WEIGHTED_MODULES) or super().is_leaf_module(m, module_qualified_name)
+
+
 def _symbolic_trace(model: nn.Module) -> fx.GraphModule:
     try:
-        return fx.symbolic_trace(model)
+        return fx.GraphModule(model, _Tracer().trace(model), type(model).__name__)
     except Exception as err:  # fx raises many types; all mean "cannot be traced statically"
         raise GradpathError(
             f"torch.fx cannot trace {type(model).__name__} ({type(err).__name__}: {err}); gradient path "
