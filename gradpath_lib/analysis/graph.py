@@ -3,9 +3,9 @@
 `torch.fx.symbolic_trace` gives the model's graph; running it once on a small input (in eval
 mode, without gradients) gives every tensor's shape, and a `ChannelMap` per tensor records
 which producer channels it carries. Weighted layers are the modules in `WEIGHTED_MODULES`
-(convolutions and linear layers, their subclasses included: fx keeps them whole); each call of one
-is a *position* (a module called at two places
-shares its weights but has two positions). BatchNorm, activations, pooling, upsampling, dropout,
+(convolutions and linear layers, their subclasses included: fx keeps them whole); each call of
+one is a *position* (a module called at two places shares its weights but has two positions).
+BatchNorm, activations, pooling, upsampling, dropout,
 identity and flattening pass channels through. Channel slices, `torch.cat`, `split`/`chunk`
 along the channel axis, elementwise `+ - * /` (including partial adds built from slices and a
 cat) and multiplication by a constant channel mask (a buffer or parameter) are tracked;
