@@ -18,6 +18,9 @@ each of those dims exactly (a matmul contracts the innermost one). Ops that reor
 carry each channel's sources with it: a transpose of two channel dims read back by a reshape (a
 channel shuffle, also `nn.ChannelShuffle` / `F.channel_shuffle`), `torch.flip`, strided slices;
 PixelShuffle makes each output channel depend on its r^2 input channels, PixelUnshuffle the reverse;
+pads, rolls, copies (expand, repeat, stack) and cumulative sums follow `layout_ops`; comparisons,
+rounding and integer casts depend on their input without a gradient (a detached map);
+`op_tables` lists every op followed, by kind;
 each `nn.MultiheadAttention` is first unrolled into its Linear projections (`unroll`);
 `.detach()` and `torch.detach(x)` cut the gradient edge; `permute`/`transpose` move the channel
 axis (as a detection head does before its output; each position records the axis of its output
@@ -80,66 +83,45 @@ from .channels import (
     with_unit,
     zero_channels,
 )
+from .layout_ops import NotFollowed, cumulative, expanded, padded, repeated, rolled, stacked
+from .op_tables import (
+    ALONG_DIM,
+    CHANNELWISE_FUNCTIONS,
+    CHANNELWISE_METHODS,
+    CHANNELWISE_MODULES,
+    CHANNEL_SHUFFLES,
+    CONCATS,
+    CUMULATIVES,
+    DETACHES,
+    ELEMENTWISE_FUNCTIONS,
+    ELEMENTWISE_METHODS,
+    EXPANDS,
+    FLIPS,
+    INDEXING,
+    MATMULS,
+    MAX_MIN,
+    MULTIPLY,
+    NO_GRADIENT_FUNCTIONS,
+    NO_GRADIENT_METHODS,
+    PERMUTES,
+    PIXEL_SHUFFLES,
+    REDUCTIONS,
+    REDUCTION_DIM,
+    REPEATS,
+    RESHAPES,
+    ROLLS,
+    SOFTMAX_MODULES,
+    SORTS,
+    SPLITS,
+    SUPPORTED,
+    TRANSPOSES,
+    UNBINDS,
+    WEIGHTED_MODULES,
+)
 from .unroll import unroll_attention
 
 LOSS = -2  # consumer id of the model's output (the loss)
 TRACE_BATCH = 1  # batch size of the shape-propagation run (in eval mode, so BatchNorm accepts 1)
-
-WEIGHTED_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
-                    nn.ConvTranspose3d, nn.Linear)
-CHANNELWISE_MODULES = (
-    nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm,
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.SiLU, nn.GELU, nn.Mish, nn.Hardswish,
-    nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.ELU, nn.SELU, nn.CELU, nn.Softplus, nn.Hardtanh,
-    nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
-    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d,
-    nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.Upsample, nn.ZeroPad2d, nn.ConstantPad2d,
-    nn.ReflectionPad2d, nn.ReplicationPad2d,
-)
-CHANNELWISE_FUNCTIONS = {
-    F.relu, F.relu6, F.leaky_relu, F.silu, F.gelu, F.mish, F.hardswish, F.hardsigmoid, F.elu,
-    F.sigmoid, F.tanh, torch.relu, torch.sigmoid, torch.tanh, F.dropout, F.dropout2d,
-    F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
-    F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_max_pool1d, F.adaptive_max_pool2d,
-    F.interpolate, F.softplus, torch.sqrt, torch.rsqrt, torch.exp, torch.log, torch.abs, torch.neg,
-    torch.square, torch.clamp, torch.erf, operator.neg,
-}
-CHANNELWISE_METHODS = {"relu", "sigmoid", "tanh", "contiguous", "clone", "float", "relu_",
-                       "sigmoid_", "sqrt", "rsqrt", "exp", "log", "abs", "neg", "square", "clamp"}
-ELEMENTWISE_FUNCTIONS = {operator.add, operator.iadd, operator.sub, operator.mul, operator.imul,
-                         operator.truediv, operator.pow, torch.add, torch.sub, torch.mul, torch.div, torch.pow}
-ELEMENTWISE_METHODS = {"add", "sub", "mul", "div", "pow"}
-MULTIPLY = {operator.mul, operator.imul, torch.mul, "mul"}
-REDUCTIONS = {torch.mean, torch.amax, torch.amin, torch.sum, torch.var, torch.std,
-              "mean", "amax", "amin", "sum", "var", "std"}
-# Weightless ops that mix the tensor along one dim: (index of that dim among the args, its default).
-ALONG_DIM = {torch.softmax: (1, None), F.softmax: (1, None), torch.log_softmax: (1, None),
-             F.log_softmax: (1, None), F.softmin: (1, None), "softmax": (1, None),
-             "log_softmax": (1, None), F.normalize: (2, 1)}
-SOFTMAX_MODULES = (nn.Softmax, nn.LogSoftmax, nn.Softmin)
-MATMULS = {operator.matmul, torch.matmul, torch.bmm, "matmul", "bmm"}
-RESHAPES = {torch.flatten, "flatten", "view", "reshape"}
-PERMUTES = {torch.permute, "permute"}
-TRANSPOSES = {torch.transpose, "transpose"}
-SPLITS = {torch.split, torch.chunk, "split", "chunk"}
-UNBINDS = {torch.unbind, "unbind"}
-DETACHES = {torch.detach, "detach"}
-CONCATS = {torch.cat, torch.concat}
-FLIPS = {torch.flip, "flip"}
-CHANNEL_SHUFFLES = {torch.channel_shuffle, torch.native_channel_shuffle}
-PIXEL_SHUFFLES = {torch.pixel_shuffle: True, torch.pixel_unshuffle: False}  # -> True for shuffle, False for unshuffle
-SUPPORTED = (
-    "weighted layers (Conv1d/2d/3d, ConvTranspose, Linear); channel-wise modules and functions "
-    "(BatchNorm, InstanceNorm, activations, pooling, upsampling/interpolate, dropout, padding, "
-    "Identity, Flatten, elementwise math such as sqrt/exp/pow); channel slices x[:, a:b] and None "
-    "indices, torch.cat, split/chunk, elementwise + - * / **, permute/transpose, flatten/view/reshape "
-    "that keep the channels, .detach() / torch.detach(); channel shuffles (view-transpose-view, "
-    "nn.ChannelShuffle), torch.flip, strided slices, PixelShuffle/PixelUnshuffle; and, mixing the "
-    "channels without weights, LayerNorm, GroupNorm, softmax / log_softmax / normalize, mean/sum/var/std/amax/amin "
-    "reductions, @ / matmul / bmm and scaled_dot_product_attention; reshapes that spread the "
-    "channels over whole dims (attention heads) and back, with unbind and indexing along them"
-)
 
 POSITIONS_WARNING = (
     "torch.cat along dim {dim} (graph node {node!r}) joins a constant, such as a learned class token, to "
@@ -234,7 +216,10 @@ class _ChannelTracer(fx.Interpreter):
         elif not _tensors(result):
             self.values[n] = None
         else:
-            self.values[n] = self._channels(n, result)
+            try:
+                self.values[n] = self._channels(n, result)
+            except NotFollowed as err:
+                raise _unsupported(n, str(err)) from None
         return result
 
     # --- helpers ---------------------------------------------------------------------------
@@ -303,6 +288,36 @@ class _ChannelTracer(fx.Interpreter):
             return self._group_norm(n, n.args[1] if len(n.args) > 1 else n.kwargs["num_groups"], result)
         if target in DETACHES:
             return detach(self._input_map(n))
+        if target in NO_GRADIENT_FUNCTIONS or target in NO_GRADIENT_METHODS:
+            return detach(self._elementwise(n, target, result))
+        if target in MAX_MIN:
+            return self._max_min(n, target, result)
+        if target in SORTS:
+            values = self._mixed_along(n, _dim_arg(n, 1, -1), result[0])
+            return values, detach(values)
+        if target in INDEXING:
+            return self._indexing(n, INDEXING[target], result)
+        if target in EXPANDS:
+            return expanded(self._input_map(n), self.shapes[n.args[0]], result.shape)
+        if target in REPEATS:
+            before = self.shapes[n.args[0]]
+            padded_before = (1,) * (result.ndim - len(before)) + tuple(before)
+            return repeated(self._input_map(n), len(before), [a // b for a, b in zip(result.shape, padded_before)])
+        if target in CUMULATIVES:
+            return cumulative(self._input_map(n), _dim_arg(n, 1, None) % result.ndim)
+        if target is torch.stack:
+            parts = self._value(n.args[0])
+            if not all(isinstance(p, ChannelMap) for p in parts):
+                raise _unsupported(n, "stacking a constant with traced tensors")
+            return stacked(parts, _dim_arg(n, 1, 0) % result.ndim)
+        if target is F.pad:
+            return padded(self._input_map(n), result.ndim, self._concrete_arg(n, 1))
+        if target in ROLLS:
+            shifts = self._concrete_arg(n, 1)
+            dims = n.args[2] if len(n.args) > 2 else n.kwargs.get("dims")
+            if dims is None:
+                raise _unsupported(n, "torch.roll without dims (it rolls the flattened tensor)")
+            return rolled(self._input_map(n), result.ndim, shifts, dims)
         if target in FLIPS:
             return self._flip(n)
         if target in CHANNEL_SHUFFLES:
@@ -326,7 +341,7 @@ class _ChannelTracer(fx.Interpreter):
             return self._group_norm(n, module.num_groups, result)
         if isinstance(module, SOFTMAX_MODULES):
             return self._mixed_along(n, module.dim, result)
-        if isinstance(module, nn.Flatten):
+        if isinstance(module, (nn.Flatten, nn.Unflatten)):
             return self._reshape(n, result)
         if isinstance(module, nn.ChannelShuffle):
             return self._channel_shuffle(n, module.groups)
@@ -355,24 +370,43 @@ class _ChannelTracer(fx.Interpreter):
         return m
 
     def _index(self, n: fx.Node, index: tuple, ndim: int) -> tuple:
-        """`index` with its Ellipsis expanded and trailing full slices added (None adds a dim)."""
+        """`index` with its Ellipsis expanded and trailing full slices added (None adds a dim); an
+        index list or constant 1-d integer tensor (one at most, beside slices and None) as a list."""
         used = sum(i is not None and i is not Ellipsis for i in index)
         if Ellipsis in index:
             at = index.index(Ellipsis)
             index = index[:at] + (slice(None),) * (ndim - used) + index[at + 1:]
         index = index + (slice(None),) * (ndim - sum(i is not None for i in index))
-        if not all(i is None or isinstance(i, (slice, int)) for i in index):
-            raise _unsupported(n, f"indexing with {index!r} (only slices, ints and None)")
+        index = tuple(i.tolist() if isinstance(i, torch.Tensor) and i.ndim == 1 and not i.is_floating_point()
+                      and i.dtype != torch.bool else i for i in index)
+        lists = [i for i in index if isinstance(i, (list, tuple))]
+        if not all(i is None or isinstance(i, (slice, int)) or isinstance(i, (list, tuple))
+                   and all(isinstance(j, int) for j in i) for i in index) or len(lists) > 1 \
+                or lists and any(isinstance(i, int) for i in index):
+            raise _unsupported(n, f"indexing with {index!r} (only slices, ints, None, or one list of ints "
+                                  "beside slices)")
         return index
 
     def _getitem(self, n: fx.Node, result: Any) -> Any:
-        container, index = self._value(n.args[0]), n.args[1]
+        container = self._value(n.args[0])
         if not isinstance(container, ChannelMap):
-            return container[index]
+            return container[n.args[1]]
+        index = self._concrete_arg(n, 1)
+        return self._indexed(n, container, index if isinstance(index, tuple) else (index,), result)
+
+    def _concrete_arg(self, n: fx.Node, k: int) -> Any:
+        """Argument `k` of `n` as it ran (slice bounds computed from shapes are ints); an index tensor
+        that depends on the input is refused (its gradient path would depend on the data)."""
+        for node in n.all_input_nodes:
+            if node is not n.args[0] and isinstance(self.values.get(node), ChannelMap):
+                raise _unsupported(n, "indexing with a tensor computed from the input")
+        return self.fetch_args_kwargs_from_env(n)[0][k]
+
+    def _indexed(self, n: fx.Node, container: ChannelMap, index: tuple, result: Any) -> ChannelMap:
         if is_uniform(container):  # every channel alike: the result is too, along any dim
             return _uniform_like(container, result)
         ndim = len(self.shapes[n.args[0]])
-        index = self._index(n, index if isinstance(index, tuple) else (index,), ndim)
+        index = self._index(n, index, ndim)
         subs = {d: k for k, (d, _) in enumerate(container.layout)}
         m, out_of, dim, out = container, {}, 0, 0  # out_of: output dim of each channel dim kept
         for entry in index:
@@ -383,6 +417,8 @@ class _ChannelTracer(fx.Interpreter):
                 size = container.layout[subs[dim]][1]
                 if isinstance(entry, int):
                     m = select(m, subs[dim], entry % size, entry % size + 1)
+                elif isinstance(entry, (list, tuple)):
+                    m, out_of[dim] = take(m, subs[dim], [i % size for i in entry]), out
                 else:
                     lo, hi, step = entry.indices(size)
                     if step == 1:
@@ -390,9 +426,21 @@ class _ChannelTracer(fx.Interpreter):
                     else:
                         m = take(m, subs[dim], range(lo, hi, step))
                     out_of[dim] = out
-            dim, out = dim + 1, out + isinstance(entry, slice)
+            dim, out = dim + 1, out + (not isinstance(entry, int))
         layout = tuple((out_of[d], size) for (d, _), (_, size) in zip(container.layout, m.layout) if d in out_of)
         return laid_out(m, layout) if layout else _uniform_like(m, result)
+
+    def _indexing(self, n: fx.Node, op: str, result: torch.Tensor) -> ChannelMap:
+        """narrow(x, dim, start, length), select(x, dim, i), index_select(x, dim, index) as indexing."""
+        dim = self._concrete_arg(n, 1) % len(self.shapes[n.args[0]])
+        if op == "narrow":
+            start, length = self._concrete_arg(n, 2), self._concrete_arg(n, 3)
+            entry: Any = slice(start, start + length)
+        elif op == "select":
+            entry = self._concrete_arg(n, 2)
+        else:
+            entry = self._concrete_arg(n, 2).tolist()
+        return self._indexed(n, self._input_map(n), (slice(None),) * dim + (entry,), result)
 
     def _operands(self, n: fx.Node) -> list[Any]:
         return [self._value(a) for a in n.args] + [self._value(v) for v in n.kwargs.values()]
@@ -488,6 +536,15 @@ class _ChannelTracer(fx.Interpreter):
             return with_unit(m, math.prod(before[2:]))
         raise _unsupported(n, f"a reshape from {before} to {after} that moves channels")
 
+    def _max_min(self, n: fx.Node, target: Any, result: Any) -> Any:
+        """max/min over a dim: (values, indices: no gradient); of two tensors: elementwise; else all."""
+        if isinstance(result, tuple):
+            values = self._reduce(n, result[0])
+            return values, detach(values)
+        if len(n.args) > 1 and isinstance(n.args[1], fx.Node) or "other" in n.kwargs:
+            return self._elementwise(n, target, result)
+        return self._reduce(n, result)
+
     def _flip(self, n: fx.Node) -> ChannelMap:
         """torch.flip: channels in reverse order along every flipped dim that holds them."""
         m = self._input_map(n)
@@ -527,7 +584,8 @@ class _ChannelTracer(fx.Interpreter):
     def _reduce(self, n: fx.Node, result: torch.Tensor) -> ChannelMap:
         m = self._input_map(n)
         ndim = len(self.shapes[n.args[0]])
-        dims = _normalize_dims(_dim_arg(n, 1, None), ndim)
+        target = n.target if n.op == "call_function" else str(n.target)
+        dims = _normalize_dims(_dim_arg(n, REDUCTION_DIM.get(target, 1), None), ndim)
         dims = set(range(ndim)) if dims is None else dims
         keep = result.ndim == ndim
         subs = {d for d, _ in m.layout}

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import GradpathError
-from .graph import WEIGHTED_MODULES
+from .op_tables import WEIGHTED_MODULES
 from .paths import GradientPathReport, analyze_model
 from .unroll import unroll_attention
 

@@ -1,0 +1,112 @@
+"""Channel maps through tensor ops that move, copy, pad or accumulate channels without weights.
+
+Each function takes the `ChannelMap` of an op's input (and the shapes it needs) and returns the
+map of its output, or raises `NotFollowed` saying what it cannot follow; the tracer
+(`graph._ChannelTracer`) turns that into a `GradpathError` naming the graph node. Ops along dims
+that do not hold channels pass the channels through (their dims renumbered when dims are added).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from .channels import (
+    ChannelMap,
+    channel_order,
+    concat,
+    is_uniform,
+    laid_out,
+    merge,
+    mix,
+    reordered,
+    slice_channels,
+    sourceless,
+)
+
+
+class NotFollowed(Exception):
+    """An op's effect on the channels that the analysis cannot follow exactly (the message says which)."""
+
+
+def _channel_dims(m: ChannelMap) -> list[int]:
+    return [d for d, _ in m.layout]
+
+
+def _single_dim(m: ChannelMap, what: str) -> int:
+    """The one dim holding `m`'s channels; NotFollowed when they are spread over several."""
+    if len(m.layout) != 1:
+        raise NotFollowed(f"{what} along one of several dims that hold the channels")
+    return m.layout[0][0]
+
+
+def shifted_dims(m: ChannelMap, offset: int) -> ChannelMap:
+    """`m` with `offset` dims added in front (broadcasting to a higher rank)."""
+    return m if offset == 0 or is_uniform(m) else laid_out(m, tuple((d + offset, s) for d, s in m.layout))
+
+
+def padded(m: ChannelMap, ndim: int, pad: Sequence[int]) -> ChannelMap:
+    """F.pad(x, pad) of an `ndim`-dim tensor: `pad` = (before, after) pairs from the last dim backward.
+    Padding channels adds channels without a source; negative padding crops."""
+    pairs = {ndim - 1 - k: (pad[2 * k], pad[2 * k + 1]) for k in range(len(pad) // 2)}
+    if not [d for d in _channel_dims(m) if pairs.get(d, (0, 0)) != (0, 0)]:
+        return m
+    if is_uniform(m):
+        return mix(m, m.channels + sum(pairs[m.axis]), m.axis)
+    dim = _single_dim(m, "padding")
+    before, after = pairs[dim]
+    core = slice_channels(m, max(0, -before), m.channels - max(0, -after))
+    parts = [sourceless(before, dim)] * (before > 0) + [core] + [sourceless(after, dim)] * (after > 0)
+    return laid_out(concat(parts), ((dim, sum(p.channels for p in parts)),))
+
+
+def rolled(m: ChannelMap, ndim: int, shifts: int | Sequence[int], dims: int | Sequence[int]) -> ChannelMap:
+    """torch.roll(x, shifts, dims): channels rotate along every rolled dim that holds them."""
+    shifts = [shifts] if isinstance(shifts, int) else list(shifts)
+    dims = [dims] if isinstance(dims, int) else list(dims)
+    by_dim = {d % ndim: s for d, s in zip(dims, shifts)}
+    subs = _channel_dims(m)
+    axes = [k for k, d in enumerate(subs) if d in by_dim]
+    if not axes or is_uniform(m):
+        return m
+    steps = [by_dim[subs[k]] for k in axes]
+    return reordered(m, channel_order([s for _, s in m.layout], lambda index: np.roll(index, steps, axes)))
+
+
+def expanded(m: ChannelMap, before: Sequence[int], after: Sequence[int]) -> ChannelMap:
+    """x.expand(*after) of a tensor of shape `before`: size-1 dims broadcast, leading dims added."""
+    offset = len(after) - len(before)
+    if is_uniform(m):
+        return mix(m, after[m.axis + offset], m.axis + offset)
+    if any(before[d] != after[d + offset] for d in _channel_dims(m)):
+        raise NotFollowed("expanding a dim that holds distinct channels")
+    return shifted_dims(m, offset)
+
+
+def repeated(m: ChannelMap, ndim: int, repeats: Sequence[int]) -> ChannelMap:
+    """x.repeat(*repeats) of an `ndim`-dim tensor: copies of the channels along a channel dim."""
+    offset = len(repeats) - ndim
+    if is_uniform(m):
+        return mix(m, m.channels * repeats[m.axis + offset], m.axis + offset)
+    m = shifted_dims(m, offset)
+    copies = {d: repeats[d] for d in _channel_dims(m) if repeats[d] != 1}
+    if not copies:
+        return m
+    dim = _single_dim(m, "repeating")
+    return laid_out(concat([m] * copies[dim]), ((dim, m.channels * copies[dim]),))
+
+
+def stacked(maps: Sequence[ChannelMap], dim: int) -> ChannelMap:
+    """torch.stack(tensors, dim): a new dim, which holds no channels; each channel depends on that
+    channel of every tensor."""
+    return merge([laid_out(m, tuple((d + (d >= dim), s) for d, s in m.layout)) for m in maps])
+
+
+def cumulative(m: ChannelMap, dim: int) -> ChannelMap:
+    """cumsum / cumprod / cummax along `dim`: along the channels, channel c depends on channels 0..c."""
+    if dim not in _channel_dims(m) or is_uniform(m):
+        return m
+    axis = _single_dim(m, "a cumulative op")
+    prefixes = [mix(slice_channels(m, 0, c + 1), 1, axis) for c in range(m.channels)]
+    return laid_out(concat(prefixes), m.layout)

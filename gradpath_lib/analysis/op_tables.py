@@ -1,0 +1,107 @@
+"""The ops the gradient path analysis follows, by kind: the tables `graph._ChannelTracer` dispatches on.
+
+Modules are matched by type (subclasses included), functions by identity, methods by name.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+WEIGHTED_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
+                    nn.ConvTranspose3d, nn.Linear)
+CHANNELWISE_MODULES = (
+    nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm,
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.SiLU, nn.GELU, nn.Mish, nn.Hardswish,
+    nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.ELU, nn.SELU, nn.CELU, nn.Softplus, nn.Hardtanh,
+    nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.Upsample, nn.ZeroPad2d, nn.ConstantPad2d,
+    nn.ReflectionPad2d, nn.ReplicationPad2d, nn.Softsign, nn.Tanhshrink, nn.LogSigmoid, nn.Threshold,
+    nn.Softshrink, nn.Hardshrink, nn.RReLU, nn.FeatureAlphaDropout, nn.LPPool1d, nn.LPPool2d,
+    nn.FractionalMaxPool2d, nn.FractionalMaxPool3d, nn.ZeroPad1d, nn.ZeroPad3d, nn.ConstantPad1d,
+    nn.ConstantPad3d, nn.ReflectionPad1d, nn.ReflectionPad3d, nn.ReplicationPad1d, nn.ReplicationPad3d,
+    nn.CircularPad1d, nn.CircularPad2d, nn.CircularPad3d,
+)
+CHANNELWISE_FUNCTIONS = {
+    F.relu, F.relu6, F.leaky_relu, F.silu, F.gelu, F.mish, F.hardswish, F.hardsigmoid, F.elu,
+    F.sigmoid, F.tanh, torch.relu, torch.sigmoid, torch.tanh, F.dropout, F.dropout2d,
+    F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
+    F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_max_pool1d, F.adaptive_max_pool2d,
+    F.interpolate, F.softplus, torch.sqrt, torch.rsqrt, torch.exp, torch.log, torch.abs, torch.neg,
+    torch.square, torch.clamp, torch.erf, operator.neg, F.hardtanh, F.celu, F.selu, F.softsign,
+    F.tanhshrink, F.logsigmoid, F.hardshrink, F.softshrink, F.threshold, F.rrelu, F.prelu,
+    F.alpha_dropout, F.dropout1d, F.dropout3d, F.feature_alpha_dropout, F.lp_pool1d, F.lp_pool2d,
+    F.adaptive_avg_pool3d, F.adaptive_max_pool3d, torch.sin, torch.cos, torch.reciprocal, torch.log1p,
+    torch.expm1, torch.log2, torch.clamp_min, torch.clamp_max, torch.nan_to_num,
+}
+CHANNELWISE_METHODS = {"relu", "sigmoid", "tanh", "contiguous", "clone", "float", "relu_",
+                       "sigmoid_", "sqrt", "rsqrt", "exp", "log", "abs", "neg", "square", "clamp",
+                       "half", "double", "bfloat16", "to", "type", "type_as", "cpu", "cuda", "sin", "cos",
+                       "reciprocal", "log1p", "expm1", "log2", "clamp_min", "clamp_max", "nan_to_num"}
+# Ops whose result depends on their input but carries no gradient (comparisons, rounding, casts
+# to integers): their output is the elementwise map of the operands, detached.
+NO_GRADIENT_FUNCTIONS = {operator.gt, operator.lt, operator.ge, operator.le, operator.eq, operator.ne,
+                         operator.and_, operator.or_, operator.xor, operator.invert, torch.gt, torch.lt,
+                         torch.ge, torch.le, torch.eq, torch.ne, torch.sign, torch.round, torch.floor,
+                         torch.ceil, torch.trunc, torch.logical_and, torch.logical_or, torch.logical_not,
+                         torch.logical_xor, torch.isnan, torch.isinf, torch.isfinite, torch.signbit}
+NO_GRADIENT_METHODS = {"gt", "lt", "ge", "le", "eq", "ne", "sign", "round", "floor", "ceil", "trunc",
+                       "logical_and", "logical_or", "logical_not", "isnan", "isinf", "isfinite", "bool",
+                       "long", "int"}
+ELEMENTWISE_FUNCTIONS = {operator.add, operator.iadd, operator.sub, operator.mul, operator.imul,
+                         operator.truediv, operator.pow, torch.add, torch.sub, torch.mul, torch.div, torch.pow,
+                         torch.maximum, torch.minimum, torch.fmax, torch.fmin, torch.where, torch.lerp,
+                         torch.addcmul, torch.addcdiv, torch.atan2, torch.hypot, torch.rsub, torch.true_divide,
+                         torch.masked_fill}
+ELEMENTWISE_METHODS = {"add", "sub", "mul", "div", "pow", "maximum", "minimum", "where", "lerp", "addcmul",
+                       "addcdiv", "true_divide", "masked_fill", "rsub"}
+MULTIPLY = {operator.mul, operator.imul, torch.mul, "mul"}
+REDUCTIONS = {torch.mean, torch.amax, torch.amin, torch.sum, torch.var, torch.std, torch.logsumexp,
+              torch.prod, torch.nansum, torch.nanmean, torch.norm, torch.linalg.vector_norm, "mean", "amax",
+              "amin", "sum", "var", "std", "logsumexp", "prod", "nansum", "nanmean", "norm"}
+REDUCTION_DIM = {torch.norm: 2, "norm": 2, torch.linalg.vector_norm: 2}  # index of `dim` among the args; else 1
+MAX_MIN = {torch.max, torch.min, "max", "min"}  # over a dim: (values, indices); of two tensors: elementwise
+# Weightless ops that mix the tensor along one dim: (index of that dim among the args, its default).
+ALONG_DIM = {torch.softmax: (1, None), F.softmax: (1, None), torch.log_softmax: (1, None),
+             F.log_softmax: (1, None), F.softmin: (1, None), "softmax": (1, None),
+             "log_softmax": (1, None), F.normalize: (2, 1)}
+SOFTMAX_MODULES = (nn.Softmax, nn.LogSoftmax, nn.Softmin)
+MATMULS = {operator.matmul, torch.matmul, torch.bmm, "matmul", "bmm"}
+RESHAPES = {torch.flatten, "flatten", "view", "reshape", torch.reshape, "view_as", "reshape_as", torch.unsqueeze,
+            "unsqueeze", torch.squeeze, "squeeze", torch.unflatten, "unflatten"}
+EXPANDS = {"expand", "expand_as", torch.broadcast_to, "broadcast_to"}
+REPEATS = {"repeat", torch.tile, "tile"}
+CUMULATIVES = {torch.cumsum, torch.cumprod, torch.logcumsumexp, "cumsum", "cumprod", "logcumsumexp"}
+SORTS = {torch.sort, "sort"}
+INDEXING = {torch.narrow: "narrow", "narrow": "narrow", torch.select: "select", "select": "select",
+            torch.index_select: "index_select", "index_select": "index_select"}
+PERMUTES = {torch.permute, "permute"}
+TRANSPOSES = {torch.transpose, "transpose"}
+SPLITS = {torch.split, torch.chunk, "split", "chunk"}
+UNBINDS = {torch.unbind, "unbind"}
+DETACHES = {torch.detach, "detach"}
+CONCATS = {torch.cat, torch.concat}
+FLIPS = {torch.flip, "flip"}
+ROLLS = {torch.roll, "roll"}
+CHANNEL_SHUFFLES = {torch.channel_shuffle, torch.native_channel_shuffle}
+PIXEL_SHUFFLES = {torch.pixel_shuffle: True, torch.pixel_unshuffle: False}  # -> True for shuffle, False for unshuffle
+SUPPORTED = (
+    "weighted layers (Conv1d/2d/3d, ConvTranspose, Linear, and their subclasses); channel-wise modules "
+    "and functions (BatchNorm, InstanceNorm, activations, pooling, upsampling/interpolate, dropout, "
+    "padding, Identity, Flatten/Unflatten, casts, elementwise math such as sqrt/exp/pow); elementwise "
+    "+ - * / **, maximum/minimum, where, lerp; comparisons, rounding and sign (no gradient); "
+    "channel indexing (slices, strided slices, ints, None, one list of ints, narrow, select, "
+    "index_select with a constant index), torch.cat, torch.stack, split/chunk/unbind, "
+    "permute/transpose, flatten/view/reshape/(un)squeeze that keep the channels' order, "
+    "expand/repeat/tile, F.pad, torch.roll/flip, cumsum/cumprod, channel shuffles (view-transpose-view, "
+    "nn.ChannelShuffle), PixelShuffle/PixelUnshuffle, .detach(); mixing the channels without "
+    "weights: LayerNorm, GroupNorm, softmax / log_softmax / normalize, mean/sum/var/std/amax/amin/"
+    "logsumexp/prod/norm and max/min/sort, @ / matmul / bmm and scaled_dot_product_attention; "
+    "reshapes that spread the channels over several dims (attention heads) and back; "
+    "nn.MultiheadAttention (unrolled into its Linear projections)"
+)

@@ -1,0 +1,101 @@
+"""Tensor ops that pad, roll, copy, index, accumulate or compare channels: after each, exactly the
+channels of conv `a` that the rest of the model reads reach the loss, and the measured spectrum (an
+independent, exact computation) agrees with the structural timestamps of every group."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gradpath_lib.analysis import analyze_model
+from gradpath_lib.analysis.measured import measured_gradient_spectrum
+from gradpath_lib.errors import GradpathError
+
+C = 4
+SHAPE = (3, 8, 8)
+ALL = [(0, C)]
+
+# op applied to conv a's output (N, C, 8, 8) -> the ranges of a's channels that reach the loss
+OPS = {
+    "pad space": (lambda y: F.pad(y, (1, 1, 1, 1)), ALL),
+    "pad channels, then crop": (lambda y: F.pad(y, (0, 0, 0, 0, 1, 2))[:, :3], [(0, 2)]),
+    "roll space": (lambda y: torch.roll(y, 1, dims=3), ALL),
+    "roll channels": (lambda y: torch.roll(y, 1, 1)[:, :1], [(3, 4)]),
+    "unflatten and flatten": (lambda y: y.unflatten(1, (2, 2)).flatten(1, 2), ALL),
+    "nn.Unflatten": (nn.Sequential(nn.Unflatten(1, (2, 2)), nn.Flatten(1, 2)), ALL),
+    "unsqueeze and squeeze": (lambda y: y.unsqueeze(2).squeeze(2)[:, 1:], [(1, 4)]),
+    "expand a channel mean": (lambda y: y.mean(1, keepdim=True).expand(-1, C, -1, -1), ALL),
+    "expand space": (lambda y: y.mean((2, 3), keepdim=True).expand(-1, -1, 8, 8)[:, 1:2], [(1, 2)]),
+    "repeat channels": (lambda y: y.repeat(1, 2, 1, 1)[:, 5:6], [(1, 2)]),
+    "tile": (lambda y: y.tile((2, 1, 1))[:, 1:2], [(1, 2)]),
+    "narrow": (lambda y: y.narrow(1, 1, 2), [(1, 3)]),
+    "select": (lambda y: y.select(1, 2).unsqueeze(1), [(2, 3)]),
+    "index_select": (lambda y: y.index_select(1, torch.tensor([1, 3])), [(1, 2), (3, 4)]),
+    "list index": (lambda y: y[:, [3, 0]], [(0, 1), (3, 4)]),
+    "slice from the shape": (lambda y: y[:, : y.shape[1] // 2], [(0, 2)]),
+    "max over channels": (lambda y: y.max(1, keepdim=True)[0], ALL),
+    "max over a row, indices unused": (lambda y: y.max(3)[0].unsqueeze(3)[:, 1:3], [(1, 3)]),
+    "max of two tensors": (lambda y: torch.max(y, y.flip(1))[:, :1], [(0, 1), (3, 4)]),
+    "where on a comparison": (lambda y: torch.where(y > 0, y, 0.1 * y)[:, 2:], [(2, 4)]),
+    "gated by its own sign": (lambda y: y[:, 1:2] * torch.sign(y), [(1, 2)]),
+    "maximum with zero": (lambda y: torch.maximum(y, torch.zeros(1)), ALL),
+    "hardtanh": (F.hardtanh, ALL),
+    "logsumexp over channels": (lambda y: y.logsumexp(1, keepdim=True), ALL),
+    "cumsum over channels": (lambda y: y.cumsum(1)[:, 1:2], [(0, 2)]),
+    "stack and sum": (lambda y: torch.stack([y, y.flip(1)], 1).sum(1)[:, :1], [(0, 1), (3, 4)]),
+    "sort over channels": (lambda y: y.sort(1)[0][:, :1], ALL),
+    "norm over channels": (lambda y: y / y.norm(2, 1, keepdim=True), ALL),
+    "type_as and to": (lambda y: y.type_as(y).to(torch.float32)[:, 3:], [(3, 4)]),
+}
+
+
+class Op(nn.Module):
+    """conv `a` (C channels), the op, a spatial mean and a linear head on what the op returns."""
+
+    def __init__(self, op):
+        super().__init__()
+        self.a, self.op = nn.Conv2d(3, C, 1), op
+        self.head = nn.Linear(op(torch.zeros(1, C, *SHAPE[1:])).shape[1], 3)
+
+    def forward(self, x):
+        return self.head(self.op(self.a(x)).mean((2, 3)))
+
+
+@pytest.mark.parametrize("name", OPS)
+def test_each_op_passes_gradient_to_exactly_the_channels_it_reads(name):
+    op, used = OPS[name]
+    torch.manual_seed(0)
+    model = Op(op)
+    report = analyze_model(model, SHAPE)
+    reached = [(g.start, g.stop) for g in report.groups if g.position.name == "a" and g.timestamps]
+    assert reached == used
+    gen = torch.Generator().manual_seed(1)
+    images, labels = torch.randn(3, *SHAPE, generator=gen), torch.randint(0, 3, (3,), generator=gen)
+    spectrum = measured_gradient_spectrum(model, images, labels, report=report)
+    measured = spectrum[spectrum.grad_norm > 1e-12].groupby(["layer", "group_start"]).timestamp.apply(tuple)
+    for g in report.groups:
+        assert measured.get((g.position.name, g.start), ()) == g.timestamps, (g.position.name, g.start)
+
+
+class DataIndexed(nn.Module):
+    """Channels picked by an index computed from the input: which ones get gradient depends on the data."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, C, 1)
+
+    def forward(self, x):
+        y = self.a(x)
+        return y.index_select(1, y.mean((0, 2, 3)).max(0)[1].unsqueeze(0)).mean((2, 3))
+
+
+@pytest.mark.parametrize("model, names", [
+    (DataIndexed(), "indexing with a tensor computed from the input"),
+    (Op(lambda y: torch.roll(y, 1)), "torch.roll without dims"),
+    (Op(lambda y: y.unflatten(1, (2, 2)).repeat(1, 1, 2, 1, 1).flatten(1, 2)), "repeating along one of several"),
+])
+def test_what_it_cannot_follow_is_named(model, names):
+    with pytest.raises(GradpathError, match=names):
+        analyze_model(model, SHAPE)
