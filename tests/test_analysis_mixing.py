@@ -215,7 +215,7 @@ D = HEADS * HEAD_DIM
 
 
 class MultiHead(nn.Module):
-    """Multi-head self-attention written three common ways; `only_head` keeps one head's output."""
+    """Multi-head self-attention written four common ways; `only_head` keeps one head's output."""
 
     def __init__(self, style: str, only_head: int | None = None):
         super().__init__()
@@ -234,6 +234,9 @@ class MultiHead(nn.Module):
             q, k, v = qkv[0], qkv[1], qkv[2]
         if self.style == "sdpa":
             y = F.scaled_dot_product_attention(q, k, v)
+        elif self.style == "einsum":
+            weights = torch.einsum("bhid,bhjd->bhij", q, k).mul(HEAD_DIM ** -0.5).softmax(dim=-1)
+            y = torch.einsum("bhij,bhjd->bhid", weights, v)
         else:
             y = (q @ k.transpose(-2, -1) * HEAD_DIM ** -0.5).softmax(dim=-1) @ v
         y = y[:, self.only_head] if self.only_head is not None else y.transpose(1, 2).reshape(b, n, D)
@@ -383,6 +386,8 @@ MODELS = {
     "multi-head-unbind": lambda: MultiHead("unbind"),
     "multi-head-index": lambda: MultiHead("index"),
     "multi-head-sdpa": lambda: MultiHead("sdpa"),
+    "multi-head-einsum": lambda: MultiHead("einsum"),
+    "one-head-einsum": lambda: MultiHead("einsum", only_head=0),
     "one-head": lambda: MultiHead("unbind", only_head=1),
     "anchor-head": AnchorHead,
     "weight-standardized": StandardizedNet,

@@ -48,6 +48,8 @@ OPS = {
     "sort over channels": (lambda y: y.sort(1)[0][:, :1], ALL),
     "norm over channels": (lambda y: y / y.norm(2, 1, keepdim=True), ALL),
     "type_as and to": (lambda y: y.type_as(y).to(torch.float32)[:, 3:], [(3, 4)]),
+    "einsum keeping channels": (lambda y: torch.einsum("nchw->nhwc", y).permute(0, 3, 1, 2)[:, 1:2], [(1, 2)]),
+    "einsum summing channels": (lambda y: torch.einsum("nchw,c->nhw", y, torch.ones(C)).unsqueeze(1), ALL),
 }
 
 
@@ -94,6 +96,8 @@ class DataIndexed(nn.Module):
 @pytest.mark.parametrize("model, names", [
     (DataIndexed(), "indexing with a tensor computed from the input"),
     (Op(lambda y: torch.roll(y, 1)), "torch.roll without dims"),
+    (Op(lambda y: F.conv2d(y, torch.ones(C, C, 1, 1))), "F.conv2d on a weight tensor"),
+    (Op(lambda y: torch.einsum("nchw", y).permute(2, 0, 1, 3)), "einsum without explicit output subscripts"),
     (Op(lambda y: y.unflatten(1, (2, 2)).repeat(1, 1, 2, 1, 1).flatten(1, 2)), "repeating along one of several"),
 ])
 def test_what_it_cannot_follow_is_named(model, names):

@@ -97,6 +97,7 @@ from .op_tables import (
     ELEMENTWISE_METHODS,
     EXPANDS,
     FLIPS,
+    FUNCTIONAL_WEIGHTED,
     INDEXING,
     MATMULS,
     MAX_MIN,
@@ -279,6 +280,8 @@ class _ChannelTracer(fx.Interpreter):
             return self._permute(n, result)
         if target in MATMULS:
             return self._matmul(n, result)
+        if target is torch.einsum:
+            return self._einsum(n, result)
         if target in ALONG_DIM:
             index, default = ALONG_DIM[target]
             return self._mixed_along(n, _dim_arg(n, index, default), result)
@@ -328,6 +331,9 @@ class _ChannelTracer(fx.Interpreter):
         if target in CHANNELWISE_FUNCTIONS or target in CHANNELWISE_METHODS:
             return self._channelwise(n, result)
         name = getattr(target, "__name__", str(target))
+        if target in FUNCTIONAL_WEIGHTED:
+            raise _unsupported(n, f"F.{name} on a weight tensor: only modules are weighted layers (the analysis "
+                                  "names and hooks them); hold the weight in an nn.Linear / nn.Conv2d")
         raise _unsupported(n, f"the {n.op.replace('_', ' ')} {name!r}")
 
     def _module(self, n: fx.Node, module: nn.Module, result: Any) -> Any:
@@ -668,11 +674,40 @@ class _ChannelTracer(fx.Interpreter):
                 m, layout = mix_groups(m, layout[-1][1], 1), layout[:-1]
             offset = len(out) - ndim  # batch dims line up from the right
             parts.append((m, tuple((len(out) + kept if d == ndim + kept else d + offset, size) for d, size in layout)))
+        return self._combined(n, parts, out)
+
+    def _einsum(self, n: fx.Node, result: torch.Tensor) -> ChannelMap:
+        """torch.einsum with explicit output subscripts: channels on a summed-out letter mix (the
+        innermost channel dims only); channels on a kept letter move to that letter's output dim."""
+        equation, *operands = n.args
+        if len(operands) == 1 and isinstance(operands[0], (tuple, list)):
+            operands = list(operands[0])
+        inputs, arrow, output = equation.replace(" ", "").partition("->")
+        if not arrow or "..." in equation:
+            raise _unsupported(n, "einsum without explicit output subscripts ('->'), or with '...'")
+        parts = []
+        for sub, arg in zip(inputs.split(","), operands):
+            m = self._value(arg)
+            if not isinstance(m, ChannelMap):
+                continue
+            layout = () if is_uniform(m) else m.layout
+            summed = [k for k, (d, _) in enumerate(layout) if sub[d] not in output]
+            if summed:
+                if summed != list(range(len(layout) - len(summed), len(layout))):
+                    raise _unsupported(n, "einsum summing channels that are not the innermost")
+                m = mix_groups(m, math.prod(size for _, size in layout[summed[0]:]), 1)
+                layout = layout[:summed[0]]
+            parts.append((m, tuple((output.index(sub[d]), size) for d, size in layout)))
+        return self._combined(n, parts, tuple(result.shape))
+
+    def _combined(self, n: fx.Node, parts: list[tuple[ChannelMap, tuple]], out: tuple[int, ...]) -> ChannelMap:
+        """The elementwise merge of product operands (map, layout in the output) after contraction."""
         # every operand mixed (no channel dim left): the output is uniform, along its last dim
         target = max((layout for _, layout in parts), key=len) or ((len(out) - 1, out[-1]),)
-        lined = [line_up(laid_out(m, layout) if layout else m, target) for m, layout in parts]
+        lined = [line_up(in_dim_order(laid_out(m, layout)) if layout else m, target) for m, layout in parts]
         if None in lined:
-            raise _unsupported(n, "a matmul whose operands keep their channels along different dims")
+            name = getattr(n.target, "__name__", n.target)
+            raise _unsupported(n, f"a {name} whose operands keep their channels along different dims")
         return merge(lined)
 
 

@@ -90,6 +90,8 @@ FLIPS = {torch.flip, "flip"}
 ROLLS = {torch.roll, "roll"}
 CHANNEL_SHUFFLES = {torch.channel_shuffle, torch.native_channel_shuffle}
 PIXEL_SHUFFLES = {torch.pixel_shuffle: True, torch.pixel_unshuffle: False}  # -> True for shuffle, False for unshuffle
+FUNCTIONAL_WEIGHTED = {F.linear, F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d,
+                       F.conv_transpose3d, F.bilinear}  # refused with a hint: weights outside modules
 SUPPORTED = (
     "weighted layers (Conv1d/2d/3d, ConvTranspose, Linear, and their subclasses); channel-wise modules "
     "and functions (BatchNorm, InstanceNorm, activations, pooling, upsampling/interpolate, dropout, "
@@ -101,7 +103,7 @@ SUPPORTED = (
     "expand/repeat/tile, F.pad, torch.roll/flip, cumsum/cumprod, channel shuffles (view-transpose-view, "
     "nn.ChannelShuffle), PixelShuffle/PixelUnshuffle, .detach(); mixing the channels without "
     "weights: LayerNorm, GroupNorm, softmax / log_softmax / normalize, mean/sum/var/std/amax/amin/"
-    "logsumexp/prod/norm and max/min/sort, @ / matmul / bmm and scaled_dot_product_attention; "
+    "logsumexp/prod/norm and max/min/sort, @ / matmul / bmm / einsum and scaled_dot_product_attention; "
     "reshapes that spread the channels over several dims (attention heads) and back; "
     "nn.MultiheadAttention (unrolled into its Linear projections)"
 )
