@@ -109,6 +109,12 @@ def layer_path_lengths(report: GradientPathReport) -> pd.DataFrame:
 
 def stop_gradient_figure(reports: Mapping[str, GradientPathReport], out_dir: str | Path | None = None) -> Any:
     """Fig. 9: per-layer shortest and longest gradient paths, one panel per model."""
+    return path_lengths_figure(reports, out_dir, "fig9_stop_gradient")
+
+
+def path_lengths_figure(reports: Mapping[str, GradientPathReport], out_dir: str | Path | None = None,
+                        name: str = "path_lengths") -> Any:
+    """Per-layer shortest and longest gradient paths, one panel per model (saved as `name`)."""
     fig, axes = _panels(len(reports), 0)
     top = max(r.network["longest_path"] for r in reports.values())
     for ax, (name, report) in zip(axes, reports.items()):
@@ -122,7 +128,7 @@ def stop_gradient_figure(reports: Mapping[str, GradientPathReport], out_dir: str
     axes[0].set_ylabel("gradient path length (weighted layers)")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    return _save(fig, out_dir, "fig9_stop_gradient")
+    return _save(fig, out_dir, name)
 
 
 def path_length_shares(spectrum: pd.DataFrame) -> pd.Series:

@@ -12,6 +12,7 @@ import pandas as pd
 from torch import nn
 
 from ..errors import GradpathError
+from ..models.reference import IMAGENET_INPUT, REFERENCE_NETS, reference_net
 from ..scales import SCALES
 
 FORMATS = ("table", "csv", "json")
@@ -24,8 +25,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register `gradpath analyze`."""
     parser = subparsers.add_parser("analyze", help="structural gradient path analysis of a model")
     parser.add_argument("model", metavar="MODEL",
-                        help="a registered model name, or package.module:factory returning an nn.Module")
-    parser.add_argument("--input", default="3x32x32", help="input shape without batch, e.g. 3x32x32")
+                        help="a registered model name, a reference design (" + ", ".join(REFERENCE_NETS)
+                        + "), or package.module:factory returning an nn.Module")
+    parser.add_argument("--input", default=None,
+                        help="input shape without batch, e.g. 3x32x32 (default: 3x224x224 for a reference "
+                             "design, else 3x32x32)")
     parser.add_argument("--scale", default="mini", choices=SCALES, help="size preset of a registered model")
     parser.add_argument("--format", default="table", choices=FORMATS)
     parser.set_defaults(func=run)
@@ -43,10 +47,17 @@ def parse_shape(text: str) -> tuple[int, ...]:
 
 
 def resolve_model(spec: str, scale: str = "mini") -> nn.Module:
-    """A registry name built at `scale`, or `package.module:factory` called without arguments."""
+    """A reference design, a registry name built at `scale`, or `package.module:factory` called
+    without arguments."""
+    if spec in REFERENCE_NETS:
+        return reference_net(spec)
     if ":" not in spec:
         from ..models import create_model
+        from ..models.registry import model_names
 
+        if spec not in model_names():
+            raise GradpathError(f"unknown model {spec!r}; registered: {', '.join(model_names())}; reference "
+                                f"designs: {', '.join(REFERENCE_NETS)}; or package.module:factory")
         return create_model(spec, scale)
     module_name, _, factory_name = spec.partition(":")
     sys.path.insert(0, str(Path.cwd()))  # a user's own module next to where they run the command
@@ -84,10 +95,11 @@ def run(args: argparse.Namespace) -> int:
     """Analyse the model and print its layers (and network metrics) in the chosen format."""
     from ..analysis import analyze_model
 
-    report = analyze_model(resolve_model(args.model, args.scale), parse_shape(args.input))
+    shape = args.input or ("x".join(map(str, IMAGENET_INPUT)) if args.model in REFERENCE_NETS else "3x32x32")
+    report = analyze_model(resolve_model(args.model, args.scale), parse_shape(shape))
     layers = report.layers
     if args.format == "json":
-        payload = {"model": args.model, "input": args.input, "network": report.network,
+        payload = {"model": args.model, "input": shape, "network": report.network,
                    "layers": layers.to_dict(orient="records")}
         print(json.dumps(payload, indent=1, default=lambda v: v.item() if hasattr(v, "item") else str(v)))
     elif args.format == "csv":

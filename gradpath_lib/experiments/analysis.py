@@ -1,5 +1,6 @@
 """The gradient path analysis chapters: Figs. 7-8 (timestamps and sources), Fig. 9 (stop
-gradient), Table 1 (the SparseNet view) and the measured gradient spectra."""
+gradient), Table 1 (the SparseNet view), the measured gradient spectra, and other well-known
+designs analysed the same way."""
 
 from __future__ import annotations
 
@@ -27,3 +28,5 @@ register_chapter(Chapter("sparsenet_view", "Table 1: path length, aggregation an
                          classification_runs(TABLE1_MODELS), 90))
 register_chapter(Chapter("measured_spectra", "Beyond the paper: measured gradient spectra",
                          spectrum_runs, 110))
+register_chapter(Chapter("other_designs", "Beyond the paper: gradient paths of other well-known designs",
+                         no_runs, 115))

@@ -1,0 +1,41 @@
+"""Gradient paths of well-known designs outside the papers (`models.reference`), on the paper's
+network-level criteria: the chapter *Beyond the paper: other well-known designs*."""
+
+from __future__ import annotations
+
+import warnings
+
+import pandas as pd
+
+from ..models.cost import count_flops, count_params
+from ..models.reference import IMAGENET_INPUT, REFERENCE_NETS, reference_net
+from .paths import GradientPathReport, analyze_model
+from .summary import STRUCTURAL_METRICS
+
+
+def design_reports() -> dict[str, GradientPathReport]:
+    """The structural analysis of every reference design at its ImageNet input size."""
+    reports = {}
+    for name in REFERENCE_NETS:
+        with warnings.catch_warnings():
+            # ViT's class token is concatenated to the patch tokens; its head pools the patch tokens,
+            # so every position it reads is one every layer writes: the timestamps are exact.
+            warnings.filterwarnings("ignore", message="torch.cat along dim")
+            reports[name] = analyze_model(reference_net(name), IMAGENET_INPUT)
+    return reports
+
+
+def designs_table(reports: dict[str, GradientPathReport]) -> pd.DataFrame:
+    """One row per design: its parameters (ours and the public implementation's), GFLOPs at 224 x 224,
+    weighted layers and the paper's network-level metrics (`summary.STRUCTURAL_METRICS`)."""
+    rows = []
+    for name, report in reports.items():
+        model, ref = reference_net(name), REFERENCE_NETS[name]
+        rows.append({
+            "design": name, "follows": ref.source, "params (M)": count_params(model) / 1e6,
+            "params match": count_params(model) == ref.params,
+            "GFLOPs": count_flops(model, IMAGENET_INPUT) / 1e9,
+            "weighted layers": report.network["n_weighted_layers"],
+            **{metric: report.network[metric] for metric in STRUCTURAL_METRICS},
+        })
+    return pd.DataFrame(rows)
