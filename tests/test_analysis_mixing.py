@@ -203,7 +203,6 @@ class PixelShuffledRows(nn.Module):
     (OuterProduct(), "keep their channels along different dims"),
     (HeadsIntoBatch(), "a reshape from"),
     (PixelShuffledRows(), "a pixel shuffle of channels that do not lie along dim 1"),
-    (nn.Sequential(nn.Conv2d(3, C, 1), nn.LocalResponseNorm(2)), "LocalResponseNorm"),
 ])
 def test_what_still_cannot_be_followed_is_an_error_naming_it(model, names):
     with pytest.raises(GradpathError, match=names):

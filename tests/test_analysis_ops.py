@@ -17,6 +17,17 @@ C = 4
 SHAPE = (3, 8, 8)
 ALL = [(0, C)]
 
+class Channels(nn.Module):
+    """x[:, lo:hi], as a module to follow a module op in an nn.Sequential."""
+
+    def __init__(self, lo: int, hi: int):
+        super().__init__()
+        self.lo, self.hi = lo, hi
+
+    def forward(self, x):
+        return x[:, self.lo:self.hi]
+
+
 # op applied to conv a's output (N, C, 8, 8) -> the ranges of a's channels that reach the loss
 OPS = {
     "pad space": (lambda y: F.pad(y, (1, 1, 1, 1)), ALL),
@@ -47,6 +58,10 @@ OPS = {
     "stack and sum": (lambda y: torch.stack([y, y.flip(1)], 1).sum(1)[:, :1], [(0, 1), (3, 4)]),
     "sort over channels": (lambda y: y.sort(1)[0][:, :1], ALL),
     "norm over channels": (lambda y: y / y.norm(2, 1, keepdim=True), ALL),
+    "local response norm": (lambda y: nn.functional.local_response_norm(y, 3)[:, :1], [(0, 2)]),
+    "nn.LocalResponseNorm of size 2": (nn.Sequential(nn.LocalResponseNorm(2), Channels(3, 4)), [(2, 4)]),
+    "glu over channels": (lambda y: F.glu(y, 1)[:, 1:], [(1, 2), (3, 4)]),
+    "nn.GLU over space": (nn.GLU(2), ALL),
     "type_as and to": (lambda y: y.type_as(y).to(torch.float32)[:, 3:], [(3, 4)]),
     "einsum keeping channels": (lambda y: torch.einsum("nchw->nhwc", y).permute(0, 3, 1, 2)[:, 1:2], [(1, 2)]),
     "einsum summing channels": (lambda y: torch.einsum("nchw,c->nhw", y, torch.ones(C)).unsqueeze(1), ALL),

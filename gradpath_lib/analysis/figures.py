@@ -117,13 +117,13 @@ def path_lengths_figure(reports: Mapping[str, GradientPathReport], out_dir: str 
     """Per-layer shortest and longest gradient paths, one panel per model (saved as `name`)."""
     fig, axes = _panels(len(reports), 0)
     top = max(r.network["longest_path"] for r in reports.values())
-    for ax, (name, report) in zip(axes, reports.items()):
+    for ax, (model, report) in zip(axes, reports.items()):
         paths = layer_path_lengths(report)
         ax.plot(paths.index + 1, paths.longest, label="longest")
         ax.plot(paths.index + 1, paths.shortest, linestyle="--", label="shortest")
         ax.set_ylim(0, top + 1)
         ax.set_xlabel("weighted layer (forward order)")
-        ax.set_title(name)
+        ax.set_title(model)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("gradient path length (weighted layers)")
     axes[0].legend(fontsize=7)

@@ -83,7 +83,7 @@ from .channels import (
     with_unit,
     zero_channels,
 )
-from .layout_ops import NotFollowed, cumulative, expanded, padded, repeated, rolled, stacked
+from .layout_ops import NotFollowed, cumulative, expanded, gated, padded, repeated, rolled, stacked, windowed
 from .op_tables import (
     ALONG_DIM,
     CHANNELWISE_FUNCTIONS,
@@ -313,6 +313,10 @@ class _ChannelTracer(fx.Interpreter):
             if not all(isinstance(p, ChannelMap) for p in parts):
                 raise _unsupported(n, "stacking a constant with traced tensors")
             return stacked(parts, _dim_arg(n, 1, 0) % result.ndim)
+        if target is F.local_response_norm:
+            return self._local_response_norm(n, n.args[1] if len(n.args) > 1 else n.kwargs["size"])
+        if target is F.glu:
+            return gated(self._input_map(n), _dim_arg(n, 1, -1) % result.ndim)
         if target is F.pad:
             return padded(self._input_map(n), result.ndim, self._concrete_arg(n, 1))
         if target in ROLLS:
@@ -349,6 +353,10 @@ class _ChannelTracer(fx.Interpreter):
             return self._mixed_along(n, module.dim, result)
         if isinstance(module, (nn.Flatten, nn.Unflatten)):
             return self._reshape(n, result)
+        if isinstance(module, (nn.LocalResponseNorm, nn.CrossMapLRN2d)):
+            return self._local_response_norm(n, module.size)
+        if isinstance(module, nn.GLU):
+            return gated(self._input_map(n), module.dim % result.ndim)
         if isinstance(module, nn.ChannelShuffle):
             return self._channel_shuffle(n, module.groups)
         if isinstance(module, (nn.PixelShuffle, nn.PixelUnshuffle)):
@@ -569,6 +577,10 @@ class _ChannelTracer(fx.Interpreter):
         if m.layout != ((1, m.channels),):
             raise _unsupported(n, f"{what} of channels that do not lie along dim 1 alone")
         return m
+
+    def _local_response_norm(self, n: fx.Node, size: int) -> ChannelMap:
+        """LocalResponseNorm(size): channel c is normalized by channels [c - size // 2, c + (size - 1) // 2]."""
+        return windowed(self._channel_map_on_dim1(n, "LocalResponseNorm"), size // 2, (size - 1) // 2)
 
     def _channel_shuffle(self, n: fx.Node, groups: int) -> ChannelMap:
         """ShuffleNet's shuffle: (N, g * c, ...) viewed as (N, g, c, ...), transposed, flattened back.

@@ -110,3 +110,24 @@ def cumulative(m: ChannelMap, dim: int) -> ChannelMap:
     axis = _single_dim(m, "a cumulative op")
     prefixes = [mix(slice_channels(m, 0, c + 1), 1, axis) for c in range(m.channels)]
     return laid_out(concat(prefixes), m.layout)
+
+
+def windowed(m: ChannelMap, before: int, after: int) -> ChannelMap:
+    """Each channel c mixed with channels [c - before, c + after] (LocalResponseNorm's window)."""
+    if is_uniform(m):
+        return m
+    axis = _single_dim(m, "a channel window")
+    return laid_out(concat([mix(slice_channels(m, max(0, c - before), min(m.channels, c + after + 1)), 1, axis)
+                            for c in range(m.channels)]), m.layout)
+
+
+def gated(m: ChannelMap, dim: int) -> ChannelMap:
+    """GLU along `dim`: the first half times the sigmoid of the second, so channel c of the result
+    depends on channels c and c + C / 2 when `dim` holds the channels."""
+    if dim not in _channel_dims(m):
+        return m
+    if is_uniform(m):
+        return mix(m, m.channels // 2, m.axis)
+    axis = _single_dim(m, "GLU")
+    half = m.channels // 2
+    return laid_out(merge([slice_channels(m, 0, half), slice_channels(m, half, m.channels)]), ((axis, half),))

@@ -102,7 +102,7 @@ SUPPORTED = (
     "permute/transpose, flatten/view/reshape/(un)squeeze that keep the channels' order, "
     "expand/repeat/tile, F.pad, torch.roll/flip, cumsum/cumprod, channel shuffles (view-transpose-view, "
     "nn.ChannelShuffle), PixelShuffle/PixelUnshuffle, .detach(); mixing the channels without "
-    "weights: LayerNorm, GroupNorm, softmax / log_softmax / normalize, mean/sum/var/std/amax/amin/"
+    "weights: LayerNorm, GroupNorm, LocalResponseNorm, GLU, softmax / log_softmax / normalize, mean/sum/var/std/amax/amin/"
     "logsumexp/prod/norm and max/min/sort, @ / matmul / bmm / einsum and scaled_dot_product_attention; "
     "reshapes that spread the channels over several dims (attention heads) and back; "
     "nn.MultiheadAttention (unrolled into its Linear projections)"
