@@ -25,17 +25,26 @@ def design_reports() -> dict[str, GradientPathReport]:
     return reports
 
 
+METRIC_NAMES = {  # summary.STRUCTURAL_METRICS, as the table heads them
+    "longest_shortest_path": "longest shortest path", "longest_path": "longest path",
+    "aggregated_features_mean": "aggregated features (mean)", "aggregated_features_max": "(max)",
+    "combination_size_mean": "gradient combinations (mean)",
+}
+
+
 def designs_table(reports: dict[str, GradientPathReport]) -> pd.DataFrame:
-    """One row per design: its parameters (ours and the public implementation's), GFLOPs at 224 x 224,
-    weighted layers and the paper's network-level metrics (`summary.STRUCTURAL_METRICS`)."""
+    """One row per design: its parameters (and whether they equal the public implementation's,
+    `ReferenceNet.source`),
+    GFLOPs at 224 x 224, weighted layers and the paper's network-level metrics
+    (`summary.STRUCTURAL_METRICS`, means rounded to 2 decimals)."""
     rows = []
     for name, report in reports.items():
         model, ref = reference_net(name), REFERENCE_NETS[name]
         rows.append({
-            "design": name, "follows": ref.source, "params (M)": count_params(model) / 1e6,
-            "params match": count_params(model) == ref.params,
-            "GFLOPs": count_flops(model, IMAGENET_INPUT) / 1e9,
+            "design": name, "params (M)": round(count_params(model) / 1e6, 2),
+            "params as published": count_params(model) == ref.params,
+            "GFLOPs": round(count_flops(model, IMAGENET_INPUT) / 1e9, 2),
             "weighted layers": report.network["n_weighted_layers"],
-            **{metric: report.network[metric] for metric in STRUCTURAL_METRICS},
+            **{METRIC_NAMES[metric]: round(report.network[metric], 2) for metric in STRUCTURAL_METRICS},
         })
     return pd.DataFrame(rows)
