@@ -13,16 +13,18 @@ from .paths import GradientPathReport, analyze_model
 from .summary import STRUCTURAL_METRICS
 
 
+def analyze_design(name: str, input_shape: tuple[int, ...] = IMAGENET_INPUT) -> GradientPathReport:
+    """The structural analysis of the reference design `name`."""
+    with warnings.catch_warnings():
+        # ViT's class token is concatenated to the patch tokens; its head pools the patch tokens,
+        # so every position it reads is one every layer writes: the timestamps are exact.
+        warnings.filterwarnings("ignore", message="torch.cat along dim")
+        return analyze_model(reference_net(name), input_shape)
+
+
 def design_reports() -> dict[str, GradientPathReport]:
     """The structural analysis of every reference design at its ImageNet input size."""
-    reports = {}
-    for name in REFERENCE_NETS:
-        with warnings.catch_warnings():
-            # ViT's class token is concatenated to the patch tokens; its head pools the patch tokens,
-            # so every position it reads is one every layer writes: the timestamps are exact.
-            warnings.filterwarnings("ignore", message="torch.cat along dim")
-            reports[name] = analyze_model(reference_net(name), IMAGENET_INPUT)
-    return reports
+    return {name: analyze_design(name) for name in REFERENCE_NETS}
 
 
 METRIC_NAMES = {  # summary.STRUCTURAL_METRICS, as the table heads them

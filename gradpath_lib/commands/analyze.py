@@ -12,7 +12,7 @@ import pandas as pd
 from torch import nn
 
 from ..errors import GradpathError
-from ..models.reference import IMAGENET_INPUT, REFERENCE_NETS, reference_net
+from ..models.reference import IMAGENET_INPUT, REFERENCE_NETS
 from ..scales import SCALES
 
 FORMATS = ("table", "csv", "json")
@@ -47,10 +47,7 @@ def parse_shape(text: str) -> tuple[int, ...]:
 
 
 def resolve_model(spec: str, scale: str = "mini") -> nn.Module:
-    """A reference design, a registry name built at `scale`, or `package.module:factory` called
-    without arguments."""
-    if spec in REFERENCE_NETS:
-        return reference_net(spec)
+    """A registry name built at `scale`, or `package.module:factory` called without arguments."""
     if ":" not in spec:
         from ..models import create_model
         from ..models.registry import model_names
@@ -95,8 +92,14 @@ def run(args: argparse.Namespace) -> int:
     """Analyse the model and print its layers (and network metrics) in the chosen format."""
     from ..analysis import analyze_model
 
-    shape = args.input or ("x".join(map(str, IMAGENET_INPUT)) if args.model in REFERENCE_NETS else "3x32x32")
-    report = analyze_model(resolve_model(args.model, args.scale), parse_shape(shape))
+    if args.model in REFERENCE_NETS:
+        from ..analysis.designs import analyze_design
+
+        shape = args.input or "x".join(map(str, IMAGENET_INPUT))
+        report = analyze_design(args.model, parse_shape(shape))
+    else:
+        shape = args.input or "3x32x32"
+        report = analyze_model(resolve_model(args.model, args.scale), parse_shape(shape))
     layers = report.layers
     if args.format == "json":
         payload = {"model": args.model, "input": shape, "network": report.network,
