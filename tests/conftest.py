@@ -31,6 +31,19 @@ def fit_interrupted_after(real_fit: Callable[..., Any], epochs: int) -> Callable
     return fit
 
 
+def measured_support(model: Any, report: Any, shape: tuple[int, ...]) -> dict:
+    """(layer, group_start) -> the timestamps at which the measured spectrum of `model` (3 random
+    inputs of `shape`, 3 classes) has gradient: what the structural timestamps must equal."""
+    import torch
+
+    from gradpath_lib.analysis.measured import measured_gradient_spectrum
+
+    gen = torch.Generator().manual_seed(1)
+    images, labels = torch.randn(3, *shape, generator=gen), torch.randint(0, 3, (3,), generator=gen)
+    spectrum = measured_gradient_spectrum(model, images, labels, report=report)
+    return spectrum[spectrum.grad_norm > 1e-12].groupby(["layer", "group_start"]).timestamp.apply(tuple).to_dict()
+
+
 class Killed(BaseException):
     """Stands for a SIGKILL right after a checkpoint: nothing after it runs, nothing is recorded."""
 

@@ -9,9 +9,10 @@ import torch
 from torch import nn
 
 from gradpath_lib.analysis import analyze_model
-from gradpath_lib.analysis.measured import measured_gradient_spectrum
 from gradpath_lib.analysis.unroll import UnrolledAttention, unroll_attention
 from gradpath_lib.errors import GradpathError
+
+from conftest import measured_support
 
 E, HEADS, L, S, B = 8, 2, 5, 7, 3
 SHAPE = (3, 8, 8)
@@ -152,14 +153,6 @@ def test_the_projections_are_positions_of_their_own():
     assert "encoder.0.self_attention.q_proj" in set(vit.layers.layer)
 
 
-def measured_support(model: nn.Module, report) -> dict:
-    """(layer, group_start) -> the timestamps at which the measured spectrum has gradient."""
-    gen = torch.Generator().manual_seed(1)
-    images, labels = torch.randn(3, *SHAPE, generator=gen), torch.randint(0, 3, (3,), generator=gen)
-    spectrum = measured_gradient_spectrum(model, images, labels, report=report)
-    return spectrum[spectrum.grad_norm > 1e-12].groupby(["layer", "group_start"]).timestamp.apply(tuple).to_dict()
-
-
 MODELS = {"self-attention": SelfAttention, "cross-attention": CrossAttention,
           "vit-pooled": lambda: VisionTransformer(pool=True)}
 
@@ -170,7 +163,7 @@ def test_measured_support_equals_structural_timestamps(name):
     torch.manual_seed(0)
     model = MODELS[name]()
     report = analyze_model(model, SHAPE)
-    measured = measured_support(model, report)
+    measured = measured_support(model, report, SHAPE)
     for g in report.groups:
         assert measured.get((g.position.name, g.start), ()) == g.timestamps, (name, g.position.name, g.start)
 
@@ -182,7 +175,7 @@ def test_reading_the_class_token_alone_is_warned_about_and_over_counts_only():
     model = VisionTransformer()
     with pytest.warns(UserWarning, match="reads only some positions"):
         report = analyze_model(model, SHAPE)
-    measured = measured_support(model, report)
+    measured = measured_support(model, report, SHAPE)
     for g in report.groups:
         assert set(measured.get((g.position.name, g.start), ())) <= set(g.timestamps)
     assert measured[("conv_proj", 0)] != timestamps(report, "conv_proj"), "the over-count this warns of"

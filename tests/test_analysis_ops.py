@@ -10,8 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from gradpath_lib.analysis import analyze_model
-from gradpath_lib.analysis.measured import measured_gradient_spectrum
 from gradpath_lib.errors import GradpathError
+
+from conftest import measured_support
 
 C = 4
 SHAPE = (3, 8, 8)
@@ -88,10 +89,7 @@ def test_each_op_passes_gradient_to_exactly_the_channels_it_reads(name):
     report = analyze_model(model, SHAPE)
     reached = [(g.start, g.stop) for g in report.groups if g.position.name == "a" and g.timestamps]
     assert reached == used
-    gen = torch.Generator().manual_seed(1)
-    images, labels = torch.randn(3, *SHAPE, generator=gen), torch.randint(0, 3, (3,), generator=gen)
-    spectrum = measured_gradient_spectrum(model, images, labels, report=report)
-    measured = spectrum[spectrum.grad_norm > 1e-12].groupby(["layer", "group_start"]).timestamp.apply(tuple)
+    measured = measured_support(model, report, SHAPE)
     for g in report.groups:
         assert measured.get((g.position.name, g.start), ()) == g.timestamps, (g.position.name, g.start)
 
