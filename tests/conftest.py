@@ -44,6 +44,17 @@ def measured_support(model: Any, report: Any, shape: tuple[int, ...]) -> dict:
     return spectrum[spectrum.grad_norm > 1e-12].groupby(["layer", "group_start"]).timestamp.apply(tuple).to_dict()
 
 
+def assert_structure_is_measured(model: Any, shape: tuple[int, ...], report: Any = None) -> None:
+    """Every channel group's structural timestamps (`report`, else analysed here) equal its measured
+    support (`measured_support`)."""
+    from gradpath_lib.analysis import analyze_model
+
+    report = report or analyze_model(model, shape)
+    measured = measured_support(model, report, shape)
+    for g in report.groups:
+        assert measured.get((g.position.name, g.start), ()) == g.timestamps, (g.position.name, g.start)
+
+
 class Killed(BaseException):
     """Stands for a SIGKILL right after a checkpoint: nothing after it runs, nothing is recorded."""
 

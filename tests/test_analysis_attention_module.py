@@ -12,7 +12,7 @@ from gradpath_lib.analysis import analyze_model
 from gradpath_lib.analysis.unroll import UnrolledAttention, unroll_attention
 from gradpath_lib.errors import GradpathError
 
-from conftest import measured_support
+from conftest import assert_structure_is_measured, measured_support
 
 E, HEADS, L, S, B = 8, 2, 5, 7, 3
 SHAPE = (3, 8, 8)
@@ -161,11 +161,7 @@ MODELS = {"self-attention": SelfAttention, "cross-attention": CrossAttention,
 @pytest.mark.parametrize("name", MODELS)
 def test_measured_support_equals_structural_timestamps(name):
     torch.manual_seed(0)
-    model = MODELS[name]()
-    report = analyze_model(model, SHAPE)
-    measured = measured_support(model, report, SHAPE)
-    for g in report.groups:
-        assert measured.get((g.position.name, g.start), ()) == g.timestamps, (name, g.position.name, g.start)
+    assert_structure_is_measured(MODELS[name](), SHAPE)
 
 
 def test_reading_the_class_token_alone_is_warned_about_and_over_counts_only():

@@ -14,7 +14,7 @@ from torch import nn
 from gradpath_lib.analysis import analyze_model
 from gradpath_lib.errors import GradpathError
 
-from conftest import measured_support
+from conftest import assert_structure_is_measured
 
 C = 4
 SHAPE = (3, 8, 8)
@@ -399,8 +399,4 @@ MODELS = {
 @pytest.mark.parametrize("name", MODELS)
 def test_measured_support_equals_structural_timestamps(name):
     torch.manual_seed(0)
-    model = MODELS[name]()
-    report = analyze_model(model, SHAPE)
-    measured = measured_support(model, report, SHAPE)
-    for g in report.groups:
-        assert measured.get((g.position.name, g.start), ()) == g.timestamps, (name, g.position.name, g.start)
+    assert_structure_is_measured(MODELS[name](), SHAPE)

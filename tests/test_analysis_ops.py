@@ -12,7 +12,7 @@ from torch import nn
 from gradpath_lib.analysis import analyze_model
 from gradpath_lib.errors import GradpathError
 
-from conftest import measured_support
+from conftest import assert_structure_is_measured
 
 C = 4
 SHAPE = (3, 8, 8)
@@ -89,9 +89,7 @@ def test_each_op_passes_gradient_to_exactly_the_channels_it_reads(name):
     report = analyze_model(model, SHAPE)
     reached = [(g.start, g.stop) for g in report.groups if g.position.name == "a" and g.timestamps]
     assert reached == used
-    measured = measured_support(model, report, SHAPE)
-    for g in report.groups:
-        assert measured.get((g.position.name, g.start), ()) == g.timestamps, (g.position.name, g.start)
+    assert_structure_is_measured(model, SHAPE, report)
 
 
 class DataIndexed(nn.Module):
