@@ -1,5 +1,5 @@
-"""Reference designs outside the papers (ShuffleNetV2, MobileNetV2, ConvNeXt-T, ViT-Ti): built
-with the public implementations' parameter counts, runnable at 224 x 224, and analysed."""
+"""Reference designs outside the papers (ShuffleNetV2, MobileNetV2, ConvNeXt-T, ViT-Ti, GPT-2):
+built with the public implementations' parameter counts, runnable on their inputs, and analysed."""
 
 from __future__ import annotations
 
@@ -20,11 +20,13 @@ def reports():
 
 
 @pytest.mark.parametrize("name", REFERENCE_NETS)
-def test_each_design_has_the_public_parameter_count_and_classifies_an_image(name):
-    model = reference_net(name).eval()
-    assert sum(p.numel() for p in model.parameters()) == REFERENCE_NETS[name].params
+def test_each_design_has_the_public_parameter_count_and_runs_on_its_input(name):
+    model, ref = reference_net(name).eval(), REFERENCE_NETS[name]
+    assert sum(p.numel() for p in model.parameters()) == ref.params
     with torch.no_grad():
-        assert model(torch.randn(1, *IMAGENET_INPUT)).shape == (1, IMAGENET_CLASSES)
+        out = model(torch.zeros(1, *ref.input_shape, dtype=ref.input_dtype))
+    # GPT-2: next-token logits over its 50257-token vocabulary at every one of its 1024 positions
+    assert out.shape == ((1, 1024, 50257) if name == "gpt2" else (1, IMAGENET_CLASSES))
 
 
 def test_the_table_has_every_design_and_their_layer_counts(reports):
@@ -35,6 +37,25 @@ def test_the_table_has_every_design_and_their_layer_counts(reports):
     assert table.loc["mobilenet-v2", "weighted layers"] == 53
     # ViT-Ti: patch embedding, 12 blocks of q, k, v, out and two MLP layers, the head
     assert table.loc["vit-tiny", "weighted layers"] == 1 + 12 * 6 + 1
+    # GPT-2: the token and position embeddings, 12 blocks of 4 Linears; the output layer's weight
+    # is the token embedding's, so it is not a layer of its own
+    assert table.loc["gpt2", "weighted layers"] == 2 + 12 * 4
+    assert table.loc["gpt2", "input"] == "1024 tokens" and table.loc["vit-tiny", "input"] == "3x224x224"
+    # 2 x (parameters outside the embeddings + the output layer) x 1024 tokens, plus the causal
+    # attention's two T x T x 768 matmuls per block (counted in full)
+    # ViT-Ti: the patch embedding, 12 blocks' Linears on 197 tokens and their attention, the head
+    vit_macs = 196 * 768 * 192 + 197 * 12 * (192 * 3 * 192 + 192 * 192 + 2 * 192 * 768) + 12 * 2 * 197 * 197 * 192
+    assert table.loc["vit-tiny", "GFLOPs"] == round(2 * (vit_macs + 192 * 1000) / 1e9, 2)
+    per_token = 12 * (768 * 3 * 768 + 768 * 768 + 2 * 768 * 3072) + 768 * 50257
+    assert table.loc["gpt2", "GFLOPs"] == round(2 * (1024 * per_token + 12 * 2 * 1024 * 1024 * 768) / 1e9, 2)
+
+
+def test_gpt2s_tied_output_layer_is_reported_with_the_token_embedding(reports):
+    params = reports["gpt2"].parameters.set_index("module")
+    assert "lm_head" not in params.index
+    wte = params.loc["wte"]
+    # the output layer's position gets gradient first; the embedding's after all 12 blocks' paths
+    assert wte.positions == 2 and wte.shortest == 1 and wte.longest == reports["gpt2"].network["longest_path"]
 
 
 def test_a_shuffle_unit_splits_its_branch_output_into_groups_with_different_shortest_paths(reports):

@@ -8,22 +8,25 @@ import warnings
 import pandas as pd
 
 from ..models.cost import count_flops, count_params
-from ..models.reference import IMAGENET_INPUT, REFERENCE_NETS, reference_net
+from ..models.reference import REFERENCE_NETS, reference_net
 from .paths import GradientPathReport, analyze_model
 from .summary import STRUCTURAL_METRICS
 
 
-def analyze_design(name: str, input_shape: tuple[int, ...] = IMAGENET_INPUT) -> GradientPathReport:
-    """The structural analysis of the reference design `name`."""
+def analyze_design(name: str, input_shape: tuple[int, ...] | None = None) -> GradientPathReport:
+    """The structural analysis of the reference design `name` on `input_shape` (default: its
+    `ReferenceNet.input_shape`; token ids for GPT-2)."""
+    model = reference_net(name)  # an unknown name: the error lists the designs
+    ref = REFERENCE_NETS[name]
     with warnings.catch_warnings():
         # ViT's class token is concatenated to the patch tokens; its head pools the patch tokens,
         # so every position it reads is one every layer writes: the timestamps are exact.
         warnings.filterwarnings("ignore", message="torch.cat along dim")
-        return analyze_model(reference_net(name), input_shape)
+        return analyze_model(model, input_shape or ref.input_shape, ref.input_dtype)
 
 
 def design_reports() -> dict[str, GradientPathReport]:
-    """The structural analysis of every reference design at its ImageNet input size."""
+    """The structural analysis of every reference design on its own input."""
     return {name: analyze_design(name) for name in REFERENCE_NETS}
 
 
@@ -36,16 +39,15 @@ METRIC_NAMES = {  # summary.STRUCTURAL_METRICS, as the table heads them
 
 def designs_table(reports: dict[str, GradientPathReport]) -> pd.DataFrame:
     """One row per design: its parameters (and whether they equal the public implementation's,
-    `ReferenceNet.source`),
-    GFLOPs at 224 x 224, weighted layers and the paper's network-level metrics
-    (`summary.STRUCTURAL_METRICS`, means rounded to 2 decimals)."""
+    `ReferenceNet.source`), its input, GFLOPs on that input, weighted layers and the paper's
+    network-level metrics (`summary.STRUCTURAL_METRICS`, means rounded to 2 decimals)."""
     rows = []
     for name, report in reports.items():
         model, ref = reference_net(name), REFERENCE_NETS[name]
         rows.append({
             "design": name, "params (M)": round(count_params(model) / 1e6, 2),
-            "params as published": count_params(model) == ref.params,
-            "GFLOPs": round(count_flops(model, IMAGENET_INPUT) / 1e9, 2),
+            "params as published": count_params(model) == ref.params, "input": ref.input_label,
+            "GFLOPs": round(count_flops(model, ref.input_shape, ref.input_dtype) / 1e9, 2),
             "weighted layers": report.network["n_weighted_layers"],
             **{METRIC_NAMES[metric]: round(report.network[metric], 2) for metric in STRUCTURAL_METRICS},
         })

@@ -3,8 +3,11 @@
 `torch.fx.symbolic_trace` gives the model's graph; running it once on a small input (in eval
 mode, without gradients) gives every tensor's shape, and a `ChannelMap` per tensor records
 which producer channels it carries. Weighted layers are the modules in `WEIGHTED_MODULES`
-(convolutions and linear layers, their subclasses included: fx keeps them whole); each call of
-one is a *position* (a module called at two places shares its weights but has two positions).
+(convolutions, linear layers and embeddings, their subclasses included: fx keeps them whole);
+each call of one is a *position* (a module called at two places shares its weights but has two
+positions; so do modules whose weight is one tied Parameter). An integer input is token ids: it
+carries no gradient, and an `nn.Embedding` reading it (or position ids computed from constants)
+is a weighted layer with nothing upstream; indexing a plain parameter with it is refused.
 BatchNorm, activations, pooling, upsampling, dropout,
 identity and flattening pass channels through. Channel slices, `torch.cat`, `split`/`chunk`
 along the channel axis, elementwise `+ - * /` (including partial adds built from slices and a
@@ -86,6 +89,7 @@ from .channels import (
 from .layout_ops import NotFollowed, cumulative, expanded, gated, padded, repeated, rolled, stacked, windowed
 from .op_tables import (
     ALONG_DIM,
+    ARG_REDUCTIONS,
     CHANNELWISE_FUNCTIONS,
     CHANNELWISE_METHODS,
     CHANNELWISE_MODULES,
@@ -95,6 +99,7 @@ from .op_tables import (
     DETACHES,
     ELEMENTWISE_FUNCTIONS,
     ELEMENTWISE_METHODS,
+    EMBEDDINGS,
     EXPANDS,
     FLIPS,
     FUNCTIONAL_WEIGHTED,
@@ -135,7 +140,9 @@ POSITIONS_WARNING = (
 @dataclass(frozen=True)
 class Position:
     """One call of a weighted module: its id, module name, call index, output channels, module
-    type and the dimension of its output tensor that holds those channels."""
+    type, the dimension of its output tensor that holds those channels, the name of the module
+    whose weight it uses (itself, unless the weight is tied to an earlier module's, as a language
+    model ties its output layer to its token embedding) and the rank of its output."""
 
     id: int
     module: str
@@ -143,6 +150,8 @@ class Position:
     out_channels: int
     kind: str
     axis: int = 1
+    parameter: str = ""
+    ndim: int = 4
 
     @property
     def name(self) -> str:
@@ -207,6 +216,7 @@ class _ChannelTracer(fx.Interpreter):
         self.layer_graph = LayerGraph()
         self.calls: Counter[str] = Counter()
         self.shapes: dict[fx.Node, torch.Size] = {}
+        self.weight_owners: dict[int, str] = {}  # id of a weight Parameter -> first module using it
 
     def run_node(self, n: fx.Node) -> Any:
         result = super().run_node(n)
@@ -252,6 +262,8 @@ class _ChannelTracer(fx.Interpreter):
         if n.op == "placeholder":
             if not isinstance(result, torch.Tensor) or result.ndim < 2:
                 raise _unsupported(n, "an input that is not one (N, C, ...) tensor")
+            if not result.dtype.is_floating_point:  # token ids: alike along dim 1, without gradient
+                return detach(broadcast(fresh(INPUT, 1), result.shape[1]))
             return fresh(INPUT, result.shape[1])
         if n.op == "get_attr":
             return _Constant(result)
@@ -295,6 +307,8 @@ class _ChannelTracer(fx.Interpreter):
             return detach(self._elementwise(n, target, result))
         if target in MAX_MIN:
             return self._max_min(n, target, result)
+        if target in ARG_REDUCTIONS:
+            return detach(self._reduce(n, result))
         if target in SORTS:
             values = self._mixed_along(n, _dim_arg(n, 1, -1), result[0])
             return values, detach(values)
@@ -337,7 +351,7 @@ class _ChannelTracer(fx.Interpreter):
         name = getattr(target, "__name__", str(target))
         if target in FUNCTIONAL_WEIGHTED:
             raise _unsupported(n, f"F.{name} on a weight tensor: only modules are weighted layers (the analysis "
-                                  "names and hooks them); hold the weight in an nn.Linear / nn.Conv2d")
+                                  "names and hooks them); hold the weight in an nn.Linear / nn.Conv2d / nn.Embedding")
         raise _unsupported(n, f"the {n.op.replace('_', ' ')} {name!r}")
 
     def _module(self, n: fx.Node, module: nn.Module, result: Any) -> Any:
@@ -365,13 +379,21 @@ class _ChannelTracer(fx.Interpreter):
         raise _unsupported(n, f"the module {n.target!r} of type {type(module).__name__}")
 
     def _weighted(self, n: fx.Node, module: nn.Module, result: torch.Tensor) -> ChannelMap:
-        m = self._input_map(n)
-        axis = result.ndim - 1 if isinstance(module, nn.Linear) else 1
-        if m.layout != ((axis, m.channels),) and not is_uniform(m):
-            where = " and ".join(str(d) for d, _ in m.layout)
-            raise _unsupported(n, f"{type(module).__name__} {n.target!r} reading channels from dim {where}")
+        if isinstance(module, EMBEDDINGS):  # reads integer ids: a forward dependency without gradient
+            value = self._value(n.args[0])
+            if isinstance(value, ChannelMap) and consumed_ranges(value):
+                raise _unsupported(n, f"Embedding {n.target!r} reading a tensor that carries gradient")
+            axis = result.ndim - 1
+        else:
+            m = self._input_map(n)
+            axis = result.ndim - 1 if isinstance(module, nn.Linear) else 1
+            if m.layout != ((axis, m.channels),) and not is_uniform(m):
+                where = " and ".join(str(d) for d, _ in m.layout)
+                raise _unsupported(n, f"{type(module).__name__} {n.target!r} reading channels from dim {where}")
+        weight = getattr(module, "weight", None)  # a tensor rebuilt at each access (a parametrization) is not tied
+        owner = self.weight_owners.setdefault(id(weight) if isinstance(weight, nn.Parameter) else id(module), n.target)
         pos = Position(len(self.layer_graph.positions), n.target, self.calls[n.target], result.shape[axis],
-                       type(module).__name__, axis)
+                       type(module).__name__, axis, owner, result.ndim)
         self.calls[n.target] += 1
         self.layer_graph.positions.append(pos)
         self._consume(pos.id, n.args[0], n)
@@ -403,6 +425,9 @@ class _ChannelTracer(fx.Interpreter):
 
     def _getitem(self, n: fx.Node, result: Any) -> Any:
         container = self._value(n.args[0])
+        if isinstance(container, _Constant):
+            raise _unsupported(n, "indexing a parameter or buffer with a tensor computed from the input (a "
+                                  "table lookup): hold the table in an nn.Embedding, a weighted layer")
         if not isinstance(container, ChannelMap):
             return container[n.args[1]]
         index = self._concrete_arg(n, 1)
@@ -461,10 +486,11 @@ class _ChannelTracer(fx.Interpreter):
 
     def _elementwise(self, n: fx.Node, target: Any, result: torch.Tensor) -> Any:
         operands = self._operands(n)
-        maps = [in_dim_order(v) for v in operands if isinstance(v, ChannelMap)]
+        maps = []
         for v, a in zip(operands, list(n.args) + list(n.kwargs.values())):
-            if isinstance(v, ChannelMap) and len(self.shapes[a]) != result.ndim:
-                raise _unsupported(n, "an elementwise op broadcasting tensors of different ranks")
+            if isinstance(v, ChannelMap):  # a lower-rank operand broadcasts from the right: shift its dims
+                lead = result.ndim - len(self.shapes[a])
+                maps.append(in_dim_order(laid_out(v, tuple((d + lead, size) for d, size in v.layout))))
         plain = [m for m in maps if not is_uniform(m) and m.channels > 1]
         layout = max((m.layout for m in plain), key=len) if plain else ((maps[0].axis, result.shape[maps[0].axis]),)
         channels = math.prod(size for _, size in layout)
@@ -829,18 +855,35 @@ def _check_autograd(model: nn.Module, graph: LayerGraph, x: torch.Tensor) -> Non
         )
 
 
-def trace_layers(model: nn.Module, input_shape: tuple[int, ...] = (3, 32, 32)) -> LayerGraph:
-    """The weighted-layer DAG of `model` for one input of shape `input_shape` (without batch)."""
+def example_input(model: nn.Module, input_shape: tuple[int, ...], dtype: torch.dtype = torch.float32,
+                  batch: int = TRACE_BATCH, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A random input of `batch` x `input_shape` on the model's device: normal floats, or for an
+    integer `dtype` token ids valid for every `nn.Embedding` of the model (below the smallest
+    `num_embeddings`)."""
     if not input_shape or not all(isinstance(d, int) and d > 0 for d in input_shape):
         raise GradpathError(f"input shape {input_shape!r} must be positive ints such as (3, 32, 32)")
-    model = unroll_attention(model)
-    gm = _symbolic_trace(model)
     device = next(model.parameters(), torch.empty(0)).device
+    if dtype.is_floating_point:
+        return torch.randn(batch, *input_shape, generator=generator).to(device=device, dtype=dtype)
+    if dtype.is_complex or dtype == torch.bool:
+        raise GradpathError(f"input dtype {dtype} is neither a float nor an integer (token id) type")
+    vocab = [m.num_embeddings for m in model.modules() if isinstance(m, EMBEDDINGS)]
+    if not vocab:
+        raise GradpathError(f"{type(model).__name__} has no nn.Embedding to read an integer (token id) input")
+    return torch.randint(0, min(vocab), (batch, *input_shape), generator=generator, dtype=dtype).to(device)
+
+
+def trace_layers(model: nn.Module, input_shape: tuple[int, ...] = (3, 32, 32),
+                 input_dtype: torch.dtype = torch.float32) -> LayerGraph:
+    """The weighted-layer DAG of `model` for one input of shape `input_shape` (without batch) and
+    `input_dtype` (an integer type: token ids for the model's `nn.Embedding`)."""
+    model = unroll_attention(model)
+    x = example_input(model, input_shape, input_dtype)
+    gm = _symbolic_trace(model)
     tracer = _ChannelTracer(gm)
     modes = {m: m.training for m in (*gm.modules(), *model.modules())}
     for m in modes:
         m.training = False
-    x = torch.randn(TRACE_BATCH, *input_shape, device=device)
     try:
         with torch.no_grad():
             tracer.run(x)
@@ -849,7 +892,11 @@ def trace_layers(model: nn.Module, input_shape: tuple[int, ...] = (3, 32, 32)) -
     except GradpathError:
         raise
     except Exception as err:  # the model itself rejects the input
-        raise GradpathError(f"{type(model).__name__} cannot run on an input of shape {input_shape}: {err}") from err
+        hint = ""
+        if input_dtype.is_floating_point and any(isinstance(m, EMBEDDINGS) for m in model.modules()):
+            hint = " (it has an nn.Embedding: if it reads token ids, give an integer input dtype, `--tokens`)"
+        raise GradpathError(f"{type(model).__name__} cannot run on a {input_dtype} input of shape {input_shape}: "
+                            f"{err}{hint}") from err
     finally:
         for m, training in modes.items():
             m.training = training

@@ -53,8 +53,17 @@ class _ShiftTimestamp(torch.autograd.Function):
         return shifted.reshape(grad.shape), None
 
 
-def _capture_outputs(model: nn.Module, replicas: int) -> tuple[dict[tuple[str, int], torch.Tensor], list]:
-    """Hooks that shift every weighted layer's input and keep each position's output."""
+def _batched(output: torch.Tensor, batch: int) -> torch.Tensor:
+    """An output computed from constants (no batch dim, or batch 1) expanded to `batch` samples."""
+    if output.ndim >= 2 and output.shape[0] == 1:
+        return output.expand(batch, *output.shape[1:])
+    return output.expand(batch, *output.shape)
+
+
+def _capture_outputs(model: nn.Module, replicas: int, unbatched: frozenset[tuple[str, int]] = frozenset(),
+                     batch: int = 0) -> tuple[dict[tuple[str, int], torch.Tensor], list]:
+    """Hooks that shift every weighted layer's input and keep each position's output; the outputs
+    of the `unbatched` positions are first expanded to `batch` samples."""
     outputs: dict[tuple[str, int], torch.Tensor] = {}
     calls: Counter[str] = Counter()
     handles = []
@@ -66,8 +75,12 @@ def _capture_outputs(model: nn.Module, replicas: int) -> tuple[dict[tuple[str, i
             return (_ShiftTimestamp.apply(args[0], replicas), *args[1:])
 
         def keep(_module, _args, output, name=name):
-            outputs[(name, calls[name])] = output
+            key = (name, calls[name])
             calls[name] += 1
+            if key in unbatched:
+                output = _batched(output, batch)
+            outputs[key] = output
+            return output
 
         handles += [module.register_forward_pre_hook(shift), module.register_forward_hook(keep)]
     return outputs, handles
@@ -100,13 +113,18 @@ def gradients_by_timestamp(
     loss_fn: LossFn = F.cross_entropy,
     *,
     dlogits: torch.Tensor | None = None,
+    unbatched: frozenset[tuple[str, int]] = frozenset(),
 ) -> dict[tuple[str, int], torch.Tensor | None]:
     """dL/d(output) of every weighted-layer position, split by timestamp.
 
     Keys are (module name, call index); values have shape (replicas, batch, ...) where entry t
     is the gradient that arrived through paths of t + 1 weighted layers (None: no gradient).
     `dlogits` (this batch's part of `logit_gradients` of a larger batch) replaces `labels` and
-    `loss_fn` when given. The model runs in eval mode and is left in the mode it was in.
+    `loss_fn` when given. `unbatched` names the positions whose input is computed from constants
+    (an embedding of position ids): their output has no batch dim (or batch 1), so it is
+    expanded over the replicated batch for its gradient to split by replica (the model must
+    broadcast it, as adding it to the token embeddings does). The model runs in eval mode and is
+    left in the mode it was in.
     """
     device = next(model.parameters()).device
     images = images.to(device)
@@ -117,7 +135,7 @@ def gradients_by_timestamp(
         dlogits = logit_gradients(model, images, labels, loss_fn)
     modes = {m: m.training for m in model.modules()}
     model.eval()
-    outputs, handles = _capture_outputs(model, replicas)
+    outputs, handles = _capture_outputs(model, replicas, unbatched, replicas * batch)
     try:
         logits = model(images.repeat(replicas, *([1] * (images.ndim - 1))))
         if not isinstance(logits, torch.Tensor):
@@ -151,19 +169,23 @@ def measured_gradient_spectrum(
     longest path.
     """
     model = unroll_attention(model)  # the positions of `report` name its projections
-    report = report or analyze_model(model, tuple(images.shape[1:]))
+    report = report or analyze_model(model, tuple(images.shape[1:]), images.dtype)
     replicas = report.network["longest_path"]
     if replicas is None:
         raise GradpathError(f"no weighted layer of {type(model).__name__} receives gradient from its output")
     dlogits = logit_gradients(model, images, labels, loss_fn)
+    unbatched = frozenset((p.module, p.call) for p in report.graph.positions if not report.graph.aggregated[p.id])
     squares: list[torch.Tensor | None] = [None] * len(report.groups)  # per group: summed squares per timestamp
     for start in range(0, images.shape[0], SPECTRUM_CHUNK):
         part = slice(start, start + SPECTRUM_CHUNK)
-        grads = gradients_by_timestamp(model, images[part], None, replicas, dlogits=dlogits[part])
+        grads = gradients_by_timestamp(model, images[part], None, replicas, dlogits=dlogits[part],
+                                       unbatched=unbatched)
         for i, g in enumerate(report.groups):
             grad = grads.get((g.position.module, g.position.call))
             if grad is not None:
-                channels = grad.narrow(g.position.axis + 1, g.start, g.stop - g.start)  # +1: the replica axis
+                # the channel dim counted from the end: an unbatched output gained its batch dim in front
+                dim = grad.ndim - g.position.ndim + g.position.axis
+                channels = grad.narrow(dim, g.start, g.stop - g.start)
                 square = channels.reshape(replicas, -1).double().pow(2).sum(1).cpu()
                 squares[i] = square if squares[i] is None else squares[i] + square
         del grads

@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+EMBEDDINGS = (nn.Embedding,)  # weighted layers reading integer ids: they pass no gradient to their input
 WEIGHTED_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
-                    nn.ConvTranspose3d, nn.Linear)
+                    nn.ConvTranspose3d, nn.Linear, *EMBEDDINGS)
 CHANNELWISE_MODULES = (
     nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm,
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.SiLU, nn.GELU, nn.Mish, nn.Hardswish,
@@ -65,6 +66,7 @@ REDUCTIONS = {torch.mean, torch.amax, torch.amin, torch.sum, torch.var, torch.st
               torch.prod, torch.nansum, torch.nanmean, torch.norm, torch.linalg.vector_norm, "mean", "amax",
               "amin", "sum", "var", "std", "logsumexp", "prod", "nansum", "nanmean", "norm"}
 REDUCTION_DIM = {torch.norm: 2, "norm": 2, torch.linalg.vector_norm: 2}  # index of `dim` among the args; else 1
+ARG_REDUCTIONS = {torch.argmax, torch.argmin, "argmax", "argmin"}  # a reduction's indices: no gradient
 MAX_MIN = {torch.max, torch.min, "max", "min"}  # over a dim: (values, indices); of two tensors: elementwise
 # Weightless ops that mix the tensor along one dim: (index of that dim among the args, its default).
 ALONG_DIM = {torch.softmax: (1, None), F.softmax: (1, None), torch.log_softmax: (1, None),
@@ -90,13 +92,14 @@ FLIPS = {torch.flip, "flip"}
 ROLLS = {torch.roll, "roll"}
 CHANNEL_SHUFFLES = {torch.channel_shuffle, torch.native_channel_shuffle}
 PIXEL_SHUFFLES = {torch.pixel_shuffle: True, torch.pixel_unshuffle: False}  # -> True for shuffle, False for unshuffle
-FUNCTIONAL_WEIGHTED = {F.linear, F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d,
-                       F.conv_transpose3d, F.bilinear}  # refused with a hint: weights outside modules
+FUNCTIONAL_WEIGHTED = {F.linear, F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d,
+                       F.bilinear, F.embedding, F.embedding_bag}  # refused with a hint: weights outside modules
 SUPPORTED = (
-    "weighted layers (Conv1d/2d/3d, ConvTranspose, Linear, and their subclasses); channel-wise modules "
+    "weighted layers (Conv1d/2d/3d, ConvTranspose, Linear, Embedding, and their subclasses); integer "
+    "(token id) inputs read by an Embedding; channel-wise modules "
     "and functions (BatchNorm, InstanceNorm, activations, pooling, upsampling/interpolate, dropout, "
     "padding, Identity, Flatten/Unflatten, casts, elementwise math such as sqrt/exp/pow); elementwise "
-    "+ - * / **, maximum/minimum, where, lerp; comparisons, rounding and sign (no gradient); "
+    "+ - * / **, maximum/minimum, where, lerp; comparisons, rounding, sign and argmax/argmin (no gradient); "
     "channel indexing (slices, strided slices, ints, None, one list of ints, narrow, select, "
     "index_select with a constant index), torch.cat, torch.stack, split/chunk/unbind, "
     "permute/transpose, flatten/view/reshape/(un)squeeze that keep the channels' order, "

@@ -2,7 +2,8 @@
 
 Definitions (the counting convention of the whole library):
 
-- A *weighted layer* is a convolution or linear layer; BatchNorm (its affine parameters
+- A *weighted layer* is a convolution, linear layer or embedding (an embedding reads integer
+  ids, so its paths end there: nothing upstream of it gets gradient through it); BatchNorm (its affine parameters
   included), activations, pooling, upsampling and dropout are not weighted layers. Neither are
   ops that mix channels without weights (LayerNorm, GroupNorm, softmax over the channels,
   attention's matmuls): they add no timestamp, but each channel they mix reaches the loss
@@ -24,7 +25,9 @@ Definitions (the counting convention of the whole library):
 - A module called at several places is one parameter with several *positions*; each position
   is reported, and `GradientPathReport.parameters` aggregates them (timestamps = union, number
   of paths = the sum over positions of each position's distinct paths, which counts a path once
-  even when several channel groups of the position share it).
+  even when several channel groups of the position share it). A weight tied between modules
+  (a language model's output layer and token embedding) is one parameter too: its modules'
+  positions are aggregated under the first module's name.
 - Network level: the *longest shortest path* is taken over layers, not groups: a position's
   shortest path is the smallest timestamp of the union of its groups (its best-reached
   channels), and the network's is the largest of these over all positions; the *longest path*
@@ -41,6 +44,7 @@ from functools import cached_property
 from typing import Any
 
 import pandas as pd
+import torch
 from torch import nn
 
 from .graph import LOSS, LayerGraph, Position, trace_layers
@@ -108,15 +112,16 @@ class GradientPathReport:
 
     @cached_property
     def parameters(self) -> pd.DataFrame:
-        """One row per weighted module, its positions aggregated (timestamps = union, n_paths =
-        the sum of each position's distinct paths)."""
+        """One row per weight (a weighted module, or modules sharing a tied weight, named by the
+        first), its positions aggregated (timestamps = union, n_paths = the sum of each position's
+        distinct paths)."""
         rows = []
-        for module, frame in self.layers.groupby("module", sort=False):
-            groups = [g for g in self.groups if g.position.module == module]
-            positions = {p.id for p in self.graph.positions if p.module == module}
+        for module in dict.fromkeys(p.parameter for p in self.graph.positions):
+            groups = [g for g in self.groups if g.position.parameter == module]
+            positions = {p.id for p in self.graph.positions if p.parameter == module}
             stamps = sorted(set().union(*(g.timestamps for g in groups)))
             rows.append({
-                "module": module, "positions": frame["position"].nunique(), "timestamps": tuple(stamps),
+                "module": module, "positions": len(positions), "timestamps": tuple(stamps),
                 "shortest": stamps[0] if stamps else None, "longest": stamps[-1] if stamps else None,
                 "n_paths": sum(self.position_paths[p] for p in positions),
                 "combination_size": len(frozenset().union(*(g.combination for g in groups))),
@@ -137,7 +142,7 @@ class GradientPathReport:
         channels = sum(g.stop - g.start for g in self.groups)
         aggregated = list(self.graph.aggregated.values())
         return {
-            "n_weighted_layers": len({p.module for p in self.graph.positions}),
+            "n_weighted_layers": len({p.parameter for p in self.graph.positions}),
             "n_positions": len(self.graph.positions),
             "n_groups": len(self.groups),
             "longest_shortest_path": max((min(s) for s in reached), default=None),
@@ -196,6 +201,8 @@ def _reach(users: set[int] | frozenset[int], stamps: dict[int, int]) -> int:
     return mask
 
 
-def analyze_model(model: nn.Module, input_shape: tuple[int, ...] = (3, 32, 32)) -> GradientPathReport:
-    """Structural gradient path analysis of `model` for one input of `input_shape` (no batch)."""
-    return gradient_paths(trace_layers(model, tuple(input_shape)))
+def analyze_model(model: nn.Module, input_shape: tuple[int, ...] = (3, 32, 32),
+                  input_dtype: torch.dtype = torch.float32) -> GradientPathReport:
+    """Structural gradient path analysis of `model` for one input of `input_shape` (no batch);
+    an integer `input_dtype` makes the input token ids for the model's `nn.Embedding`."""
+    return gradient_paths(trace_layers(model, tuple(input_shape), input_dtype))

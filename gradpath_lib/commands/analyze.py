@@ -9,10 +9,11 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import torch
 from torch import nn
 
 from ..errors import GradpathError
-from ..models.reference import IMAGENET_INPUT, REFERENCE_NETS
+from ..models.reference import REFERENCE_NETS
 from ..scales import SCALES
 
 FORMATS = ("table", "csv", "json")
@@ -28,8 +29,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="a registered model name, a reference design (" + ", ".join(REFERENCE_NETS)
                         + "), or package.module:factory returning an nn.Module")
     parser.add_argument("--input", default=None,
-                        help="input shape without batch, e.g. 3x32x32 (default: 3x224x224 for a reference "
-                             "design, else 3x32x32)")
+                        help="input shape without batch, e.g. 3x32x32, or 128 with --tokens (default: the "
+                             "reference design's own input, else 3x32x32)")
+    parser.add_argument("--tokens", action="store_true",
+                        help="the input is integer token ids, read by the model's nn.Embedding (a language "
+                             "model); --input is then their shape, e.g. 128")
     parser.add_argument("--scale", default="mini", choices=SCALES, help="size preset of a registered model")
     parser.add_argument("--format", default="table", choices=FORMATS)
     parser.set_defaults(func=run)
@@ -95,14 +99,20 @@ def run(args: argparse.Namespace) -> int:
     if args.model in REFERENCE_NETS:
         from ..analysis.designs import analyze_design
 
-        shape = args.input or "x".join(map(str, IMAGENET_INPUT))
+        ref = REFERENCE_NETS[args.model]
+        if args.tokens and ref.input_dtype.is_floating_point:
+            raise GradpathError(f"{args.model} reads images, not token ids: drop --tokens")
+        shape, tokens = args.input or "x".join(map(str, ref.input_shape)), not ref.input_dtype.is_floating_point
         report = analyze_design(args.model, parse_shape(shape))
     else:
-        shape = args.input or "3x32x32"
-        report = analyze_model(resolve_model(args.model, args.scale), parse_shape(shape))
+        if args.tokens and not args.input:
+            raise GradpathError("--tokens needs --input, the shape of the token ids without batch, e.g. 128")
+        shape, tokens = args.input or "3x32x32", args.tokens
+        report = analyze_model(resolve_model(args.model, args.scale), parse_shape(shape),
+                               torch.long if tokens else torch.float32)
     layers = report.layers
     if args.format == "json":
-        payload = {"model": args.model, "input": shape, "network": report.network,
+        payload = {"model": args.model, "input": shape, "tokens": tokens, "network": report.network,
                    "layers": layers.to_dict(orient="records")}
         print(json.dumps(payload, indent=1, default=lambda v: v.item() if hasattr(v, "item") else str(v)))
     elif args.format == "csv":

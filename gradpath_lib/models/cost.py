@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -20,9 +21,23 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def count_flops(model: nn.Module, input_shape: Sequence[int]) -> int:
-    """FLOPs of one forward pass in eval mode on one zero input of `input_shape` (C, H, W), as
-    counted by torch's FlopCounterMode (2 FLOPs per multiply-accumulate of convs and linears).
+def _attention_flops(query: Sequence[int], key: Sequence[int], value: Sequence[int], *args: object,
+                     out_shape: object = None, **kwargs: object) -> int:
+    """FLOPs of scaled-dot-product attention from its operands' shapes: Q K^T and (softmax) V, in full."""
+    batch, s_q, s_k = math.prod(query[:-2]), query[-2], key[-2]
+    return 2 * batch * s_q * s_k * (query[-1] + value[-1])
+
+
+# torch's FlopCounterMode knows the CUDA attention kernels but not the CPU one (torch 2.13), and
+# would count attention as free on the CPU
+CPU_ATTENTION = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _attention_flops}
+
+
+def count_flops(model: nn.Module, input_shape: Sequence[int], input_dtype: torch.dtype = torch.float32) -> int:
+    """FLOPs of one forward pass in eval mode on one zero input of `input_shape` (C, H, W) and
+    `input_dtype` (an integer type for token ids), as counted by torch's FlopCounterMode (2 FLOPs
+    per multiply-accumulate of convs, linears and attention's matmuls; an embedding lookup counts
+    none).
 
     The input goes on the model's device: a model built under `torch.device("meta")` is counted
     without computing anything.
@@ -31,8 +46,8 @@ def count_flops(model: nn.Module, input_shape: Sequence[int]) -> int:
     model.eval()
     try:
         param = next(model.parameters(), None)
-        x = torch.zeros(1, *input_shape, device=param.device if param is not None else "cpu")
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        x = torch.zeros(1, *input_shape, dtype=input_dtype, device=param.device if param is not None else "cpu")
+        with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION) as counter:
             model(x)
     finally:
         model.train(was_training)

@@ -1,8 +1,9 @@
-"""Well-known ImageNet designs outside the papers, for gradient path analysis only (never trained
-here): ShuffleNetV2 1.0x, MobileNetV2 1.0x, ConvNeXt-T and ViT-Ti/16, written from their papers
-with the layer structure of torchvision's (timm's for ViT-Ti) so that the parameter counts match
-theirs exactly (`ReferenceNet.params`, checked by the tests). `gradpath analyze NAME` accepts their
-names; `reference_net(name)` builds one.
+"""Well-known designs outside the papers, for gradient path analysis only (never trained here):
+ShuffleNetV2 1.0x, MobileNetV2 1.0x, ConvNeXt-T and ViT-Ti/16 on ImageNet, and the language model
+GPT-2 small, written from their papers with the layer structure of torchvision's (timm's for
+ViT-Ti, Hugging Face's for GPT-2) so that the parameter counts match theirs exactly
+(`ReferenceNet.params`, checked by the tests). `gradpath analyze NAME` accepts their names;
+`reference_net(name)` builds one.
 """
 
 from __future__ import annotations
@@ -205,14 +206,62 @@ class VisionTransformer(nn.Module):
         return self.head(x[:, 1:].mean(1) if self.pool == "avg" else x[:, 0])
 
 
+# --- GPT-2 (Radford et al., 2019) ---------------------------------------------------------------
+class GPT2Block(nn.Module):
+    """Pre-norm causal self-attention and a 4x MLP (tanh-approximated GELU), each with a residual."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.ln_1, self.ln_2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.c_attn, self.attn_proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.c_fc, self.mlp_proj = nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, dim = x.shape
+        q, k, v = self.c_attn(self.ln_1(x)).split(dim, dim=2)
+        q, k, v = (z.view(b, t, self.heads, dim // self.heads).transpose(1, 2) for z in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(b, t, dim)
+        x = x + self.attn_proj(y)
+        return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x)), approximate="tanh"))
+
+
+class GPT2(nn.Module):
+    """GPT-2 small: token and learned position embeddings, 12 blocks, a final LayerNorm and an
+    output layer whose weight is the token embedding's (tied). Input: token ids (N, T), T <= 1024;
+    output: next-token logits (N, T, vocab) at every position, all of which the loss reads."""
+
+    def __init__(self, vocab: int = 50257, context: int = 1024, dim: int = 768, depth: int = 12, heads: int = 12):
+        super().__init__()
+        self.wte, self.wpe = nn.Embedding(vocab, dim), nn.Embedding(context, dim)
+        self.h = nn.Sequential(*[GPT2Block(dim, heads) for _ in range(depth)])
+        self.ln_f = nn.LayerNorm(dim)
+        self.lm_head = nn.Linear(dim, vocab, bias=False)
+        self.lm_head.weight = self.wte.weight
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(idx.shape[1], device=idx.device)
+        return self.lm_head(self.ln_f(self.h(self.wte(idx) + self.wpe(positions))))
+
+
 @dataclass(frozen=True)
 class ReferenceNet:
     """A reference design: its builder, the parameter count of the public implementation it
-    follows, and where that count comes from."""
+    follows, where that count comes from, and the input it is analysed and costed on (without
+    batch; an integer dtype: token ids)."""
 
     build: Callable[[], nn.Module]
     params: int
     source: str
+    input_shape: tuple[int, ...] = IMAGENET_INPUT
+    input_dtype: torch.dtype = torch.float32
+
+    @property
+    def input_label(self) -> str:
+        """'3x224x224', or '1024 tokens' for token ids."""
+        if self.input_dtype.is_floating_point:
+            return "x".join(map(str, self.input_shape))
+        return "x".join(map(str, self.input_shape)) + " tokens"
 
 
 REFERENCE_NETS = {
@@ -220,6 +269,7 @@ REFERENCE_NETS = {
     "mobilenet-v2": ReferenceNet(MobileNetV2, 3_504_872, "torchvision mobilenet_v2"),
     "convnext-tiny": ReferenceNet(ConvNeXt, 28_589_128, "torchvision convnext_tiny"),
     "vit-tiny": ReferenceNet(VisionTransformer, 5_717_416, "timm vit_tiny_patch16_224"),
+    "gpt2": ReferenceNet(GPT2, 124_439_808, "Hugging Face transformers gpt2 (GPT2LMHeadModel)", (1024,), torch.long),
 }
 
 
