@@ -32,7 +32,10 @@ concatenated to traced tensors (a class token) adds channels without one. Channe
 not positions along the other dims: a cat along those dims merges its parts' sources (and warns
 when one part is a constant, since a model reading only that position is then over-counted).
 A grouped convolution is treated as dense (every output channel depends on every input channel),
-which over-counts its connections inside the layer but changes no timestamp of whole groups.
+so its input channels receive the union of the timestamps of all its output channels. That is
+exact unless its output splits into channel groups that reach the loss differently, and the split
+follows its groups (each group feeding other layers): then an input channel is also given the
+timestamps of output channels it does not feed.
 Anything else that may move gradient between channels raises `GradpathError` naming it, and so
 do in-place methods such as `x.add_(y)`, whose effect fx's graph does not show to later uses.
 
