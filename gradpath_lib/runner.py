@@ -219,7 +219,9 @@ def _execute_all(selected: list[Chapter], scale: str, seeds: list[int], device: 
                 elif is_done(chap, scale, seeds, results_dir, parameters):
                     finish(name, UP_TO_DATE)
                 else:
-                    running[pool.submit(execute_notebook, name, scale, parameters, str(results_dir.resolve()))] = chap
+                    made_from = fingerprint(chap, scale, seeds, results_dir, parameters)
+                    running[pool.submit(execute_notebook, name, scale, parameters, str(results_dir.resolve()),
+                                        made_from)] = chap
             if not running:
                 if pending:
                     raise GradpathError(f"chapters {sorted(pending)} depend on each other in a cycle")
@@ -228,19 +230,17 @@ def _execute_all(selected: list[Chapter], scale: str, seeds: list[int], device: 
             for future in done:
                 chap = running.pop(future)
                 status, error, seconds = future.result()
-                if status == DONE:
-                    _write_inputs(chap, scale, seeds, results_dir, parameters)
                 finish(chap.name, status, error, seconds)
     bar.close()
 
 
-def _write_inputs(chap: Chapter, scale: str, seeds: list[int], results_dir: Path, parameters: dict[str, Any]) -> None:
-    fp = fingerprint(chap, scale, seeds, results_dir, parameters)
-    atomic_write_bytes(_inputs_file(results_dir, scale, chap.name), json.dumps({"fingerprint": fp}).encode())
-
-
-def execute_notebook(name: str, scale: str, parameters: dict[str, Any], results_dir: str) -> tuple[str, str, float]:
-    """Execute one chapter notebook with papermill: (status, failing cell and error, seconds)."""
+def execute_notebook(name: str, scale: str, parameters: dict[str, Any], results_dir: str,
+                     made_from: str) -> tuple[str, str, float]:
+    """Execute one chapter notebook with papermill: (status, failing cell and error, seconds).
+    On success the `fingerprint` of its inputs, `made_from`, is recorded first and the notebook
+    moved into place last, so that a process killed at any moment leaves either the finished
+    page with its fingerprint or no page (executed again next time), never a page that looks
+    made from other inputs."""
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
@@ -261,6 +261,8 @@ def execute_notebook(name: str, scale: str, parameters: dict[str, Any], results_
         partial.unlink(missing_ok=True)
         final.unlink(missing_ok=True)
         return FAILED_NB, f"{type(err).__name__}: {err}", time.perf_counter() - start
+    final.unlink(missing_ok=True)
+    atomic_write_bytes(_inputs_file(Path(results_dir), scale, name), json.dumps({"fingerprint": made_from}).encode())
     os.replace(partial, final)
     failed.unlink(missing_ok=True)
     return DONE, "", time.perf_counter() - start
