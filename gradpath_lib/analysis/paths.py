@@ -3,10 +3,10 @@
 Definitions (the counting convention of the whole library):
 
 - A *weighted layer* is a convolution, linear layer or embedding (an embedding reads integer
-  ids, so its paths end there: nothing upstream of it gets gradient through it); BatchNorm (its affine parameters
-  included), activations, pooling, upsampling and dropout are not weighted layers. Neither are
-  ops that mix channels without weights (LayerNorm, GroupNorm, softmax over the channels,
-  attention's matmuls): they add no timestamp, but each channel they mix reaches the loss
+  ids, so its paths end there: nothing upstream of it gets gradient through it); BatchNorm (its
+  affine parameters included), activations, pooling, upsampling and dropout are not weighted
+  layers. Neither are ops that mix channels without weights (LayerNorm, GroupNorm, softmax over
+  the channels, attention's matmuls): they add no timestamp, but each channel they mix reaches the loss
   through the consumers of all the channels it is mixed with.
 - A *gradient path* of a layer runs from its output to the loss; its *length* is the number of
   weighted layers on it, the layer itself included. The layer producing the logits has a path
