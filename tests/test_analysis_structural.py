@@ -65,6 +65,11 @@ def row_of(report, layer: str, start: int = 0):
     return rows[(rows.layer == layer) & (rows.group_start == start)].iloc[0]
 
 
+def rows_of(report, layer: str) -> list:
+    """Every channel group row of `layer`, in channel order."""
+    return [row for _, row in report.layers[report.layers.layer == layer].iterrows()]
+
+
 def test_plain_chain_layer_k_of_l_gets_l_minus_k_plus_1():
     report = analyze_model(Chain(5), SHAPE)
     total = 6  # five convs and the linear layer
@@ -222,6 +227,58 @@ def test_elan_block_branches_get_their_own_paths():
     assert stamps(report, "elan.stacks.0.0.conv") == (4, 6)
     assert stamps(report, "elan.stacks.1.1.conv") == (3,)
     assert row_of(report, "elan.transition.conv").aggregated_features == 4
+
+
+class GroupedThenSplit(nn.Module):
+    """A grouped conv whose output groups part: group 0 goes through two more convs, group 1
+    straight to the head. `groups=1` makes it dense (each output channel reads every input)."""
+
+    def __init__(self, groups: int = 2):
+        super().__init__()
+        self.stem = conv(3, C)
+        self.grouped = nn.Conv2d(C, C, 3, padding=1, groups=groups)
+        self.deep = nn.Sequential(conv(2, 2), nn.ReLU(), conv(2, 2))
+        self.head = Head()
+
+    def forward(self, x):
+        a, b = self.grouped(torch.relu(self.stem(x))).chunk(2, dim=1)
+        return self.head(torch.cat([self.deep(a), b], 1))
+
+
+def test_grouped_conv_gives_each_input_group_the_paths_of_its_own_output_group():
+    from conftest import assert_structure_is_measured
+
+    report = analyze_model(GroupedThenSplit(), (3, 4, 4))
+    # grouped[0:2] -> deep.0 -> deep.2 -> head (t=4); grouped[2:4] -> head (t=2)
+    assert stamps(report, "grouped", 0) == (4,) and stamps(report, "grouped", 2) == (2,)
+    # the stem's channels 0-1 feed only grouped[0:2], its channels 2-3 only grouped[2:4]
+    assert [(r.group_start, r.group_stop, r.timestamps, r.n_paths) for r in rows_of(report, "stem")] == [
+        (0, 2, (5,), 1), (2, 4, (3,), 1)]
+    assert row_of(report, "stem", 0).sources_at_first == ("grouped",)
+    assert report.parameters.set_index("module").loc["stem", "n_paths"] == 2
+    assert_structure_is_measured(GroupedThenSplit(), (3, 4, 4), report)
+
+
+def test_dense_conv_gives_every_input_channel_all_paths():
+    report = analyze_model(GroupedThenSplit(groups=1), (3, 4, 4))
+    assert [(r.group_start, r.group_stop, r.timestamps, r.n_paths) for r in rows_of(report, "stem")] == [
+        (0, 4, (3, 5), 2)]
+
+
+@pytest.mark.parametrize("groups", [1, 2, 4])
+def test_grouped_conv_read_whole_has_the_paths_of_its_dense_version(groups):
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem, self.grouped, self.head = conv(3, C), nn.Conv2d(C, C, 3, padding=1, groups=groups), Head()
+
+        def forward(self, x):
+            y = self.stem(x)
+            return self.head(self.grouped(y) + y)
+
+    report = analyze_model(Net(), (3, 4, 4))
+    assert [(r.group_start, r.group_stop, r.timestamps, r.n_paths) for r in rows_of(report, "stem")] == [
+        (0, C, (2, 3), 2)]
 
 
 class Shared(nn.Module):

@@ -31,11 +31,10 @@ channels). Tensors computed from constants alone carry no gradient path; a const
 concatenated to traced tensors (a class token) adds channels without one. Channels are followed,
 not positions along the other dims: a cat along those dims merges its parts' sources (and warns
 when one part is a constant, since a model reading only that position is then over-counted).
-A grouped convolution is treated as dense (every output channel depends on every input channel),
-so its input channels receive the union of the timestamps of all its output channels. That is
-exact unless its output splits into channel groups that reach the loss differently, and the split
-follows its groups (each group feeding other layers): then an input channel is also given the
-timestamps of output channels it does not feed.
+A grouped convolution (`groups` > 1, depthwise included) is followed group by group: the input
+channels of its group g feed only the output channels of group g (each `Edge` records the output
+channels its input channels reach), so an input channel gets the timestamps of the output channels
+it feeds, not of all of them.
 Anything else that may move gradient between channels raises `GradpathError` naming it, and so
 do in-place methods such as `x.add_(y)`, whose effect fx's graph does not show to later uses.
 
@@ -54,7 +53,7 @@ import warnings
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -162,13 +161,25 @@ class Position:
         return self.module if self.call == 0 else f"{self.module}@{self.call}"
 
 
+class Edge(NamedTuple):
+    """Position `consumer` takes channels [lo, hi) of `producer`, and they reach its output
+    channels [out_lo, out_hi): all of them, unless the consumer is a grouped convolution."""
+
+    consumer: int
+    producer: int
+    lo: int
+    hi: int
+    out_lo: int
+    out_hi: int
+
+
 @dataclass
 class LayerGraph:
     """Weighted-layer positions, the channel ranges each consumer takes from each producer, and
     the distinct producers each position aggregates in its input (forward view)."""
 
     positions: list[Position] = field(default_factory=list)
-    edges: list[tuple[int, int, int, int]] = field(default_factory=list)  # (consumer, producer, lo, hi)
+    edges: list[Edge] = field(default_factory=list)
     aggregated: dict[int, int] = field(default_factory=dict)  # position id -> producers in its input
 
 
@@ -252,11 +263,19 @@ class _ChannelTracer(fx.Interpreter):
             raise _unsupported(n, f"{n.target} applied to something other than a traced tensor")
         return value
 
-    def _consume(self, consumer: int, arg: Any, n: fx.Node) -> None:
+    def _consume(self, consumer: int, arg: Any, n: fx.Node, out_channels: int = 1, groups: int = 1) -> None:
+        """Record the edges from everything `arg` carries into `consumer` (the loss, or a
+        position with `out_channels` outputs, in `groups` channel groups if it is a grouped conv)."""
         value = self._value(arg)
         maps = _flatten_maps(value)
         for m in maps:
-            self.layer_graph.edges += [(consumer, *r) for r in consumed_ranges(m)]
+            if groups == 1 or is_uniform(m):  # a uniform map feeds every group the same channels
+                blocks = [(m, 0, out_channels)]
+            else:
+                size, out = m.channels // groups, out_channels // groups
+                blocks = [(slice_channels(m, g * size, (g + 1) * size), g * out, (g + 1) * out) for g in range(groups)]
+            self.layer_graph.edges += [Edge(consumer, *r, lo, hi) for block, lo, hi in blocks
+                                       for r in consumed_ranges(block)]
         if consumer != LOSS:
             self.layer_graph.aggregated[consumer] = len(set().union(*(producers(m) for m in maps)))
 
@@ -399,7 +418,7 @@ class _ChannelTracer(fx.Interpreter):
                        type(module).__name__, axis, owner, result.ndim)
         self.calls[n.target] += 1
         self.layer_graph.positions.append(pos)
-        self._consume(pos.id, n.args[0], n)
+        self._consume(pos.id, n.args[0], n, pos.out_channels, getattr(module, "groups", 1))
         return fresh(pos.id, pos.out_channels, axis)
 
     def _channelwise(self, n: fx.Node, result: torch.Tensor) -> ChannelMap:
@@ -790,8 +809,8 @@ def _symbolic_trace(model: nn.Module) -> fx.GraphModule:
 def _reaching_loss(graph: LayerGraph) -> set[int]:
     """Ids of the positions whose output reaches the loss through live (not detached) edges."""
     consumers: dict[int, set[int]] = {}
-    for consumer, producer, _, _ in graph.edges:
-        consumers.setdefault(producer, set()).add(consumer)
+    for edge in graph.edges:
+        consumers.setdefault(edge.producer, set()).add(edge.consumer)
     reached = {LOSS}
     for pos in reversed(graph.positions):  # consumers always come after their producers
         if consumers.get(pos.id, set()) & reached:

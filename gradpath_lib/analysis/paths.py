@@ -20,8 +20,9 @@ Definitions (the counting convention of the whole library):
   is the number of pairs. The *number of paths* counts distinct sequences of weighted-layer
   positions from the group to the loss (an exact Python int).
 - *Channel groups* of a layer's output are the coarsest partition of its channels in which all
-  channels of a group have the same consumers; it is induced by the downstream slicing, splits,
-  concatenations and partial adds (PRN's masked and unmasked channels are separate groups).
+  channels of a group have the same consumers, and feed the same channel groups of each; it is
+  induced by the downstream slicing, splits, concatenations and partial adds (PRN's masked and
+  unmasked channels are separate groups), and by grouped convolutions whose output groups part.
 - A module called at several places is one parameter with several *positions*; each position
   is reported, and `GradientPathReport.parameters` aggregates them (timestamps = union, number
   of paths = the sum over positions of each position's distinct paths, which counts a path once
@@ -39,6 +40,7 @@ Definitions (the counting convention of the whole library):
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -47,7 +49,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .graph import LOSS, LayerGraph, Position, trace_layers
+from .graph import LOSS, Edge, LayerGraph, Position, trace_layers
 
 LOSS_NAME = "loss"
 
@@ -154,51 +156,115 @@ class GradientPathReport:
         }
 
 
-def _groups_of(graph: LayerGraph) -> dict[int, list[tuple[int, int, frozenset[int]]]]:
-    """Per producer: its channel groups (start, stop, consumer ids), coarsest equal-consumer split."""
-    consumers: dict[int, list[tuple[int, int, int]]] = {p.id: [] for p in graph.positions}
-    for consumer, producer, lo, hi in graph.edges:
-        consumers[producer].append((consumer, lo, hi))
-    groups = {}
-    for pos in graph.positions:
-        cuts = sorted({0, pos.out_channels} | {c for _, lo, hi in consumers[pos.id] for c in (lo, hi)})
-        merged: list[tuple[int, int, frozenset[int]]] = []
-        for a, b in zip(cuts, cuts[1:]):
-            users = frozenset(q for q, lo, hi in consumers[pos.id] if lo <= a and b <= hi)
-            if merged and merged[-1][2] == users:
-                merged[-1] = (merged[-1][0], b, users)
-            else:
-                merged.append((a, b, users))
-        groups[pos.id] = merged
-    return groups
+Users = tuple[tuple[int, int], ...]  # sorted (consumer id, bit mask of the consumer's groups it feeds)
+
+
+def _groups_hit(starts: list[int], lo: int, hi: int) -> int:
+    """Bit mask of the groups (given by their sorted first channels) that channels [lo, hi) touch."""
+    first, last = bisect.bisect_right(starts, lo) - 1, bisect.bisect_left(starts, hi) - 1
+    return (1 << (last + 1)) - (1 << first)
+
+
+def _channel_groups(channels: int, uses: list[tuple[int, int, int, int]]) -> list[tuple[int, int, Users]]:
+    """The coarsest split of `channels` into (start, stop, users) with the same users throughout,
+    from `uses` (lo, hi, consumer, mask): channels [lo, hi) feed the groups `mask` of `consumer`."""
+    cuts = sorted({0, channels} | {c for lo, hi, _, _ in uses for c in (lo, hi)})
+    by_start = sorted(uses)
+    active: list[tuple[int, int, int, int]] = []
+    merged: list[tuple[int, int, Users]] = []
+    k = 0
+    for a, b in zip(cuts, cuts[1:]):
+        while k < len(by_start) and by_start[k][0] <= a:
+            active.append(by_start[k])
+            k += 1
+        active = [u for u in active if u[1] > a]
+        masks: dict[int, int] = {}
+        for _, _, consumer, mask in active:
+            masks[consumer] = masks.get(consumer, 0) | mask
+        users = tuple(sorted(masks.items()))
+        if merged and merged[-1][2] == users:
+            merged[-1] = (merged[-1][0], b, users)
+        else:
+            merged.append((a, b, users))
+    return merged
+
+
+class _Paths:
+    """Channel groups, timestamps and path counts of every position, computed from the loss back
+    (consumers always come after their producers in `graph.positions`)."""
+
+    def __init__(self, graph: LayerGraph):
+        edges: dict[int, list[Edge]] = {p.id: [] for p in graph.positions}
+        for e in graph.edges:
+            edges[e.producer].append(e)
+        self.groups: dict[int, list[tuple[int, int, Users]]] = {LOSS: [(0, 1, ())]}
+        self.group_stamps: dict[int, list[int]] = {LOSS: [1]}  # bit t set <=> gradient arrives at timestamp t
+        self.counts: dict[tuple[int, int], int] = {(LOSS, 1): 1}  # (position, group mask) -> distinct paths
+        for pos in reversed(graph.positions):
+            starts = {e.consumer: [a for a, _, _ in self.groups[e.consumer]] for e in edges[pos.id]}
+            uses = [(e.lo, e.hi, e.consumer, _groups_hit(starts[e.consumer], e.out_lo, e.out_hi)) for e in edges[pos.id]]
+            self.groups[pos.id] = _channel_groups(pos.out_channels, uses)
+            self.group_stamps[pos.id] = [self.reach(users) for _, _, users in self.groups[pos.id]]
+            self.n_paths(pos.id, self.all_groups(pos.id))
+
+    def all_groups(self, position: int) -> int:
+        return (1 << len(self.groups[position])) - 1
+
+    def stamps(self, position: int, mask: int) -> int:
+        """Timestamps (bit mask) of the groups `mask` of `position`."""
+        out = 0
+        for i, stamp in enumerate(self.group_stamps[position]):
+            if mask >> i & 1:
+                out |= stamp
+        return out
+
+    def reach(self, users: Users) -> int:
+        """Timestamps of channels used by `users`: one backward step after each user's."""
+        out = 0
+        for consumer, mask in users:
+            out |= self.stamps(consumer, mask) << 1
+        return out
+
+    def _next(self, position: int, mask: int) -> Users:
+        """The users of the groups `mask` of `position`, their masks merged per consumer."""
+        masks: dict[int, int] = {}
+        for i, (_, _, users) in enumerate(self.groups[position]):
+            if mask >> i & 1:
+                for consumer, m in users:
+                    masks[consumer] = masks.get(consumer, 0) | m
+        return tuple(masks.items())
+
+    def n_paths(self, position: int, mask: int) -> int:
+        """Distinct position sequences from the groups `mask` of `position` to the loss (without
+        recursion: a network's paths can be longer than Python's recursion limit)."""
+        stack = [(position, mask)]
+        while stack:
+            key = stack[-1]
+            if key in self.counts:
+                stack.pop()
+                continue
+            after = self._next(*key)
+            missing = [u for u in after if u not in self.counts]
+            if missing:
+                stack += missing
+                continue
+            self.counts[key] = sum(self.counts[u] for u in after)
+            stack.pop()
+        return self.counts[(position, mask)]
 
 
 def gradient_paths(graph: LayerGraph) -> GradientPathReport:
     """Breadth-first from the loss over the weighted-layer DAG: every group's paths."""
-    groups = _groups_of(graph)
-    stamps: dict[int, int] = {LOSS: 1}  # bit t set <=> gradient arrives at timestamp t
-    n_paths: dict[int, int] = {LOSS: 1}
+    paths = _Paths(graph)
     names = {p.id: p.name for p in graph.positions} | {LOSS: LOSS_NAME}
-    for pos in reversed(graph.positions):  # consumers always come after their producers
-        successors = set().union(*(users for _, _, users in groups[pos.id]))
-        stamps[pos.id] = _reach(successors, stamps)
-        n_paths[pos.id] = sum(n_paths[q] for q in successors)
     rows = []
     for pos in graph.positions:
-        for start, stop, users in groups[pos.id]:
-            timestamps = _bits(_reach(users, stamps))
-            sources = {
-                t: tuple(sorted(names[q] for q in users if stamps[q] >> (t - 1) & 1)) for t in timestamps
-            }
-            rows.append(GroupPaths(pos, start, stop, timestamps, sources, sum(n_paths[q] for q in users)))
-    return GradientPathReport(graph, rows, {p.id: n_paths[p.id] for p in graph.positions})
-
-
-def _reach(users: set[int] | frozenset[int], stamps: dict[int, int]) -> int:
-    mask = 0
-    for q in users:
-        mask |= stamps[q] << 1
-    return mask
+        for start, stop, users in paths.groups[pos.id]:
+            timestamps = _bits(paths.reach(users))
+            sources = {t: tuple(sorted(names[q] for q, mask in users if paths.stamps(q, mask) >> (t - 1) & 1))
+                       for t in timestamps}
+            rows.append(GroupPaths(pos, start, stop, timestamps, sources, sum(paths.n_paths(*u) for u in users)))
+    return GradientPathReport(graph, rows, {p.id: paths.n_paths(p.id, paths.all_groups(p.id)) for p in graph.positions})
 
 
 def analyze_model(model: nn.Module, input_shape: tuple[int, ...] = (3, 32, 32),

@@ -67,9 +67,14 @@ def layer_dag(module: nn.Module) -> dict[str, Any]:
 
     graph = trace_layers(module, INPUT_SHAPE)
     producers: dict[int, list[tuple[int, int, int]]] = defaultdict(list)
-    for consumer, producer, lo, hi in graph.edges:
-        if producer >= 0:
-            producers[consumer].append((producer, lo, hi))
+    for consumer, producer, lo, hi, _, _ in sorted(graph.edges):
+        if producer < 0:
+            continue
+        ranges = producers[consumer]
+        if ranges and ranges[-1][0] == producer and ranges[-1][2] == lo:  # a grouped conv's groups: one arrow
+            ranges[-1] = (producer, ranges[-1][1], hi)
+        else:
+            ranges.append((producer, lo, hi))
     depth: dict[int, int] = {}
     for position in graph.positions:  # traced in execution order, so producers come first
         depth[position.id] = 1 + max((depth[p] for p, _, _ in producers[position.id]), default=0)
