@@ -31,46 +31,25 @@ def fit_interrupted_after(real_fit: Callable[..., Any], epochs: int) -> Callable
     return fit
 
 
-def next_token_loss(logits: Any, labels: Any) -> Any:
-    """Cross-entropy of a language model's (N, T, vocab) logits against (N, T) token labels."""
-    import torch.nn.functional as F
-
-    return F.cross_entropy(logits.flatten(0, 1), labels.flatten())
-
-
 def measured_support(model: Any, report: Any, shape: tuple[int, ...], tokens: bool = False) -> dict:
-    """(layer, group_start) -> the timestamps at which the measured spectrum of `model` has
-    gradient: what the structural timestamps must equal. Inputs: 3 random inputs of `shape` and 3
-    classes, or with `tokens` 3 sequences of token ids of `shape` and their next-token labels."""
+    """(layer, group_start) -> the timestamps at which gradient is measured to reach that group
+    (`structure_check`: a float64 spectrum on random inputs, or token ids with `tokens`)."""
     import torch
-    import torch.nn.functional as F
 
-    from gradpath_lib.analysis.graph import example_input
-    from gradpath_lib.analysis.measured import measured_gradient_spectrum
+    from gradpath_lib.analysis.measured import structure_check
 
-    gen = torch.Generator().manual_seed(1)
-    inputs = example_input(model, shape, torch.long if tokens else torch.float32, 3, gen)
-    labels = inputs.roll(-1, 1) if tokens else torch.randint(0, 3, (3,), generator=gen)
-    spectrum = measured_gradient_spectrum(model, inputs, labels, report=report,
-                                          loss_fn=next_token_loss if tokens else F.cross_entropy)
-    return spectrum[spectrum.grad_norm > 1e-12].groupby(["layer", "group_start"]).timestamp.apply(tuple).to_dict()
+    check = structure_check(model, shape, torch.long if tokens else torch.float32, report=report)
+    return {(row.layer, row.group_start): row.measured for row in check.itertuples() if row.measured}
 
 
 def assert_structure_is_measured(model: Any, shape: tuple[int, ...], report: Any = None, tokens: bool = False) -> None:
-    """Every channel group's structural timestamps (`report`, else analysed here) equal its measured
-    support (`measured_support`)."""
+    """Every channel group's structural timestamps (`report`, else analysed here) equal its measured ones."""
     import torch
 
-    from gradpath_lib.analysis import analyze_model
+    from gradpath_lib.analysis.measured import structure_check
 
-    report = report or analyze_model(model, shape, torch.long if tokens else torch.float32)
-    measured = measured_support(model, report, shape, tokens)
-    for g in report.groups:
-        assert measured.get((g.position.name, g.start), ()) == g.timestamps, (g.position.name, g.start)
-
-
-class Killed(BaseException):
-    """Stands for a SIGKILL right after a checkpoint: nothing after it runs, nothing is recorded."""
+    check = structure_check(model, shape, torch.long if tokens else torch.float32, report=report)
+    assert check.agrees.all(), check[~check.agrees].to_string()
 
 
 def save_then_die(save: Callable[..., Any]) -> Callable[..., Any]:

@@ -27,6 +27,27 @@ class Net(nn.Module):
 
 def build():
     return Net()
+
+def build_zero_init():
+    """b starts at zero (as timm starts residual branches): no gradient crosses it at first."""
+    net = Net()
+    nn.init.zeros_(net.b.weight)
+    nn.init.zeros_(net.b.bias)
+    return net
+
+class ClassToken(nn.Module):
+    """Reads only a learned token concatenated to the patches: the patches get no gradient."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Conv2d(3, 4, 2, stride=2)
+        self.token = nn.Parameter(torch.randn(1, 1, 4))
+        self.mix = nn.Linear(4, 4)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        x = torch.cat([self.token.expand(x.shape[0], -1, -1), self.proj(x).flatten(2).transpose(1, 2)], 1)
+        return self.fc((x + self.mix(x))[:, 0])
 '''
 
 
@@ -74,3 +95,28 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, monkeypatch, capsys):
 def test_compact_timestamps():
     assert compact_timestamps((2, 3, 4, 7, 9, 10)) == "2-4 7 9-10"
     assert compact_timestamps(()) == ""
+
+
+def test_check_measures_the_paths_of_zero_initialised_layers_too(tmp_path, monkeypatch):
+    (tmp_path / "my_user_net.py").write_text(USER_MODULE)
+    monkeypatch.chdir(tmp_path)
+    status, out = run_cli("analyze", "my_user_net:build_zero_init", "--input", "3x8x8", "--check")
+    assert status == 0
+    assert out.strip().endswith("measured check: 3 of 3 channel groups get gradient at exactly their structural "
+                                "timestamps")
+    status, out = run_cli("analyze", "my_user_net:build", "--input", "3x8x8", "--check", "--format", "json")
+    assert status == 0 and json.loads(out)["check"] == {"groups": 3, "agree": 3, "differ": []}
+
+
+def test_check_fails_and_names_the_groups_whose_gradient_differs(tmp_path, monkeypatch):
+    import pytest
+
+    (tmp_path / "my_user_net.py").write_text(USER_MODULE)
+    monkeypatch.chdir(tmp_path)
+    with pytest.warns(UserWarning, match="reads only some positions"):
+        status, out = run_cli("analyze", "my_user_net:ClassToken", "--input", "3x8x8", "--check")
+    assert status == 1
+    summary = out[out.index("measured check:"):].splitlines()
+    assert summary[0] == ("measured check: 2 of 3 channel groups get gradient at exactly their structural "
+                          "timestamps; these differ:")
+    assert summary[2].split() == ["proj", "0", "4", "2-3"]  # structural 2-3, measured: none

@@ -29,6 +29,14 @@ class Channels(nn.Module):
         return x[:, self.lo:self.hi]
 
 
+class FunctionalBatchNorm(nn.BatchNorm2d):
+    """A norm whose own forward calls F.batch_norm (as timm's BatchNormAct2d does): fx traces into it."""
+
+    def forward(self, x):
+        return F.relu(F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0,
+                                   self.eps))
+
+
 # op applied to conv a's output (N, C, 8, 8) -> the ranges of a's channels that reach the loss
 OPS = {
     "pad space": (lambda y: F.pad(y, (1, 1, 1, 1)), ALL),
@@ -66,6 +74,8 @@ OPS = {
     "type_as and to": (lambda y: y.type_as(y).to(torch.float32)[:, 3:], [(3, 4)]),
     "einsum keeping channels": (lambda y: torch.einsum("nchw->nhwc", y).permute(0, 3, 1, 2)[:, 1:2], [(1, 2)]),
     "einsum summing channels": (lambda y: torch.einsum("nchw,c->nhw", y, torch.ones(C)).unsqueeze(1), ALL),
+    "F.batch_norm in a norm's forward": (nn.Sequential(FunctionalBatchNorm(C), Channels(1, 3)), [(1, 3)]),
+    "F.instance_norm": (lambda y: F.instance_norm(y)[:, :2], [(0, 2)]),
 }
 
 
@@ -89,6 +99,29 @@ def test_each_op_passes_gradient_to_exactly_the_channels_it_reads(name):
     report = analyze_model(model, SHAPE)
     reached = [(g.start, g.stop) for g in report.groups if g.position.name == "a" and g.timestamps]
     assert reached == used
+    assert_structure_is_measured(model, SHAPE, report)
+
+
+class ConstantEncoding(nn.Module):
+    """A position encoding computed from constants and projected by a conv of its own (as XCiT's
+    and EdgeNeXt's Fourier encodings are): a weighted layer with nothing upstream."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.encode, self.head = nn.Conv2d(3, C, 1), nn.Conv2d(2, C, 1), nn.Linear(C, 3)
+
+    def forward(self, x):
+        grid = torch.stack(torch.meshgrid(torch.arange(8.0), torch.arange(8.0), indexing="ij")).unsqueeze(0)
+        return self.head((self.a(x) + self.encode(grid)).mean((2, 3)))
+
+
+def test_a_layer_reading_constants_has_nothing_upstream():
+    torch.manual_seed(0)
+    model = ConstantEncoding()
+    report = analyze_model(model, SHAPE)
+    rows = report.layers.set_index("layer")
+    assert rows.loc["encode", "timestamps"] == (2,) and rows.loc["encode", "aggregated_features"] == 0
+    assert rows.loc["a", "timestamps"] == (2,) and rows.loc["head", "aggregated_features"] == 2
     assert_structure_is_measured(model, SHAPE, report)
 
 

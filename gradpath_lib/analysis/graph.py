@@ -401,11 +401,13 @@ class _ChannelTracer(fx.Interpreter):
         raise _unsupported(n, f"the module {n.target!r} of type {type(module).__name__}")
 
     def _weighted(self, n: fx.Node, module: nn.Module, result: torch.Tensor) -> ChannelMap:
+        value = self._value(n.args[0])
         if isinstance(module, EMBEDDINGS):  # reads integer ids: a forward dependency without gradient
-            value = self._value(n.args[0])
             if isinstance(value, ChannelMap) and consumed_ranges(value):
                 raise _unsupported(n, f"Embedding {n.target!r} reading a tensor that carries gradient")
             axis = result.ndim - 1
+        elif isinstance(value, _Constant):  # a layer reading constants (a position encoding): nothing upstream
+            axis = result.ndim - 1 if isinstance(module, nn.Linear) else 1
         else:
             m = self._input_map(n)
             axis = result.ndim - 1 if isinstance(module, nn.Linear) else 1

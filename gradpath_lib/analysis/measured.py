@@ -18,6 +18,7 @@ layers the structural analysis supports).
 
 from __future__ import annotations
 
+import copy
 from collections import Counter
 from collections.abc import Callable
 
@@ -28,6 +29,7 @@ from torch import nn
 
 from ..errors import GradpathError
 from .op_tables import WEIGHTED_MODULES
+from .graph import example_input
 from .paths import GradientPathReport, analyze_model
 from .unroll import unroll_attention
 
@@ -35,6 +37,7 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 # Samples per replicated pass of the spectrum: a deep VoVNet has T = 80 replicas of about 13 MB of
 # saved activations per sample, so a chunk of 8 holds about 8 GB where a whole batch of 64 held 65.
 SPECTRUM_CHUNK = 8
+CHECK_SAMPLES = 2  # random inputs of `structure_check`
 
 
 class _ShiftTimestamp(torch.autograd.Function):
@@ -199,4 +202,47 @@ def measured_gradient_spectrum(
                 "group_start": g.start, "group_stop": g.stop, "timestamp": t, "grad_norm": norm,
                 "share": norm / total if total else 0.0,
             })
+    return pd.DataFrame(rows)
+
+
+def structure_check(model: nn.Module, input_shape: tuple[int, ...], input_dtype: torch.dtype = torch.float32, *,
+                    report: GradientPathReport | None = None, samples: int = CHECK_SAMPLES,
+                    seed: int = 0) -> pd.DataFrame:
+    """Every channel group's structural timestamps beside the timestamps at which gradient is
+    measured to arrive; columns layer, group_start, group_stop, structural, measured, agrees.
+
+    The spectrum is measured on a float64 copy of `model` (so that no long path's gradient
+    underflows; float32 if the model casts its tensors to float32 itself), on `samples` random inputs (`graph.example_input`), with a random linear function
+    of every output element as the loss (so that every output element receives gradient). In the
+    copy, every parameter that is identically zero is redrawn: no gradient crosses a zero-
+    initialised layer or norm scale (as in timm's residual branches), which would hide its paths.
+    """
+    report = report or analyze_model(model, tuple(input_shape), input_dtype)
+    for dtype in (torch.float64, torch.float32):
+        probe = copy.deepcopy(model).to(dtype).eval()
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for param in probe.parameters():
+                if not param.count_nonzero():
+                    param.copy_(0.1 * torch.randn(param.shape, generator=gen, dtype=param.dtype))
+        inputs = example_input(probe, tuple(input_shape), input_dtype, samples, gen)
+        inputs = inputs.to(dtype) if inputs.is_floating_point() else inputs
+        try:
+            with torch.no_grad():
+                outputs = probe(inputs)
+            break
+        except RuntimeError:  # a model that casts its own tensors to float32 runs in float32
+            if dtype == torch.float32:
+                raise
+    if not isinstance(outputs, torch.Tensor):
+        raise GradpathError(f"the measured check needs a model returning one tensor, not {type(outputs).__name__}")
+    weights = torch.randn(outputs.shape, generator=gen, dtype=torch.float64)
+    spectrum = measured_gradient_spectrum(probe, inputs, weights, report=report,
+                                          loss_fn=lambda out, w: (out.double() * w).sum())
+    measured = spectrum[spectrum.grad_norm > 0].groupby(["layer", "group_start"]).timestamp.apply(tuple).to_dict()
+    rows = []
+    for g in report.groups:
+        found = measured.get((g.position.name, g.start), ())
+        rows.append({"layer": g.position.name, "group_start": g.start, "group_stop": g.stop,
+                     "structural": g.timestamps, "measured": found, "agrees": found == g.timestamps})
     return pd.DataFrame(rows)

@@ -39,6 +39,7 @@ CHANNELWISE_FUNCTIONS = {
     F.alpha_dropout, F.dropout1d, F.dropout3d, F.feature_alpha_dropout, F.lp_pool1d, F.lp_pool2d,
     F.adaptive_avg_pool3d, F.adaptive_max_pool3d, torch.sin, torch.cos, torch.reciprocal, torch.log1p,
     torch.expm1, torch.log2, torch.clamp_min, torch.clamp_max, torch.nan_to_num,
+    F.batch_norm, F.instance_norm, torch.batch_norm, torch.instance_norm,  # per channel (a norm module's own forward)
 }
 CHANNELWISE_METHODS = {"relu", "sigmoid", "tanh", "contiguous", "clone", "float", "relu_",
                        "sigmoid_", "sqrt", "rsqrt", "exp", "log", "abs", "neg", "square", "clamp",

@@ -36,6 +36,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                              "model); --input is then their shape, e.g. 128")
     parser.add_argument("--scale", default="mini", choices=SCALES, help="size preset of a registered model")
     parser.add_argument("--format", default="table", choices=FORMATS)
+    parser.add_argument("--check", action="store_true",
+                        help="also measure where gradient arrives (a float64 spectrum on random inputs) and "
+                             "check every channel group's timestamps against it; exit 1 if any differ")
     parser.set_defaults(func=run)
 
 
@@ -98,22 +101,31 @@ def run(args: argparse.Namespace) -> int:
 
     if args.model in REFERENCE_NETS:
         from ..analysis.designs import analyze_design
+        from ..models.reference import reference_net
 
         ref = REFERENCE_NETS[args.model]
         if args.tokens and ref.input_dtype.is_floating_point:
             raise GradpathError(f"{args.model} reads images, not token ids: drop --tokens")
         shape, tokens = args.input or "x".join(map(str, ref.input_shape)), not ref.input_dtype.is_floating_point
-        report = analyze_design(args.model, parse_shape(shape))
+        report, build = analyze_design(args.model, parse_shape(shape)), lambda: reference_net(args.model)
     else:
         if args.tokens and not args.input:
             raise GradpathError("--tokens needs --input, the shape of the token ids without batch, e.g. 128")
         shape, tokens = args.input or "3x32x32", args.tokens
-        report = analyze_model(resolve_model(args.model, args.scale), parse_shape(shape),
-                               torch.long if tokens else torch.float32)
+        model = resolve_model(args.model, args.scale)
+        report, build = analyze_model(model, parse_shape(shape), torch.long if tokens else torch.float32), lambda: model
+    check = None
+    if args.check:
+        from ..analysis.measured import structure_check
+
+        check = structure_check(build(), parse_shape(shape), torch.long if tokens else torch.float32, report=report)
     layers = report.layers
     if args.format == "json":
         payload = {"model": args.model, "input": shape, "tokens": tokens, "network": report.network,
                    "layers": layers.to_dict(orient="records")}
+        if check is not None:
+            payload["check"] = {"groups": len(check), "agree": int(check.agrees.sum()),
+                                "differ": check[~check.agrees].to_dict(orient="records")}
         print(json.dumps(payload, indent=1, default=lambda v: v.item() if hasattr(v, "item") else str(v)))
     elif args.format == "csv":
         frame = layers.assign(**{c: layers[c].map(_cell) for c in LIST_COLUMNS})
@@ -125,4 +137,19 @@ def run(args: argparse.Namespace) -> int:
             table = layers[TABLE_COLUMNS].assign(timestamps=layers.timestamps.map(compact_timestamps),
                                                  sources_at_first=layers.sources_at_first.map(_cell))
             print(table.to_string(index=False))
-    return 0
+    if check is None:
+        return 0
+    if args.format != "json":
+        print(check_summary(check), file=sys.stderr if args.format == "csv" else sys.stdout)
+    return 0 if check.agrees.all() else 1
+
+
+def check_summary(check: pd.DataFrame) -> str:
+    """One line for a `structure_check` that agrees everywhere, else the groups that differ."""
+    head = (f"measured check: {int(check.agrees.sum())} of {len(check)} channel groups get gradient at exactly "
+            "their structural timestamps")
+    if check.agrees.all():
+        return head
+    differ = check[~check.agrees].assign(structural=lambda f: f.structural.map(compact_timestamps),
+                                         measured=lambda f: f.measured.map(compact_timestamps))
+    return head + "; these differ:\n" + differ.drop(columns="agrees").to_string(index=False)
