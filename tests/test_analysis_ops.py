@@ -66,6 +66,10 @@ OPS = {
     "cumsum over channels": (lambda y: y.cumsum(1)[:, 1:2], [(0, 2)]),
     "stack and sum": (lambda y: torch.stack([y, y.flip(1)], 1).sum(1)[:, :1], [(0, 1), (3, 4)]),
     "sort over channels": (lambda y: y.sort(1)[0][:, :1], ALL),
+    "stack, then take one of the stacked": (lambda y: torch.stack([y[:, :2], y[:, 2:]], 1)[:, 1], [(2, 4)]),
+    "selective kernel (stack, softmax-weighted sum)": (
+        lambda y: (torch.stack([y[:, :2], y[:, 2:]], 1)
+                   * y.mean((2, 3), keepdim=True).view(-1, 2, 2, 1, 1).softmax(1)).sum(1)[:, :1], [(0, 1), (2, 3)]),
     "norm over channels": (lambda y: y / y.norm(2, 1, keepdim=True), ALL),
     "local response norm": (lambda y: nn.functional.local_response_norm(y, 3)[:, :1], [(0, 2)]),
     "nn.LocalResponseNorm of size 2": (nn.Sequential(nn.LocalResponseNorm(2), Channels(3, 4)), [(2, 4)]),
@@ -76,6 +80,13 @@ OPS = {
     "einsum summing channels": (lambda y: torch.einsum("nchw,c->nhw", y, torch.ones(C)).unsqueeze(1), ALL),
     "F.batch_norm in a norm's forward": (nn.Sequential(FunctionalBatchNorm(C), Channels(1, 3)), [(1, 3)]),
     "F.instance_norm": (lambda y: F.instance_norm(y)[:, :2], [(0, 2)]),
+    "softmax over the outer dim of split channels": (
+        lambda y: y.unflatten(1, (2, 2)).softmax(1)[:, :, :1].flatten(1, 2), [(0, 1), (2, 3)]),
+    "radix softmax of split attention (ResNeSt)": (
+        lambda y: y.view(-1, 1, 2, 2, 8, 8).transpose(1, 2).softmax(1)[:, :, :, :1].reshape(-1, 2, 8, 8),
+        [(0, 1), (2, 3)]),
+    "softmax over the middle dim of split channels": (
+        lambda y: y.unflatten(1, (2, 2, 1)).softmax(2)[:, :1].flatten(1, 3), [(0, 2)]),
 }
 
 

@@ -215,6 +215,16 @@ def mix_groups(m: ChannelMap, size: int, out_size: int | None = None) -> Channel
     return replace(concat(parts), axis=m.axis, split=m.split if out_size == size else ())
 
 
+def mix_sub_axes(m: ChannelMap, subs: Sequence[int]) -> ChannelMap:
+    """Every channel mixed with the channels that differ from it only along the sub-axes `subs`
+    of `m`'s layout (a softmax over the outer dim of channels split as (radix, C), as split
+    attention does)."""
+    for k in subs:
+        size = m.layout[k][1]
+        m = take(merge([select(m, k, r, r + 1) for r in range(size)]), k, [0] * size)
+    return m
+
+
 def mix(m: ChannelMap, channels: int, axis: int | None = None) -> ChannelMap:
     """`channels` channels (along `axis`, default `m`'s layout) each depending on every channel of
     `m`: what a weightless op that mixes channels gives (LayerNorm or softmax over the channels, a

@@ -79,6 +79,7 @@ from .channels import (
     line_up,
     mix,
     mix_groups,
+    mix_sub_axes,
     reordered,
     select,
     slice_channels,
@@ -589,7 +590,8 @@ class _ChannelTracer(fx.Interpreter):
         if is_uniform(m):
             return _uniform_like(m, result)
         dims = [d for d, _ in m.layout]
-        if dims == list(range(dims[0], dims[0] + len(dims))) and m.unit == 1:
+        # the channel dims consecutive, apart from dims of size 1 between them
+        if all(d in dims or before[d] == 1 for d in range(dims[0], dims[-1] + 1)) and m.unit == 1:
             outer = math.prod(before[: dims[0]])
             sizes = [math.prod(after[:i]) for i in range(len(after) + 1)]  # elements before each dim
             if outer in sizes and outer * m.channels in sizes:
@@ -679,7 +681,7 @@ class _ChannelTracer(fx.Interpreter):
             return mix(m, m.channels)
         if inner == sorted(inner):  # only innermost sub-axes: each group of them mixes within itself
             return mix_groups(m, math.prod(size for (d, size) in m.layout if d in dims))
-        raise _unsupported(n, f"{n.target} mixing outer but not inner dims of the channels")
+        return mix_sub_axes(m, [k for k, mixed in enumerate(inner) if mixed])
 
     def _mixed_along(self, n: fx.Node, dim: Any, result: torch.Tensor) -> ChannelMap:
         """The input through an op that mixes it along `dim` (softmax, normalize)."""

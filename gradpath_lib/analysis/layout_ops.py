@@ -98,9 +98,13 @@ def repeated(m: ChannelMap, ndim: int, repeats: Sequence[int]) -> ChannelMap:
 
 
 def stacked(maps: Sequence[ChannelMap], dim: int) -> ChannelMap:
-    """torch.stack(tensors, dim): a new dim, which holds no channels; each channel depends on that
-    channel of every tensor."""
-    return merge([laid_out(m, tuple((d + (d >= dim), s) for d, s in m.layout)) for m in maps])
+    """torch.stack(tensors, dim): the new dim becomes the outermost channel sub-axis (channel k * C
+    + c is channel c of tensor k), exactly; tensors whose channels do not line up (a broadcast
+    one, a flattened one) are merged instead: each channel depends on that channel of every tensor."""
+    shifted = [laid_out(m, tuple((d + (d >= dim), s) for d, s in m.layout)) for m in maps]
+    if len({(m.layout, m.unit) for m in shifted}) == 1 and shifted[0].unit == 1 and not any(map(is_uniform, shifted)):
+        return laid_out(concat(shifted), ((dim, len(shifted)), *shifted[0].layout))
+    return merge(shifted)
 
 
 def cumulative(m: ChannelMap, dim: int) -> ChannelMap:
