@@ -375,7 +375,58 @@ def test_a_subclass_of_a_weighted_module_is_one_weighted_layer():
     assert groups(report, "stem") == [(0, C, (2, 4))]
 
 
+class TokenMixing(nn.Module):
+    """An MLP-Mixer-like block in miniature: a Linear along the tokens (each channel on its own),
+    after a LayerNorm over the channels it mixes (`norm`) or not, on the first half of the
+    channels only; the other half goes straight to the head."""
+
+    def __init__(self, norm: bool):
+        super().__init__()
+        self.patch = nn.Conv2d(3, C, 2, stride=2)  # 16 tokens of C channels
+        self.norm = nn.LayerNorm(C // 2) if norm else nn.Identity()
+        self.tokens = nn.Linear(16, 16)
+        self.head = nn.Linear(C, 3)
+
+    def forward(self, x):
+        y = self.patch(x).flatten(2).transpose(1, 2)  # (N, T, C)
+        a, b = y[..., : C // 2], y[..., C // 2:]
+        a = a + self.tokens(self.norm(a).transpose(1, 2)).transpose(1, 2)
+        return self.head(torch.cat([a, b], -1).mean(1))
+
+
+class ECAGate(nn.Module):
+    """ECA-Net's gate: a Conv1d sliding along the pooled channels (a window of 3), then a sigmoid
+    gate; the head reads channel 0 only, which the gate computes from channels 0 and 1."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, C, 1)
+        self.gate = nn.Conv1d(1, 1, 3, padding=1, bias=False)
+        self.head = nn.Linear(1, 3)
+
+    def forward(self, x):
+        y = self.a(x)
+        g = torch.sigmoid(self.gate(y.mean((2, 3)).unsqueeze(1))).transpose(1, 2).unsqueeze(-1)
+        return self.head((y * g)[:, :1].mean((2, 3)))
+
+
+@pytest.mark.parametrize("norm", [False, True])
+def test_a_linear_along_the_tokens_keeps_each_channel_on_its_own(norm):
+    report = analyze_model(TokenMixing(norm), SHAPE)
+    assert groups(report, "tokens") == [(0, C // 2, (2,))]  # its output keeps the channels it mixed
+    assert groups(report, "patch") == [(0, C // 2, (2, 3)), (C // 2, C, (2,))]
+
+
+def test_a_conv_sliding_along_the_channels_reads_its_window():
+    report = analyze_model(ECAGate(), SHAPE)
+    assert groups(report, "gate") == [(0, 1, (2,)), (1, C, ())]
+    assert groups(report, "a") == [(0, 1, (2, 3)), (1, 2, (3,)), (2, C, ())]
+
+
 MODELS = {
+    "token-mixing": lambda: TokenMixing(False),
+    "token-mixing-normalized": lambda: TokenMixing(True),
+    "eca-gate": ECAGate,
     "convnext": ConvNeXtLike,
     "groupnorm": lambda: SplitNormalized(nn.GroupNorm(2, C)),
     "layernorm-channels-first": lambda: SplitNormalized(ChannelsFirstLayerNorm(C)),

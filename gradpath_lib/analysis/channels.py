@@ -65,6 +65,7 @@ class ChannelMap:
     unit: int = 1
     axis: int = 1
     split: tuple[tuple[int, int], ...] = ()  # (dim, size) outermost first, when over several dims
+    loose: bool = False  # its channels are gone (reduced away, or token ids): `axis` is any dim of the tensor
 
     @property
     def layout(self) -> tuple[tuple[int, int], ...]:

@@ -7,8 +7,11 @@ which producer channels it carries. Weighted layers are the modules in `WEIGHTED
 each call of one is a *position* (a module called at two places shares its weights but has two
 positions; so do modules whose weight is one tied Parameter). An integer input is token ids: it
 carries no gradient, and an `nn.Embedding` reading it (or position ids computed from constants)
-is a weighted layer with nothing upstream; indexing a plain parameter with it is refused.
-BatchNorm, activations, pooling, upsampling, dropout,
+is a weighted layer with nothing upstream; indexing a plain parameter with it is refused. So is any
+weighted layer reading constants alone (a Fourier position encoding projected by a conv). A Linear
+whose features lie along a dim that holds no channels (an MLP-Mixer's token-mixing Linear) acts
+on each channel on its own; a Conv1d sliding along the channels (ECA's gate) reads a window of them.
+BatchNorm (also `F.batch_norm`, which timm's norm layers call), activations, pooling, upsampling, dropout,
 identity and flattening pass channels through. Channel slices, `torch.cat`, `split`/`chunk`
 along the channel axis, elementwise `+ - * /` (including partial adds built from slices and a
 cat) and multiplication by a constant channel mask (a buffer or parameter) are tracked;
@@ -16,8 +19,9 @@ operations that mix channels without weights (LayerNorm or softmax over the chan
 within its groups, means and variances over the channels, `@` / matmul and
 scaled_dot_product_attention) make every channel they mix depend on all of them, without adding
 a weighted layer to any path. A reshape may spread the channels over several dims (attention
-heads, a YOLO head's anchors x outputs); slices, `unbind`, reductions and matmuls then act on
-each of those dims exactly (a matmul contracts the innermost one). Ops that reorder channels
+heads, a YOLO head's anchors x outputs; `torch.stack` adds its new dim to them); slices, `unbind`,
+reductions, softmaxes and matmuls then act on each of those dims exactly (a matmul contracts the
+innermost one; a softmax over the radix of split attention mixes only along it). Ops that reorder channels
 carry each channel's sources with it: a transpose of two channel dims read back by a reshape (a
 channel shuffle, also `nn.ChannelShuffle` / `F.channel_shuffle`), `torch.flip`, strided slices;
 PixelShuffle makes each output channel depend on its r^2 input channels, PixelUnshuffle the reverse;
@@ -52,7 +56,7 @@ import operator
 import warnings
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -264,19 +268,20 @@ class _ChannelTracer(fx.Interpreter):
             raise _unsupported(n, f"{n.target} applied to something other than a traced tensor")
         return value
 
-    def _consume(self, consumer: int, arg: Any, n: fx.Node, out_channels: int = 1, groups: int = 1) -> None:
-        """Record the edges from everything `arg` carries into `consumer` (the loss, or a
-        position with `out_channels` outputs, in `groups` channel groups if it is a grouped conv)."""
+    def _consume(self, consumer: int, arg: Any, n: fx.Node, out_channels: int = 1,
+                 blocks: list[tuple[int, int, int, int]] | None = None) -> None:
+        """Record the edges from everything `arg` carries into `consumer` (the loss, or a position
+        with `out_channels` outputs). `blocks` lists (lo, hi, out_lo, out_hi): input channels
+        [lo, hi) feed output channels [out_lo, out_hi) (a grouped conv's groups); default: all feed all."""
         value = self._value(arg)
         maps = _flatten_maps(value)
         for m in maps:
-            if groups == 1 or is_uniform(m):  # a uniform map feeds every group the same channels
-                blocks = [(m, 0, out_channels)]
+            if blocks is None or is_uniform(m):  # a uniform map feeds every block the same channels
+                parts = [(m, 0, out_channels)]
             else:
-                size, out = m.channels // groups, out_channels // groups
-                blocks = [(slice_channels(m, g * size, (g + 1) * size), g * out, (g + 1) * out) for g in range(groups)]
-            self.layer_graph.edges += [Edge(consumer, *r, lo, hi) for block, lo, hi in blocks
-                                       for r in consumed_ranges(block)]
+                parts = [(slice_channels(m, lo, hi), out_lo, out_hi) for lo, hi, out_lo, out_hi in blocks]
+            self.layer_graph.edges += [Edge(consumer, *r, lo, hi) for part, lo, hi in parts
+                                       for r in consumed_ranges(part)]
         if consumer != LOSS:
             self.layer_graph.aggregated[consumer] = len(set().union(*(producers(m) for m in maps)))
 
@@ -286,7 +291,7 @@ class _ChannelTracer(fx.Interpreter):
             if not isinstance(result, torch.Tensor) or result.ndim < 2:
                 raise _unsupported(n, "an input that is not one (N, C, ...) tensor")
             if not result.dtype.is_floating_point:  # token ids: alike along dim 1, without gradient
-                return detach(broadcast(fresh(INPUT, 1), result.shape[1]))
+                return replace(detach(broadcast(fresh(INPUT, 1), result.shape[1])), loose=True)
             return fresh(INPUT, result.shape[1])
         if n.op == "get_attr":
             return _Constant(result)
@@ -412,17 +417,52 @@ class _ChannelTracer(fx.Interpreter):
         else:
             m = self._input_map(n)
             axis = result.ndim - 1 if isinstance(module, nn.Linear) else 1
-            if m.layout != ((axis, m.channels),) and not is_uniform(m):
-                where = " and ".join(str(d) for d, _ in m.layout)
-                raise _unsupported(n, f"{type(module).__name__} {n.target!r} reading channels from dim {where}")
+            # a uniform map (after a LayerNorm) may lie along any dim: it keeps its own if the layer's features do not
+            along = (not m.loose and m.channels > 1 and len(m.layout) == 1 and m.axis != axis
+                     and m.axis < result.ndim and result.shape[m.axis] == m.channels)
+            if m.layout != ((axis, m.channels),) and (not is_uniform(m) or along):
+                return self._weighted_along(n, module, m, result)
+        pos = self._position(n, module, result, axis)
+        groups, blocks = getattr(module, "groups", 1), None
+        if groups > 1 and isinstance(value, ChannelMap):  # group g of the input feeds group g of the output
+            size, out = value.channels // groups, pos.out_channels // groups
+            blocks = [(g * size, (g + 1) * size, g * out, (g + 1) * out) for g in range(groups)]
+        self._consume(pos.id, n.args[0], n, pos.out_channels, blocks)
+        return fresh(pos.id, pos.out_channels, axis)
+
+    def _position(self, n: fx.Node, module: nn.Module, result: torch.Tensor, axis: int) -> Position:
+        """A new position of `module`, whose output channels lie along `axis` of `result`."""
         weight = getattr(module, "weight", None)  # a tensor rebuilt at each access (a parametrization) is not tied
         owner = self.weight_owners.setdefault(id(weight) if isinstance(weight, nn.Parameter) else id(module), n.target)
         pos = Position(len(self.layer_graph.positions), n.target, self.calls[n.target], result.shape[axis],
                        type(module).__name__, axis, owner, result.ndim)
         self.calls[n.target] += 1
         self.layer_graph.positions.append(pos)
-        self._consume(pos.id, n.args[0], n, pos.out_channels, getattr(module, "groups", 1))
-        return fresh(pos.id, pos.out_channels, axis)
+        return pos
+
+    def _weighted_along(self, n: fx.Node, module: nn.Module, m: ChannelMap, result: torch.Tensor) -> ChannelMap:
+        """A weighted layer whose features lie along a dim that holds no channels (an MLP-Mixer's
+        token-mixing Linear; ECA's Conv1d sliding along the channels): it acts on each channel on
+        its own (the Linear) or on a window of neighbouring ones (the Conv1d), and its output
+        keeps the channels on their dim."""
+        name = type(module).__name__
+        if len(m.layout) != 1:
+            where = " and ".join(str(d) for d, _ in m.layout)
+            raise _unsupported(n, f"{name} {n.target!r} reading channels from dims {where}")
+        ((dim, channels),) = m.layout
+        if isinstance(module, nn.Linear):
+            blocks = [(c, c + 1, c, c + 1) for c in range(channels)]
+        elif isinstance(module, nn.Conv1d) and dim == 2 and isinstance(module.padding, tuple):
+            (k,), (stride,), (pad,), (dilation,) = module.kernel_size, module.stride, module.padding, module.dilation
+            if dilation != 1:
+                raise _unsupported(n, f"dilated {name} {n.target!r} sliding along the channels")
+            blocks = [(max(0, o * stride - pad), min(channels, o * stride - pad + k), o, o + 1)
+                      for o in range(result.shape[2])]
+        else:
+            raise _unsupported(n, f"{name} {n.target!r} reading channels from dim {dim}")
+        pos = self._position(n, module, result, dim)
+        self._consume(pos.id, n.args[0], n, pos.out_channels, blocks)
+        return fresh(pos.id, pos.out_channels, dim)
 
     def _channelwise(self, n: fx.Node, result: torch.Tensor) -> ChannelMap:
         m = self._input_map(n)
@@ -779,7 +819,7 @@ def _uniform_like(m: ChannelMap, result: Any) -> ChannelMap:
     """A map whose channels all depend on every channel of `m`, laid along a dim of `result`."""
     ndim = result.ndim if isinstance(result, torch.Tensor) else 0
     axis = min(m.axis, ndim - 1) if ndim else 0
-    return mix(m, result.shape[axis] if ndim else 1, axis)
+    return replace(mix(m, result.shape[axis] if ndim else 1, axis), loose=True)
 
 
 def _flatten_maps(value: Any) -> list[ChannelMap]:

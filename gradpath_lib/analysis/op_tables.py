@@ -96,9 +96,11 @@ PIXEL_SHUFFLES = {torch.pixel_shuffle: True, torch.pixel_unshuffle: False}  # ->
 FUNCTIONAL_WEIGHTED = {F.linear, F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d,
                        F.bilinear, F.embedding, F.embedding_bag}  # refused with a hint: weights outside modules
 SUPPORTED = (
-    "weighted layers (Conv1d/2d/3d, ConvTranspose, Linear, Embedding, and their subclasses); integer "
+    "weighted layers (Conv1d/2d/3d, ConvTranspose, Linear, Embedding, and their subclasses; grouped "
+    "convs group by group; a Linear along a dim without channels, as a token-mixing MLP; a Conv1d sliding "
+    "along the channels, as ECA; a layer reading constants, as a position encoding); integer "
     "(token id) inputs read by an Embedding; channel-wise modules "
-    "and functions (BatchNorm, InstanceNorm, activations, pooling, upsampling/interpolate, dropout, "
+    "and functions (BatchNorm, InstanceNorm, F.batch_norm, activations, pooling, upsampling/interpolate, dropout, "
     "padding, Identity, Flatten/Unflatten, casts, elementwise math such as sqrt/exp/pow); elementwise "
     "+ - * / **, maximum/minimum, where, lerp; comparisons, rounding, sign and argmax/argmin (no gradient); "
     "channel indexing (slices, strided slices, ints, None, one list of ints, narrow, select, "

@@ -145,11 +145,23 @@ def run(args: argparse.Namespace) -> int:
 
 
 def check_summary(check: pd.DataFrame) -> str:
-    """One line for a `structure_check` that agrees everywhere, else the groups that differ."""
+    """One line for a `structure_check` that agrees everywhere, else what differs and what it may mean."""
     head = (f"measured check: {int(check.agrees.sum())} of {len(check)} channel groups get gradient at exactly "
             "their structural timestamps")
     if check.agrees.all():
         return head
+    extra = check.apply(lambda row: not set(row.measured) <= set(row.structural), axis=1)
+    missing = ~check.agrees & ~extra
+    notes = []
+    if missing.any():
+        notes.append(f"{int(missing.sum())} get none at some timestamps of their paths: an activation such as "
+                     "ReLU can gate a path's gradient to exactly zero on these random inputs (a larger --input "
+                     "may show it), or the model reads only part of a tensor whose positions are not followed "
+                     "(the warning above says so)")
+    if extra.any():
+        notes.append(f"{int(extra.sum())} get gradient at timestamps no path has: the analysis missed a path "
+                     "(please report the model)")
     differ = check[~check.agrees].assign(structural=lambda f: f.structural.map(compact_timestamps),
                                          measured=lambda f: f.measured.map(compact_timestamps))
-    return head + "; these differ:\n" + differ.drop(columns="agrees").to_string(index=False)
+    return (head + "; " + "; ".join(notes) + ". These differ:\n"
+            + differ.drop(columns="agrees").to_string(index=False))
