@@ -43,6 +43,14 @@ OPS = {
     "pad channels, then crop": (lambda y: F.pad(y, (0, 0, 0, 0, 1, 2))[:, :3], [(0, 2)]),
     "roll space": (lambda y: torch.roll(y, 1, dims=3), ALL),
     "roll channels": (lambda y: torch.roll(y, 1, 1)[:, :1], [(3, 4)]),
+    "roll with keywords (Swin's shifted windows)": (lambda y: torch.roll(y, shifts=(1, -1), dims=(1, 2))[:, :1],
+                                                    [(3, 4)]),
+    "space to depth, space outer (Swin's patch merging)": (
+        lambda y: y.view(-1, C, 4, 2, 4, 2).permute(0, 3, 5, 1, 2, 4).reshape(-1, 4 * C, 4, 4)[:, C + 1:C + 2],
+        [(1, 2)]),
+    "space to depth, space inner": (
+        lambda y: y.view(-1, C, 4, 2, 4, 2).permute(0, 1, 3, 5, 2, 4).reshape(-1, 4 * C, 4, 4)[:, 8:9], [(2, 3)]),
+    "pad with a keyword": (lambda y: F.pad(y, pad=(0, 0, 0, 0, 1, 0))[:, :2], [(0, 1)]),
     "unflatten and flatten": (lambda y: y.unflatten(1, (2, 2)).flatten(1, 2), ALL),
     "nn.Unflatten": (nn.Sequential(nn.Unflatten(1, (2, 2)), nn.Flatten(1, 2)), ALL),
     "unsqueeze and squeeze": (lambda y: y.unsqueeze(2).squeeze(2)[:, 1:], [(1, 4)]),

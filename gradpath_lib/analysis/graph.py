@@ -360,9 +360,9 @@ class _ChannelTracer(fx.Interpreter):
         if target is F.glu:
             return gated(self._input_map(n), _dim_arg(n, 1, -1) % result.ndim)
         if target is F.pad:
-            return padded(self._input_map(n), result.ndim, self._concrete_arg(n, 1))
+            return padded(self._input_map(n), result.ndim, self._concrete_arg(n, 1, "pad"))
         if target in ROLLS:
-            shifts = self._concrete_arg(n, 1)
+            shifts = self._concrete_arg(n, 1, "shifts")
             dims = n.args[2] if len(n.args) > 2 else n.kwargs.get("dims")
             if dims is None:
                 raise _unsupported(n, "torch.roll without dims (it rolls the flattened tensor)")
@@ -498,13 +498,15 @@ class _ChannelTracer(fx.Interpreter):
         index = self._concrete_arg(n, 1)
         return self._indexed(n, container, index if isinstance(index, tuple) else (index,), result)
 
-    def _concrete_arg(self, n: fx.Node, k: int) -> Any:
-        """Argument `k` of `n` as it ran (slice bounds computed from shapes are ints); an index tensor
-        that depends on the input is refused (its gradient path would depend on the data)."""
+    def _concrete_arg(self, n: fx.Node, k: int, name: str = "") -> Any:
+        """Argument `k` (or keyword `name`) of `n` as it ran (slice bounds computed from shapes are
+        ints); an index tensor that depends on the input is refused (its gradient path would depend
+        on the data)."""
         for node in n.all_input_nodes:
             if node is not n.args[0] and isinstance(self.values.get(node), ChannelMap):
                 raise _unsupported(n, "indexing with a tensor computed from the input")
-        return self.fetch_args_kwargs_from_env(n)[0][k]
+        args, kwargs = self.fetch_args_kwargs_from_env(n)
+        return args[k] if k < len(args) else kwargs[name]
 
     def _indexed(self, n: fx.Node, container: ChannelMap, index: tuple, result: Any) -> ChannelMap:
         if is_uniform(container):  # every channel alike: the result is too, along any dim
@@ -640,6 +642,13 @@ class _ChannelTracer(fx.Interpreter):
                 return laid_out(m, layout or ((first, 1),))
         if m.layout == ((1, m.channels),) and len(after) == 2 and after == (before[0], math.prod(before[1:])):
             return with_unit(m, math.prod(before[2:]))
+        merged = _merged_run(before, after, dims) if m.unit == 1 else None
+        if merged is not None:  # space-to-depth (Swin's patch merging): channels merged with other dims
+            a, b = merged
+            sizes = before[a:b]
+            index = np.indices(sizes)
+            order = np.ravel_multi_index(tuple(index[d - a] for d in dims), tuple(before[d] for d in dims))
+            return laid_out(reordered(m, order.reshape(-1).tolist()), ((a, math.prod(sizes)),))
         raise _unsupported(n, f"a reshape from {before} to {after} that moves channels")
 
     def _max_min(self, n: fx.Node, target: Any, result: Any) -> Any:
@@ -813,6 +822,16 @@ class _ChannelTracer(fx.Interpreter):
             name = getattr(n.target, "__name__", n.target)
             raise _unsupported(n, f"a {name} whose operands keep their channels along different dims")
         return merge(lined)
+
+
+def _merged_run(before: tuple[int, ...], after: tuple[int, ...], dims: list[int]) -> tuple[int, int] | None:
+    """(a, b) when `after` is `before` with its dims [a, b), which hold every one of `dims`, merged
+    into one; else None."""
+    for a in range(min(dims) + 1):
+        b = a + len(before) - len(after) + 1
+        if b > max(dims) and after == before[:a] + (math.prod(before[a:b]),) + before[b:]:
+            return a, b
+    return None
 
 
 def _uniform_like(m: ChannelMap, result: Any) -> ChannelMap:
