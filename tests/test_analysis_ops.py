@@ -29,6 +29,30 @@ class Channels(nn.Module):
         return x[:, self.lo:self.hi]
 
 
+class Blur(nn.Module):
+    """An anti-aliasing blur (a fixed 3x3 filter in a buffer) applied with F.conv2d, per channel
+    (`groups` = the channels) or within groups of 2."""
+
+    def __init__(self, groups: int):
+        super().__init__()
+        self.groups = groups
+        self.register_buffer("filt", torch.ones(C, C // groups, 3, 3) / 9)
+
+    def forward(self, x):
+        return F.conv2d(x, self.filt, padding=1, groups=self.groups)
+
+
+class ParameterConv(nn.Module):
+    """F.conv2d on a trained weight held as a bare parameter: a weighted layer the analysis cannot name."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(C, C, 1, 1))
+
+    def forward(self, x):
+        return F.conv2d(x, self.weight)
+
+
 class FunctionalBatchNorm(nn.BatchNorm2d):
     """A norm whose own forward calls F.batch_norm (as timm's BatchNormAct2d does): fx traces into it."""
 
@@ -50,6 +74,8 @@ OPS = {
         [(1, 2)]),
     "space to depth, space inner": (
         lambda y: y.view(-1, C, 4, 2, 4, 2).permute(0, 1, 3, 5, 2, 4).reshape(-1, 4 * C, 4, 4)[:, 8:9], [(2, 3)]),
+    "blur pool (a fixed filter in a buffer)": (nn.Sequential(Blur(C), Channels(1, 2)), [(1, 2)]),
+    "fixed filter within groups of 2": (nn.Sequential(Blur(2), Channels(3, 4)), [(2, 4)]),
     "pad with a keyword": (lambda y: F.pad(y, pad=(0, 0, 0, 0, 1, 0))[:, :2], [(0, 1)]),
     "unflatten and flatten": (lambda y: y.unflatten(1, (2, 2)).flatten(1, 2), ALL),
     "nn.Unflatten": (nn.Sequential(nn.Unflatten(1, (2, 2)), nn.Flatten(1, 2)), ALL),
@@ -159,7 +185,7 @@ class DataIndexed(nn.Module):
 @pytest.mark.parametrize("model, names", [
     (DataIndexed(), "indexing with a tensor computed from the input"),
     (Op(lambda y: torch.roll(y, 1)), "torch.roll without dims"),
-    (Op(lambda y: F.conv2d(y, torch.ones(C, C, 1, 1))), "F.conv2d on a weight tensor"),
+    (Op(ParameterConv()), "F.conv2d on a weight tensor"),
     (Op(lambda y: torch.einsum("nchw", y).permute(2, 0, 1, 3)), "einsum without explicit output subscripts"),
     (Op(lambda y: y.unflatten(1, (2, 2)).repeat(1, 1, 2, 1, 1).flatten(1, 2)), "repeating along one of several"),
 ])

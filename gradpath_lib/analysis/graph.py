@@ -109,6 +109,7 @@ from .op_tables import (
     EMBEDDINGS,
     EXPANDS,
     FLIPS,
+    FIXED_FILTERS,
     FUNCTIONAL_WEIGHTED,
     INDEXING,
     MATMULS,
@@ -377,10 +378,30 @@ class _ChannelTracer(fx.Interpreter):
         if target in CHANNELWISE_FUNCTIONS or target in CHANNELWISE_METHODS:
             return self._channelwise(n, result)
         name = getattr(target, "__name__", str(target))
+        if target in FIXED_FILTERS and self._fixed_weight(n) is not None:
+            return self._fixed_filter(n, result)
         if target in FUNCTIONAL_WEIGHTED:
             raise _unsupported(n, f"F.{name} on a weight tensor: only modules are weighted layers (the analysis "
                                   "names and hooks them); hold the weight in an nn.Linear / nn.Conv2d / nn.Embedding")
         raise _unsupported(n, f"the {n.op.replace('_', ' ')} {name!r}")
+
+    def _fixed_weight(self, n: fx.Node) -> torch.Tensor | None:
+        """The weight of a functional conv when it is a constant that takes no gradient (a buffer)."""
+        weight = self._value(n.args[1] if len(n.args) > 1 else n.kwargs.get("weight"))
+        if isinstance(weight, _Constant) and not weight.value.requires_grad:
+            return weight.value
+        return None
+
+    def _fixed_filter(self, n: fx.Node, result: torch.Tensor) -> ChannelMap:
+        """F.conv* with a fixed filter (an anti-aliasing blur held in a buffer): it mixes the channels
+        of each of its groups without a weight to train, so it adds no timestamp."""
+        m = self._input_map(n)
+        if m.layout != ((1, m.channels),) and not is_uniform(m):
+            raise _unsupported(n, f"F.{n.target.__name__} with a fixed filter reading channels off dim 1")
+        groups = n.args[6] if len(n.args) > 6 else n.kwargs.get("groups", 1)
+        if groups == m.channels == result.shape[1]:
+            return m
+        return mix_groups(m, m.channels // groups, result.shape[1] // groups)
 
     def _module(self, n: fx.Node, module: nn.Module, result: Any) -> Any:
         if isinstance(module, WEIGHTED_MODULES):

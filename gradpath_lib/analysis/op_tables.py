@@ -95,6 +95,7 @@ CHANNEL_SHUFFLES = {torch.channel_shuffle, torch.native_channel_shuffle}
 PIXEL_SHUFFLES = {torch.pixel_shuffle: True, torch.pixel_unshuffle: False}  # -> True for shuffle, False for unshuffle
 FUNCTIONAL_WEIGHTED = {F.linear, F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d,
                        F.bilinear, F.embedding, F.embedding_bag}  # refused with a hint: weights outside modules
+FIXED_FILTERS = {F.conv1d, F.conv2d, F.conv3d}  # with a weight that takes no gradient: weightless channel mixing
 SUPPORTED = (
     "weighted layers (Conv1d/2d/3d, ConvTranspose, Linear, Embedding, and their subclasses; grouped "
     "convs group by group; a Linear along a dim without channels, as a token-mixing MLP; a Conv1d sliding "
@@ -108,7 +109,7 @@ SUPPORTED = (
     "permute/transpose, flatten/view/reshape/(un)squeeze that keep the channels' order, "
     "expand/repeat/tile, F.pad, torch.roll/flip, cumsum/cumprod, channel shuffles (view-transpose-view, "
     "nn.ChannelShuffle), PixelShuffle/PixelUnshuffle, .detach(); mixing the channels without "
-    "weights: LayerNorm, GroupNorm, LocalResponseNorm, GLU, softmax / log_softmax / normalize, mean/sum/var/std/amax/amin/"
+    "weights: LayerNorm, F.conv2d with a fixed filter in a buffer (a blur), GroupNorm, LocalResponseNorm, GLU, softmax / log_softmax / normalize, mean/sum/var/std/amax/amin/"
     "logsumexp/prod/norm and max/min/sort, @ / matmul / bmm / einsum and scaled_dot_product_attention; "
     "reshapes that spread the channels over several dims (attention heads) and back; "
     "nn.MultiheadAttention (unrolled into its Linear projections)"
