@@ -4,7 +4,7 @@
 
 Needs `timm` (and the torchvision it imports), which this project does not depend on. Builds each
 model untrained with 3 classes, analyses it (`analyze_model`) on its own input size (224 x 224 for
-the transformers and MLPs that fix it, else 64 x 64) and, with `--check`, compares every channel
+the transformers and MLPs that fix it, else 64 x 64 or the model's minimum) and, with `--check`, compares every channel
 group's timestamps with the measured ones (`structure_check`). Each model runs in a process of
 its own, so that one that runs out of memory (the check keeps one copy of the activations per
 timestamp) is recorded as such and the rest go on. Prints one row per model and writes them as CSV.
@@ -50,7 +50,8 @@ def _one(name: str, check: bool) -> dict:
     start = time.time()
     model = timm.create_model(name, pretrained=False, num_classes=3).eval()
     fixed = model.pretrained_cfg.get("fixed_input_size", False) or "mixer" in name or "mlp" in name
-    shape = tuple(model.pretrained_cfg["input_size"]) if fixed else SMALL_INPUT
+    smallest = tuple(model.pretrained_cfg.get("min_input_size", SMALL_INPUT))  # inception needs 75 x 75
+    shape = tuple(model.pretrained_cfg["input_size"]) if fixed else max(SMALL_INPUT, smallest)
     row: dict = {"model": name, "input": "x".join(map(str, shape))}
     try:
         report = analyze_model(model, shape)

@@ -76,6 +76,11 @@ OPS = {
         lambda y: y.view(-1, C, 4, 2, 4, 2).permute(0, 1, 3, 5, 2, 4).reshape(-1, 4 * C, 4, 4)[:, 8:9], [(2, 3)]),
     "blur pool (a fixed filter in a buffer)": (nn.Sequential(Blur(C), Channels(1, 2)), [(1, 2)]),
     "fixed filter within groups of 2": (nn.Sequential(Blur(2), Channels(3, 4)), [(2, 4)]),
+    "sliding windows along a row (Tensor.unfold, HaloNet)": (
+        lambda y: y.unfold(3, 3, 1).mean(-1)[:, 2:], [(2, 4)]),
+    "im2col (F.unfold)": (lambda y: F.unfold(y, 3, padding=1)[:, 9:18].unflatten(2, (8, 8)), [(1, 2)]),
+    "im2col (nn.Unfold, VOLO)": (nn.Sequential(nn.Unfold(2, stride=2), nn.Unflatten(2, (4, 4)), Channels(12, 16)),
+                                 [(3, 4)]),
     "pad with a keyword": (lambda y: F.pad(y, pad=(0, 0, 0, 0, 1, 0))[:, :2], [(0, 1)]),
     "unflatten and flatten": (lambda y: y.unflatten(1, (2, 2)).flatten(1, 2), ALL),
     "nn.Unflatten": (nn.Sequential(nn.Unflatten(1, (2, 2)), nn.Flatten(1, 2)), ALL),

@@ -370,6 +370,12 @@ class _ChannelTracer(fx.Interpreter):
             return rolled(self._input_map(n), result.ndim, shifts, dims)
         if target in FLIPS:
             return self._flip(n)
+        if target == "unfold":  # Tensor.unfold: sliding windows along one dim, in a new last dim
+            if self._concrete_arg(n, 1, "dimension") % result.ndim in {d for d, _ in self._input_map(n).layout}:
+                raise _unsupported(n, "Tensor.unfold along the channels")
+            return self._input_map(n)
+        if target is F.unfold:
+            return self._im2col(n, result)
         if target in CHANNEL_SHUFFLES:
             return self._channel_shuffle(n, n.args[1] if len(n.args) > 1 else n.kwargs["groups"])
         if target in PIXEL_SHUFFLES:
@@ -384,6 +390,14 @@ class _ChannelTracer(fx.Interpreter):
             raise _unsupported(n, f"F.{name} on a weight tensor: only modules are weighted layers (the analysis "
                                   "names and hooks them); hold the weight in an nn.Linear / nn.Conv2d / nn.Embedding")
         raise _unsupported(n, f"the {n.op.replace('_', ' ')} {name!r}")
+
+    def _im2col(self, n: fx.Node, result: torch.Tensor) -> ChannelMap:
+        """F.unfold / nn.Unfold: channel c * K + k of the result is channel c at window offset k."""
+        m = self._input_map(n)
+        if m.layout != ((1, m.channels),) or m.unit != 1:
+            raise _unsupported(n, "F.unfold of channels that are not along dim 1")
+        window = result.shape[1] // m.channels
+        return laid_out(reordered(m, [j // window for j in range(result.shape[1])]), ((1, result.shape[1]),))
 
     def _fixed_weight(self, n: fx.Node) -> torch.Tensor | None:
         """The weight of a functional conv when it is a constant that takes no gradient (a buffer)."""
@@ -420,6 +434,8 @@ class _ChannelTracer(fx.Interpreter):
             return self._local_response_norm(n, module.size)
         if isinstance(module, nn.GLU):
             return gated(self._input_map(n), module.dim % result.ndim)
+        if isinstance(module, nn.Unfold):
+            return self._im2col(n, result)
         if isinstance(module, nn.ChannelShuffle):
             return self._channel_shuffle(n, module.groups)
         if isinstance(module, (nn.PixelShuffle, nn.PixelUnshuffle)):
