@@ -52,6 +52,10 @@ def assert_structure_is_measured(model: Any, shape: tuple[int, ...], report: Any
     assert check.agrees.all(), check[~check.agrees].to_string()
 
 
+class Killed(BaseException):
+    """Stands for a SIGKILL right after a checkpoint: nothing after it runs, nothing is recorded."""
+
+
 def save_then_die(save: Callable[..., Any]) -> Callable[..., Any]:
     """A stand-in for a trainer's `save_checkpoint` that saves, then raises `Killed`."""
     def save_and_die(*args: Any, **kwargs: Any) -> Any:

@@ -863,8 +863,8 @@ class _ChannelTracer(fx.Interpreter):
 
 def _merged_run(before: tuple[int, ...], after: tuple[int, ...], dims: list[int]) -> tuple[int, int] | None:
     """(a, b) when `after` is `before` with its dims [a, b), which hold every one of `dims`, merged
-    into one; else None."""
-    for a in range(min(dims) + 1):
+    into one (never the batch dim 0); else None."""
+    for a in range(1, min(dims) + 1):
         b = a + len(before) - len(after) + 1
         if b > max(dims) and after == before[:a] + (math.prod(before[a:b]),) + before[b:]:
             return a, b
