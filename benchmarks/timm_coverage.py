@@ -4,7 +4,7 @@
 
 Needs `timm` (and the torchvision it imports), which this project does not depend on. Builds each
 model untrained with 3 classes, analyses it (`analyze_model`) on its own input size (224 x 224 for
-the transformers and MLPs that fix it, else 64 x 64 or the model's minimum) and, with `--check`, compares every channel
+the transformers and MLPs that fix it, else 64 x 64, or 128 x 128 for Inception-v3) and, with `--check`, compares every channel
 group's timestamps with the measured ones (`structure_check`). Each model runs in a process of
 its own, so that one that runs out of memory (the check keeps one copy of the activations per
 timestamp) is recorded as such and the rest go on. Prints one row per model and writes them as CSV.
@@ -33,40 +33,64 @@ MODELS = (
     "mobilenetv4_conv_small efficientformer_l1 volo_d1_224 tresnet_m crossvit_tiny_240 twins_svt_small"
 ).split()
 SMALL_INPUT = (3, 64, 64)  # enough for the convnets; transformers and MLPs keep the size they fix
+LARGER_INPUT = {"inception_v3": (3, 128, 128)}  # its stride-2 convs leave nothing of 64 x 64
 TIMEOUT_S = 600
 
 
-def _one(name: str, check: bool) -> dict:
-    import warnings
-
+def _build(name: str):
+    """The untrained timm model `name` (3 classes, eval mode) and its input shape."""
     import timm
     import torch
 
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, num_classes=3).eval()
+    fixed = model.pretrained_cfg.get("fixed_input_size", False) or "mixer" in name or "mlp" in name
+    return model, tuple(model.pretrained_cfg["input_size"]) if fixed else LARGER_INPUT.get(name, SMALL_INPUT)
+
+
+def _analysis(name: str) -> dict:
+    import warnings
+
     from gradpath_lib.analysis import analyze_model
+
+    warnings.filterwarnings("ignore")
+    start = time.time()
+    model, shape = _build(name)
+    row: dict = {"model": name, "input": "x".join(map(str, shape))}
+    try:
+        net = analyze_model(model, shape).network
+    except Exception as err:  # noqa: BLE001 - the message is the result
+        return row | {"analysed": False, "error": str(err).split(";")[0][:160]}
+    return row | {"analysed": True, "weighted_layers": net["n_weighted_layers"], "groups": net["n_groups"],
+                  "longest_shortest_path": net["longest_shortest_path"], "longest_path": net["longest_path"],
+                  "seconds": round(time.time() - start, 1)}
+
+
+def _check(name: str) -> dict:
+    import warnings
+
     from gradpath_lib.analysis.measured import structure_check
 
     warnings.filterwarnings("ignore")
-    torch.manual_seed(0)
     start = time.time()
-    model = timm.create_model(name, pretrained=False, num_classes=3).eval()
-    fixed = model.pretrained_cfg.get("fixed_input_size", False) or "mixer" in name or "mlp" in name
-    smallest = tuple(model.pretrained_cfg.get("min_input_size", SMALL_INPUT))  # inception needs 75 x 75
-    shape = tuple(model.pretrained_cfg["input_size"]) if fixed else max(SMALL_INPUT, smallest)
-    row: dict = {"model": name, "input": "x".join(map(str, shape))}
-    try:
-        report = analyze_model(model, shape)
-    except Exception as err:  # noqa: BLE001 - the message is the result
-        return row | {"analysed": False, "error": str(err).split(";")[0][:160], "seconds": time.time() - start}
-    net = report.network
-    row |= {"analysed": True, "weighted_layers": net["n_weighted_layers"], "groups": net["n_groups"],
-            "longest_shortest_path": net["longest_shortest_path"], "longest_path": net["longest_path"]}
-    if check:
+    model, shape = _build(name)
+    result = structure_check(model, shape)
+    return {"groups_agreeing": int(result.agrees.sum()), "check_seconds": round(time.time() - start, 1)}
+
+
+def _in_process(fn, name: str) -> dict:
+    """`fn(name)` in a fresh process: a crash or a timeout is recorded instead of ending the run."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
         try:
-            result = structure_check(model, shape, report=report)
-            row |= {"groups_agreeing": int(result.agrees.sum())}
+            return pool.submit(fn, name).result(timeout=TIMEOUT_S)
+        except BrokenProcessPool:
+            return {"error": f"{fn.__name__[1:]}: the process died (out of memory?)"}
+        except TimeoutError:
+            for process in pool._processes.values():  # noqa: SLF001 - no public way to stop it
+                process.kill()
+            return {"error": f"{fn.__name__[1:]}: over {TIMEOUT_S} s"}
         except Exception as err:  # noqa: BLE001
-            row |= {"error": f"check: {err}"[:160]}
-    return row | {"seconds": round(time.time() - start, 1)}
+            return {"error": f"{fn.__name__[1:]}: {err}"[:160]}
 
 
 def main() -> None:
@@ -76,22 +100,15 @@ def main() -> None:
     parser.add_argument("--out", default="timm-coverage.csv")
     args = parser.parse_args()
     rows = []
-    context = multiprocessing.get_context("spawn")
     for name in args.models:
-        with ProcessPoolExecutor(1, mp_context=context) as pool:
-            try:
-                row = pool.submit(_one, name, args.check).result(timeout=TIMEOUT_S)
-            except BrokenProcessPool:
-                row = {"model": name, "error": "the process died (out of memory?)"}
-            except TimeoutError:
-                row = {"model": name, "error": f"over {TIMEOUT_S} s"}
-                for process in pool._processes.values():  # noqa: SLF001 - no public way to stop it
-                    process.kill()
+        row = {"model": name} | _in_process(_analysis, name)
+        if args.check and row.get("analysed"):
+            row |= _in_process(_check, name)
         rows.append(row)
         print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
     frame = pd.DataFrame(rows)
     frame.to_csv(args.out, index=False)
-    analysed = frame.get("analysed", pd.Series(dtype=bool)).fillna(False).astype(bool)
+    analysed = frame.get("analysed", pd.Series(False, index=frame.index)).fillna(False).astype(bool)
     print(f"analysed {int(analysed.sum())} of {len(frame)} models; wrote {args.out}")
     if args.check and "groups_agreeing" in frame:
         checked = frame.dropna(subset=["groups_agreeing"])

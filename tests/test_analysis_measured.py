@@ -140,3 +140,33 @@ def test_spectrum_taken_in_chunks_equals_one_pass_over_the_batch(monkeypatch):
         torch.testing.assert_close(torch.tensor(parts["grad_norm"].values), torch.tensor(whole["grad_norm"].values),
                                    rtol=1e-5, atol=1e-9)
     assert (whole["grad_norm"] > 0).any()
+
+
+class CachingZeroInit(nn.Module):
+    """Zero-initialised second conv (no gradient crosses it) and a tensor cached by the forward
+    pass, as timm's LeViT caches its attention biases (such a module cannot be deep-copied)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.fc = nn.Conv2d(3, C, 1), nn.Conv2d(C, C, 1), nn.Linear(C, 3)
+        nn.init.zeros_(self.b.weight)
+        self.cache = None
+
+    def forward(self, x):
+        y = self.a(x)
+        self.cache = y.mean()  # a non-leaf tensor kept on the module
+        return self.fc((y + self.b(y)).mean((2, 3)))
+
+
+def test_the_check_sees_through_zero_weights_and_puts_the_model_back():
+    from gradpath_lib.analysis.measured import structure_check
+
+    torch.manual_seed(0)
+    model = CachingZeroInit().train()
+    model(torch.randn(1, *SHAPE))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    check = structure_check(model, SHAPE)
+    assert check.agrees.all() and check.set_index("layer").loc["a", "measured"] == (2, 3)
+    after = model.state_dict()
+    assert all(after[k].dtype == v.dtype and torch.equal(after[k], v) for k, v in before.items())
+    assert model.training and not model.b.weight.count_nonzero()

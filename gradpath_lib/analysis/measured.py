@@ -18,9 +18,9 @@ layers the structural analysis supports).
 
 from __future__ import annotations
 
-import copy
+import contextlib
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pandas as pd
 import torch
@@ -205,40 +205,61 @@ def measured_gradient_spectrum(
     return pd.DataFrame(rows)
 
 
+@contextlib.contextmanager
+def _restored(model: nn.Module) -> Iterator[None]:
+    """Put back every parameter's and buffer's values and dtype, and the training modes, on exit."""
+    params = {name: p.data.clone() for name, p in model.named_parameters()}
+    buffers = {name: b.clone() for name, b in model.named_buffers()}
+    modes = {m: m.training for m in model.modules()}
+    try:
+        yield
+    finally:
+        for name, p in model.named_parameters():
+            p.data = params[name]
+        for name, b in model.named_buffers():
+            owner, _, attr = name.rpartition(".")
+            model.get_submodule(owner)._buffers[attr] = buffers[name]
+        for m, training in modes.items():
+            m.training = training
+
+
 def structure_check(model: nn.Module, input_shape: tuple[int, ...], input_dtype: torch.dtype = torch.float32, *,
                     report: GradientPathReport | None = None, samples: int = CHECK_SAMPLES,
                     seed: int = 0) -> pd.DataFrame:
     """Every channel group's structural timestamps beside the timestamps at which gradient is
     measured to arrive; columns layer, group_start, group_stop, structural, measured, agrees.
 
-    The spectrum is measured on a float64 copy of `model` (so that no long path's gradient
-    underflows; float32 if the model casts its tensors to float32 itself), on `samples` random inputs (`graph.example_input`), with a random linear function
-    of every output element as the loss (so that every output element receives gradient). In the
-    copy, every parameter that is identically zero is redrawn: no gradient crosses a zero-
-    initialised layer or norm scale (as in timm's residual branches), which would hide its paths.
+    The spectrum is measured on `model` turned to float64 (so that no long path's gradient
+    underflows; float32 if the model casts its tensors to float32 itself), on `samples` random
+    inputs (`graph.example_input`), with a random linear function of every output element as the
+    loss (so that every output element receives gradient). Every parameter that is identically
+    zero is redrawn for it: no gradient crosses a zero-initialised layer or norm scale (as in
+    timm's residual branches), which would hide its paths. The model's values, dtypes and modes
+    are put back afterwards.
     """
     report = report or analyze_model(model, tuple(input_shape), input_dtype)
-    for dtype in (torch.float64, torch.float32):
-        probe = copy.deepcopy(model).to(dtype).eval()
-        gen = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for param in probe.parameters():
-                if not param.count_nonzero():
-                    param.copy_(0.1 * torch.randn(param.shape, generator=gen, dtype=param.dtype))
-        inputs = example_input(probe, tuple(input_shape), input_dtype, samples, gen)
-        inputs = inputs.to(dtype) if inputs.is_floating_point() else inputs
-        try:
+    with _restored(model):  # changed in place (a deep copy fails on models that cache tensors), then put back
+        for dtype in (torch.float64, torch.float32):
+            model.to(dtype)
+            gen = torch.Generator().manual_seed(seed)
             with torch.no_grad():
-                outputs = probe(inputs)
-            break
-        except RuntimeError:  # a model that casts its own tensors to float32 runs in float32
-            if dtype == torch.float32:
-                raise
-    if not isinstance(outputs, torch.Tensor):
-        raise GradpathError(f"the measured check needs a model returning one tensor, not {type(outputs).__name__}")
-    weights = torch.randn(outputs.shape, generator=gen, dtype=torch.float64)
-    spectrum = measured_gradient_spectrum(probe, inputs, weights, report=report,
-                                          loss_fn=lambda out, w: (out.double() * w).sum())
+                for param in model.parameters():
+                    if not param.count_nonzero():
+                        param.copy_(0.1 * torch.randn(param.shape, generator=gen, dtype=param.dtype))
+            inputs = example_input(model, tuple(input_shape), input_dtype, samples, gen)
+            inputs = inputs.to(dtype) if inputs.is_floating_point() else inputs
+            try:
+                with torch.no_grad():
+                    outputs = model.eval()(inputs)
+                break
+            except RuntimeError:  # a model that casts its own tensors to float32 runs in float32
+                if dtype == torch.float32:
+                    raise
+        if not isinstance(outputs, torch.Tensor):
+            raise GradpathError(f"the measured check needs a model returning one tensor, not {type(outputs).__name__}")
+        weights = torch.randn(outputs.shape, generator=gen, dtype=torch.float64)
+        spectrum = measured_gradient_spectrum(model, inputs, weights, report=report,
+                                              loss_fn=lambda out, w: (out.double() * w).sum())
     measured = spectrum[spectrum.grad_norm > 0].groupby(["layer", "group_start"]).timestamp.apply(tuple).to_dict()
     rows = []
     for g in report.groups:
