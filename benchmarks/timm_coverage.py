@@ -4,8 +4,8 @@
 
 Needs `timm` (and the torchvision it imports), which this project does not depend on. Builds each
 model untrained with 3 classes, analyses it (`analyze_model`) on its own input size (224 x 224 for
-the transformers and MLPs that fix it, else 64 x 64, or 128 x 128 for Inception-v3) and, with `--check`, compares every channel
-group's timestamps with the measured ones (`structure_check`). Each model runs in a process of
+the transformers and MLPs that fix it, else 64 x 64, or `LARGER_INPUT`) and, with `--check`,
+compares every channel group's timestamps with the measured ones (`structure_check`). Each model runs in a process of
 its own, so that one that runs out of memory (the check keeps one copy of the activations per
 timestamp) is recorded as such and the rest go on. Prints one row per model and writes them as CSV.
 """
@@ -33,7 +33,8 @@ MODELS = (
     "mobilenetv4_conv_small efficientformer_l1 volo_d1_224 tresnet_m crossvit_tiny_240 twins_svt_small"
 ).split()
 SMALL_INPUT = (3, 64, 64)  # enough for the convnets; transformers and MLPs keep the size they fix
-LARGER_INPUT = {"inception_v3": (3, 128, 128)}  # its stride-2 convs leave nothing of 64 x 64
+# stride-2 convs leave nothing of 64 x 64 in Inception-v3; HaloNet needs whole 8-pixel blocks
+LARGER_INPUT = {"inception_v3": (3, 128, 128), "halonet26t": (3, 256, 256)}
 TIMEOUT_S = 600
 
 

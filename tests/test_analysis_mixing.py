@@ -166,19 +166,67 @@ def test_layer_norm_over_channels_adds_no_timestamp():
 
 
 class OuterProduct(nn.Module):
-    """x^T x over the channels keeps them along two dims: not a map of one channel axis."""
+    """y^T y over the tokens keeps the channels along two dims: element (i, j) reads channels i and j."""
 
     def __init__(self):
         super().__init__()
-        self.a, self.head = nn.Linear(8, 4), nn.Linear(16, 3)
+        self.a, self.head = nn.Linear(8, 4), nn.Linear(1, 3)
 
     def forward(self, x):
         y = self.a(x.mean(1))  # (N, 8, 4) from (N, 8, 8)
-        return self.head((y.transpose(1, 2) @ y).flatten(1))
+        return self.head((y.transpose(1, 2) @ y)[:, 0, 3:])
+
+
+class LinearAttention(nn.Module):
+    """EfficientViT's ReLU linear attention: the values padded with a constant channel per head,
+    k^T v over the tokens, q (k^T v) contracting k's channels (not the innermost dim of k^T v),
+    then every channel divided by its head's constant-channel result (a size-1 dim broadcast)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.qkv, self.head = nn.Conv2d(3, C, 1), nn.Linear(C, 3 * C), nn.Linear(1, 3)
+
+    def forward(self, x):
+        tokens = self.stem(x).flatten(2).transpose(1, 2)  # (N, T, C)
+        q, k, v = self.qkv(tokens).unflatten(2, (2, 3 * C // 2)).transpose(1, 2).chunk(3, dim=-1)  # (N, h, T, d)
+        v = F.pad(v, (0, 1), value=1.0)
+        out = F.relu(q) @ (F.relu(k).transpose(-1, -2) @ v)  # (N, h, T, d + 1), q's channels contracted
+        out = out[..., :-1] / (out[..., -1:] + 1e-6)
+        return self.head(out[:, 1, :, :1].mean(1))  # the first channel of the second head
+
+
+class HeadScoresThroughRows(nn.Module):
+    """A score per head and token, folded with the rows into one dim and back (as BoTNet's relative
+    positions are): the rows hold copies of a head's score, not channels, for the conv after."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 2 * C, 1), nn.Conv2d(2, 3, 1)
+
+    def forward(self, x):
+        scores = self.a(x).reshape(-1, 2, C, 64).mean(2)  # (N, heads, tokens)
+        scores = scores.reshape(-1, 8).reshape(-1, 2, 8, 8)  # (N * heads * rows, cols) and back
+        return self.b(scores[:, :1] * torch.ones(1, 2, 1, 1))  # the first head only, read as 2 channels
+
+
+class CrossCovarianceAttention(nn.Module):
+    """XCiT's attention across the channels of each head: q k^T over the tokens is a (channel x
+    channel) map per head, softmaxed over the keys' channels, then applied to the values."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.qkv, self.head = nn.Conv2d(3, C, 1), nn.Linear(C, 3 * C), nn.Linear(1, 3)
+
+    def forward(self, x):
+        tokens = self.stem(x).flatten(2).transpose(1, 2)  # (N, T, C)
+        q, k, v = self.qkv(tokens).unflatten(2, (3, 2, C // 2)).permute(2, 0, 3, 4, 1).unbind(0)  # (N, h, d, T)
+        attn = (F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)).softmax(-1)
+        return self.head((attn @ v)[:, 0, :1].mean(2))  # the first channel of the first head
 
 
 class HeadsIntoBatch(nn.Module):
-    """Heads folded into the batch dim, (B, H, N, hd) -> (B * H, N, hd): channels leave the channel dims."""
+    """Heads folded into the batch dim, (B, H, N, hd) -> (B * H, N, hd), then one Linear for every
+    head: a weight shared by the heads' channels, which are not the Linear's features."""
 
     def __init__(self):
         super().__init__()
@@ -187,6 +235,22 @@ class HeadsIntoBatch(nn.Module):
     def forward(self, x):
         y = self.a(x.mean(1)).reshape(-1, 8, 2, 4).transpose(1, 2).reshape(-1, 8, 4)
         return self.head(y.mean(1))
+
+
+class HeadsIntoBatchAndBack(nn.Module):
+    """BoTNet's attention layout: heads folded into the batch, tokens split into rows and back,
+    then the heads unfolded from the batch for the next layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.head = nn.Conv2d(3, 2 * C, 1), nn.Linear(C, 3)
+
+    def forward(self, x):
+        y = self.a(x)  # (B, 2 * C, 8, 8): two heads of C channels
+        y = y.reshape(-1, C, 64).transpose(1, 2)  # (B * 2, 64 tokens, C)
+        y = (y.reshape(-1, 8, 8, C) * 2).reshape(-1, 64, C)  # tokens as rows and back
+        y = y.transpose(1, 2).reshape(-1, 2 * C, 8, 8)
+        return self.head(y[:, C:C + C // 2].mean((2, 3)).repeat(1, 2))  # half the second head's channels
 
 
 class PixelShuffledRows(nn.Module):
@@ -201,8 +265,7 @@ class PixelShuffledRows(nn.Module):
 
 
 @pytest.mark.parametrize("model, names", [
-    (OuterProduct(), "keep their channels along different dims"),
-    (HeadsIntoBatch(), "a reshape from"),
+    (HeadsIntoBatch(), "Linear 'head' reading channels from dims 0 and 1"),
     (PixelShuffledRows(), "a pixel shuffle of channels that do not lie along dim 1"),
 ])
 def test_what_still_cannot_be_followed_is_an_error_naming_it(model, names):
@@ -417,6 +480,34 @@ def test_a_linear_along_the_tokens_keeps_each_channel_on_its_own(norm):
     assert groups(report, "patch") == [(0, C // 2, (2, 3)), (C // 2, C, (2,))]
 
 
+def test_heads_folded_into_the_batch_keep_their_channels():
+    report = analyze_model(HeadsIntoBatchAndBack(), SHAPE)
+    assert [(a, b) for a, b, stamps in groups(report, "a") if stamps] == [(C, C + C // 2)]
+
+
+def test_linear_attention_reads_its_heads_queries_and_keys_and_one_value():
+    report = analyze_model(LinearAttention(), SHAPE)
+    third = 3 * C // 2  # one head's q, k and v; its output channel 0 reads every q and k, and v's 0
+    assert [(a, b) for a, b, stamps in groups(report, "qkv") if stamps] == [(third, 2 * third - 1)]
+
+
+def test_copies_of_a_channel_along_a_reshaped_dim_are_not_channels():
+    report = analyze_model(HeadScoresThroughRows(), SHAPE)
+    assert [(a, b) for a, b, stamps in groups(report, "a") if stamps] == [(0, C)]
+
+
+def test_an_outer_product_of_channels_reads_the_two_it_multiplies():
+    report = analyze_model(OuterProduct(), SHAPE)
+    assert [(a, b) for a, b, stamps in groups(report, "a") if stamps] == [(0, 1), (3, 4)]
+
+
+def test_attention_across_channels_reads_one_query_and_every_key_and_value_of_its_head():
+    report = analyze_model(CrossCovarianceAttention(), SHAPE)
+    half = C // 2
+    assert [(a, b) for a, b, stamps in groups(report, "qkv") if stamps] == [(0, 1), (C, C + half),
+                                                                             (2 * C, 2 * C + half)]
+
+
 def test_a_conv_sliding_along_the_channels_reads_its_window():
     report = analyze_model(ECAGate(), SHAPE)
     assert groups(report, "gate") == [(0, 1, (2,)), (1, C, ())]
@@ -427,6 +518,11 @@ MODELS = {
     "token-mixing": lambda: TokenMixing(False),
     "token-mixing-normalized": lambda: TokenMixing(True),
     "eca-gate": ECAGate,
+    "outer-product": OuterProduct,
+    "linear-attention": LinearAttention,
+    "head-scores-through-rows": HeadScoresThroughRows,
+    "heads-into-batch-and-back": HeadsIntoBatchAndBack,
+    "cross-covariance-attention": CrossCovarianceAttention,
     "convnext": ConvNeXtLike,
     "groupnorm": lambda: SplitNormalized(nn.GroupNorm(2, C)),
     "layernorm-channels-first": lambda: SplitNormalized(ChannelsFirstLayerNorm(C)),

@@ -81,6 +81,13 @@ OPS = {
     "im2col (F.unfold)": (lambda y: F.unfold(y, 3, padding=1)[:, 9:18].unflatten(2, (8, 8)), [(1, 2)]),
     "im2col (nn.Unfold, VOLO)": (nn.Sequential(nn.Unfold(2, stride=2), nn.Unflatten(2, (4, 4)), Channels(12, 16)),
                                  [(3, 4)]),
+    "col2im (F.fold of F.unfold)": (lambda y: F.fold(F.unfold(y, 2, stride=2), (8, 8), 2, stride=2)[:, 1:2],
+                                    [(1, 2)]),
+    "col2im (nn.Fold, VOLO's outlook attention)": (
+        nn.Sequential(nn.Unfold(2, stride=2), Channels(4, 12), nn.Fold((8, 8), 2, stride=2), Channels(1, 2)),
+        [(2, 3)]),
+    "outer product by broadcasting": (lambda y: (y[:, :2, None] * y[:, None, 2:]).flatten(1, 2)[:, 1:2],
+                                      [(0, 1), (3, 4)]),
     "pad with a keyword": (lambda y: F.pad(y, pad=(0, 0, 0, 0, 1, 0))[:, :2], [(0, 1)]),
     "unflatten and flatten": (lambda y: y.unflatten(1, (2, 2)).flatten(1, 2), ALL),
     "nn.Unflatten": (nn.Sequential(nn.Unflatten(1, (2, 2)), nn.Flatten(1, 2)), ALL),

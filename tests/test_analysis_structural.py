@@ -373,7 +373,7 @@ class Branching(nn.Module):
     "model, names",
     [
         (Permuting(conv_after=True), "Conv2d 'conv' reading channels from dim 3"),
-        (nn.Sequential(conv(3, C), nn.Flatten(0)), "reshape"),
+        (nn.Sequential(conv(3, C), nn.Flatten(1), nn.Unflatten(1, (4, 4 * C))), "a reshape from"),
         (Branching(), "control flow"),
         (AddInPlace(), "'add_'"),
     ],

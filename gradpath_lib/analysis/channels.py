@@ -199,14 +199,55 @@ def expand(m: ChannelMap, layout: tuple[tuple[int, int], ...]) -> ChannelMap:
     return laid_out(concat(parts), layout)
 
 
+def spread(m: ChannelMap, layout: tuple[tuple[int, int], ...]) -> ChannelMap:
+    """`m`, whose layout holds some of the dims of `layout` in the same order (each with the same
+    size, or size 1: broadcast), broadcast over the other dims of `layout`: channel (i, j) of an
+    outer product reads channel i of one operand."""
+    dims = [d for d, _ in layout]
+    grid = np.indices([size for _, size in layout])
+    own = [grid[dims.index(d)] if size > 1 else np.zeros_like(grid[0]) for d, size in m.layout]
+    order = np.ravel_multi_index(tuple(own), [size for _, size in m.layout]).reshape(-1)
+    return laid_out(reordered(m, order.tolist()), layout)
+
+
+def first_alike(m: ChannelMap) -> list[int]:
+    """For each channel of `m`, the first channel that depends on exactly the same producer
+    channels (itself, unless `m` holds copies: a head index repeated along the tokens)."""
+    first: dict[frozenset, int] = {}
+    ids = []
+    for piece in m.pieces:
+        for k in range(piece.stop - piece.start):
+            key = frozenset((s.producer, s.offset + s.step * k, s.live, s.width) for s in piece.sources)
+            ids.append(first.setdefault(key, piece.start + k))
+    return ids
+
+
+def union_layout(layouts: Sequence[tuple[tuple[int, int], ...]]) -> tuple[tuple[int, int], ...] | None:
+    """Every channel dim of `layouts`, in dim order, with its size (a size 1 broadcasts): the
+    channel dims of a product or an elementwise op of their maps. None when two sizes clash."""
+    sizes: dict[int, int] = {}
+    for layout in layouts:
+        for d, size in layout:
+            known = sizes.setdefault(d, size)
+            if size != known and 1 not in (size, known):
+                return None
+            sizes[d] = max(size, known)
+    return tuple(sorted(sizes.items()))
+
+
 def line_up(m: ChannelMap, layout: tuple[tuple[int, int], ...]) -> ChannelMap | None:
     """`m` spread over `layout` for an elementwise combination: broadcast when all its channels are
-    alike, expanded when its layout is the outer part of `layout`; None when it does not fit."""
+    alike, expanded when its layout is the outer part of `layout`, spread when its dims are some of
+    those of `layout`; None when it does not fit."""
     if is_uniform(m) or m.channels == 1:
         return laid_out(broadcast(m, math.prod(size for _, size in layout)), layout)
     if m.layout == layout:
         return m
-    return expand(m, layout) if m.layout == layout[:len(m.layout)] else None
+    if m.layout == layout[:len(m.layout)]:
+        return expand(m, layout)
+    sizes, dims = dict(layout), [d for d, _ in m.layout]
+    fits = dims == sorted(dims) and all(d in sizes and size in (sizes[d], 1) for d, size in m.layout)
+    return spread(m, layout) if fits else None
 
 
 def mix_groups(m: ChannelMap, size: int, out_size: int | None = None) -> ChannelMap:
@@ -224,6 +265,17 @@ def mix_sub_axes(m: ChannelMap, subs: Sequence[int]) -> ChannelMap:
         size = m.layout[k][1]
         m = take(merge([select(m, k, r, r + 1) for r in range(size)]), k, [0] * size)
     return m
+
+
+def summed_over(m: ChannelMap, sub: int) -> ChannelMap:
+    """`m` summed over sub-axis `sub` of its layout (the contracted dim of a matmul): each channel
+    left depends on every channel that differs from it only along `sub`; that sub-axis is gone."""
+    layout = m.layout[:sub] + m.layout[sub + 1:]
+    if sub == len(m.layout) - 1:
+        m = mix_groups(m, m.layout[sub][1], 1)
+    else:
+        m = select(mix_sub_axes(m, [sub]), sub, 0, 1)
+    return laid_out(m, layout) if layout else m
 
 
 def mix(m: ChannelMap, channels: int, axis: int | None = None) -> ChannelMap:

@@ -1,7 +1,8 @@
 """Trace a model into the DAG of its weighted layers at channel granularity.
 
-`torch.fx.symbolic_trace` gives the model's graph; running it once on a small input (in eval
-mode, without gradients) gives every tensor's shape, and a `ChannelMap` per tensor records
+`tracing.symbolic_trace` gives the model's graph (torch.fx's, or one recorded while the model
+runs, for control flow on shapes); running it once on a small input (in eval mode, without
+gradients) gives every tensor's shape, and a `ChannelMap` per tensor records
 which producer channels it carries. Weighted layers are the modules in `WEIGHTED_MODULES`
 (convolutions, linear layers and embeddings, their subclasses included: fx keeps them whole);
 each call of one is a *position* (a module called at two places shares its weights but has two
@@ -19,12 +20,16 @@ operations that mix channels without weights (LayerNorm or softmax over the chan
 within its groups, means and variances over the channels, `@` / matmul and
 scaled_dot_product_attention) make every channel they mix depend on all of them, without adding
 a weighted layer to any path. A reshape may spread the channels over several dims (attention
-heads, a YOLO head's anchors x outputs; `torch.stack` adds its new dim to them); slices, `unbind`,
-reductions, softmaxes and matmuls then act on each of those dims exactly (a matmul contracts the
-innermost one; a softmax over the radix of split attention mixes only along it). Ops that reorder channels
+heads, a YOLO head's anchors x outputs, heads folded into the batch; `torch.stack` adds its new dim
+to them), or fold them with other dims (space-to-depth, MobileViT's patches): it is followed
+element by element (`_reshaped`). Slices, `unbind`, reductions, softmaxes and matmuls then act on
+each of those dims exactly (a matmul mixes the channels of its contracted dim within the others,
+and keeps both operands' other channel dims: XCiT's q k^T is an outer product of channels; a
+softmax over the radix of split attention mixes only along it). Ops that reorder channels
 carry each channel's sources with it: a transpose of two channel dims read back by a reshape (a
 channel shuffle, also `nn.ChannelShuffle` / `F.channel_shuffle`), `torch.flip`, strided slices;
-PixelShuffle makes each output channel depend on its r^2 input channels, PixelUnshuffle the reverse;
+PixelShuffle makes each output channel depend on its r^2 input channels, PixelUnshuffle the reverse,
+F.fold each channel on its window's channels;
 pads, rolls, copies (expand, repeat, stack) and cumulative sums follow `layout_ops`; comparisons,
 rounding and integer casts depend on their input without a gradient (a detached map);
 `op_tables` lists every op followed, by kind;
@@ -74,11 +79,13 @@ from .channels import (
     channel_order,
     concat,
     consumed_ranges,
+    summed_over,
     detach,
     fresh,
     in_dim_order,
     merge,
     is_uniform,
+    first_alike,
     laid_out,
     line_up,
     mix,
@@ -90,6 +97,7 @@ from .channels import (
     sourceless,
     take,
     producers,
+    union_layout,
     with_unit,
     zero_channels,
 )
@@ -132,6 +140,7 @@ from .op_tables import (
     UNBINDS,
     WEIGHTED_MODULES,
 )
+from .tracing import symbolic_trace
 from .unroll import unroll_attention
 
 LOSS = -2  # consumer id of the model's output (the loss)
@@ -376,6 +385,8 @@ class _ChannelTracer(fx.Interpreter):
             return self._input_map(n)
         if target is F.unfold:
             return self._im2col(n, result)
+        if target is F.fold:
+            return self._col2im(n, result)
         if target in CHANNEL_SHUFFLES:
             return self._channel_shuffle(n, n.args[1] if len(n.args) > 1 else n.kwargs["groups"])
         if target in PIXEL_SHUFFLES:
@@ -398,6 +409,14 @@ class _ChannelTracer(fx.Interpreter):
             raise _unsupported(n, "F.unfold of channels that are not along dim 1")
         window = result.shape[1] // m.channels
         return laid_out(reordered(m, [j // window for j in range(result.shape[1])]), ((1, result.shape[1]),))
+
+    def _col2im(self, n: fx.Node, result: torch.Tensor) -> ChannelMap:
+        """F.fold / nn.Fold: channel c of the result sums channels c * K ... c * K + K - 1 (its K
+        window offsets) over the positions they overlap (VOLO's outlook attention)."""
+        m = self._input_map(n)
+        if m.layout != ((1, m.channels),) or m.unit != 1:
+            raise _unsupported(n, "F.fold of channels that are not along dim 1")
+        return mix_groups(m, m.channels // result.shape[1], 1)
 
     def _fixed_weight(self, n: fx.Node) -> torch.Tensor | None:
         """The weight of a functional conv when it is a constant that takes no gradient (a buffer)."""
@@ -436,6 +455,8 @@ class _ChannelTracer(fx.Interpreter):
             return gated(self._input_map(n), module.dim % result.ndim)
         if isinstance(module, nn.Unfold):
             return self._im2col(n, result)
+        if isinstance(module, nn.Fold):
+            return self._col2im(n, result)
         if isinstance(module, nn.ChannelShuffle):
             return self._channel_shuffle(n, module.groups)
         if isinstance(module, (nn.PixelShuffle, nn.PixelUnshuffle)):
@@ -596,7 +617,9 @@ class _ChannelTracer(fx.Interpreter):
                 lead = result.ndim - len(self.shapes[a])
                 maps.append(in_dim_order(laid_out(v, tuple((d + lead, size) for d, size in v.layout))))
         plain = [m for m in maps if not is_uniform(m) and m.channels > 1]
-        layout = max((m.layout for m in plain), key=len) if plain else ((maps[0].axis, result.shape[maps[0].axis]),)
+        layout = union_layout([m.layout for m in plain]) if plain else ((maps[0].axis, result.shape[maps[0].axis]),)
+        if layout is None:
+            raise _unsupported(n, "an elementwise op on tensors whose channel dims differ in size")
         channels = math.prod(size for _, size in layout)
         lined = [line_up(m, layout) for m in maps]
         if None in lined:
@@ -662,13 +685,18 @@ class _ChannelTracer(fx.Interpreter):
         return laid_out(m, tuple((order.index(d), size) for d, size in m.layout))
 
     def _reshape(self, n: fx.Node, result: torch.Tensor) -> ChannelMap:
-        """Channel c keeps its row-major place: the channels must fill whole consecutive dims before
-        and after the reshape (or lie along dim 1 and be flattened with the dims after it)."""
+        """Channel c keeps its row-major place. Channels that fill whole consecutive dims keep their
+        order over the new dims; channels along dim 1 flattened with the dims after it become
+        features of `unit` elements each (for a Linear); any other reshape is followed element by
+        element (`_reshaped`)."""
         m = in_dim_order(self._input_map(n))
         before, after = tuple(self.shapes[n.args[0]]), tuple(result.shape)
         if is_uniform(m):
             return _uniform_like(m, result)
         dims = [d for d, _ in m.layout]
+        alike = first_alike(m) if m.unit == 1 else []
+        if alike != list(range(len(alike))):  # copies of channels along some dims: those dims hold none
+            return _reshaped(m, before, after, alike)
         # the channel dims consecutive, apart from dims of size 1 between them
         if all(d in dims or before[d] == 1 for d in range(dims[0], dims[-1] + 1)) and m.unit == 1:
             outer = math.prod(before[: dims[0]])
@@ -679,13 +707,8 @@ class _ChannelTracer(fx.Interpreter):
                 return laid_out(m, layout or ((first, 1),))
         if m.layout == ((1, m.channels),) and len(after) == 2 and after == (before[0], math.prod(before[1:])):
             return with_unit(m, math.prod(before[2:]))
-        merged = _merged_run(before, after, dims) if m.unit == 1 else None
-        if merged is not None:  # space-to-depth (Swin's patch merging): channels merged with other dims
-            a, b = merged
-            sizes = before[a:b]
-            index = np.indices(sizes)
-            order = np.ravel_multi_index(tuple(index[d - a] for d in dims), tuple(before[d] for d in dims))
-            return laid_out(reordered(m, order.reshape(-1).tolist()), ((a, math.prod(sizes)),))
+        if m.unit == 1:  # any other reshape whose every element still holds one channel
+            return _reshaped(m, before, after, alike)
         raise _unsupported(n, f"a reshape from {before} to {after} that moves channels")
 
     def _max_min(self, n: fx.Node, target: Any, result: Any) -> Any:
@@ -808,8 +831,9 @@ class _ChannelTracer(fx.Interpreter):
 
     def _product(self, n: fx.Node, a: tuple[Any, Any], b: tuple[Any, Any], out: tuple[int, ...]) -> ChannelMap:
         """The map of a @ b from the (map or constant, shape) of each: channels on the contracted dim
-        mix (the innermost of several channel dims only); channels on a kept dim (rows of a, columns
-        of b, a batch dim) stay channels of the output."""
+        mix (within the other channel dims: per head); channels on a kept dim (rows of a, columns of
+        b, a batch dim) stay channels of the output, both operands' together (an outer product of
+        channels, as XCiT's q k^T over the tokens, is each output channel pair reading its two)."""
         parts = []
         for (m, shape), contracted, kept in ((a, -1, -2), (b, -2, -1)):
             if not isinstance(m, ChannelMap):
@@ -818,17 +842,17 @@ class _ChannelTracer(fx.Interpreter):
             if ndim < 2:
                 raise _unsupported(n, "a matmul with a one-dimensional operand")
             layout = () if is_uniform(m) else m.layout
-            if any(d == ndim + contracted for d, _ in layout):
-                if layout[-1][0] != ndim + contracted:
-                    raise _unsupported(n, "a matmul contracting channels that are not the innermost")
-                m, layout = mix_groups(m, layout[-1][1], 1), layout[:-1]
+            subs = [k for k, (d, _) in enumerate(layout) if d == ndim + contracted]
+            if subs:
+                m = summed_over(m, subs[0])
+                layout = layout[:subs[0]] + layout[subs[0] + 1:]
             offset = len(out) - ndim  # batch dims line up from the right
             parts.append((m, tuple((len(out) + kept if d == ndim + kept else d + offset, size) for d, size in layout)))
         return self._combined(n, parts, out)
 
     def _einsum(self, n: fx.Node, result: torch.Tensor) -> ChannelMap:
-        """torch.einsum with explicit output subscripts: channels on a summed-out letter mix (the
-        innermost channel dims only); channels on a kept letter move to that letter's output dim."""
+        """torch.einsum with explicit output subscripts: channels on a summed-out letter mix (within
+        the other channel dims); channels on a kept letter move to that letter's output dim."""
         equation, *operands = n.args
         if len(operands) == 1 and isinstance(operands[0], (tuple, list)):
             operands = list(operands[0])
@@ -841,34 +865,39 @@ class _ChannelTracer(fx.Interpreter):
             if not isinstance(m, ChannelMap):
                 continue
             layout = () if is_uniform(m) else m.layout
-            summed = [k for k, (d, _) in enumerate(layout) if sub[d] not in output]
-            if summed:
-                if summed != list(range(len(layout) - len(summed), len(layout))):
-                    raise _unsupported(n, "einsum summing channels that are not the innermost")
-                m = mix_groups(m, math.prod(size for _, size in layout[summed[0]:]), 1)
-                layout = layout[:summed[0]]
+            for k in reversed([k for k, (d, _) in enumerate(layout) if sub[d] not in output]):
+                m, layout = summed_over(m, k), layout[:k] + layout[k + 1:]
             parts.append((m, tuple((output.index(sub[d]), size) for d, size in layout)))
         return self._combined(n, parts, tuple(result.shape))
 
     def _combined(self, n: fx.Node, parts: list[tuple[ChannelMap, tuple]], out: tuple[int, ...]) -> ChannelMap:
         """The elementwise merge of product operands (map, layout in the output) after contraction."""
         # every operand mixed (no channel dim left): the output is uniform, along its last dim
-        target = max((layout for _, layout in parts), key=len) or ((len(out) - 1, out[-1]),)
-        lined = [line_up(in_dim_order(laid_out(m, layout)) if layout else m, target) for m, layout in parts]
+        parts = [(in_dim_order(laid_out(m, layout)) if layout else m, layout) for m, layout in parts]
+        layouts = [m.layout for m, layout in parts if layout]
+        target = union_layout(layouts) if layouts else ((len(out) - 1, out[-1]),)
+        lined = [line_up(m, target) for m, _ in parts] if target else [None]
         if None in lined:
             name = getattr(n.target, "__name__", n.target)
             raise _unsupported(n, f"a {name} whose operands keep their channels along different dims")
         return merge(lined)
 
 
-def _merged_run(before: tuple[int, ...], after: tuple[int, ...], dims: list[int]) -> tuple[int, int] | None:
-    """(a, b) when `after` is `before` with its dims [a, b), which hold every one of `dims`, merged
-    into one (never the batch dim 0); else None."""
-    for a in range(1, min(dims) + 1):
-        b = a + len(before) - len(after) + 1
-        if b > max(dims) and after == before[:a] + (math.prod(before[a:b]),) + before[b:]:
-            return a, b
-    return None
+def _reshaped(m: ChannelMap, before: tuple[int, ...], after: tuple[int, ...], alike: list[int]) -> ChannelMap:
+    """`m` (in dim order) after reshaping `before` to `after`, element by element: each element's
+    channel index (`alike`: copies of a channel count as that channel) is reshaped with it, and the
+    channels lie along the dims of `after` along which that index varies (a slot per index there,
+    a channel repeated where it spans several). Exact for any reshape: space-to-depth (Swin's patch
+    merging), heads folded into a batch of one and back, tokens split into rows and merged with
+    the heads (BoTNet's relative positions), MobileViT's patches unfolded into the batch."""
+    index = np.zeros((1,) * len(before), dtype=np.int64)
+    for d, size in m.layout:
+        index = index * size + np.arange(size).reshape([-1 if k == d else 1 for k in range(len(before))])
+    index = np.asarray(alike)[np.broadcast_to(index, before)].reshape(after)
+    varying = [j for j in range(len(after)) if (index != index.take([0], axis=j)).any()]
+    order = index[tuple(slice(None) if j in varying else 0 for j in range(len(after)))].reshape(-1)
+    layout = tuple((j, after[j]) for j in varying) or ((min(m.axis, len(after) - 1), 1),)
+    return laid_out(reordered(m, order.tolist()), layout)
 
 
 def _uniform_like(m: ChannelMap, result: Any) -> ChannelMap:
@@ -886,24 +915,6 @@ def _flatten_maps(value: Any) -> list[ChannelMap]:
     if isinstance(value, dict):
         return [m for v in value.values() for m in _flatten_maps(v)]
     return []
-
-
-class _Tracer(fx.Tracer):
-    """fx's tracer, with subclasses of the weighted modules (a weight-standardized conv, a conv with
-    "same" padding) kept whole: each call of one is a position, as a plain Conv2d or Linear is."""
-
-    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return isinstance(m, WEIGHTED_MODULES) or super().is_leaf_module(m, module_qualified_name)
-
-
-def _symbolic_trace(model: nn.Module) -> fx.GraphModule:
-    try:
-        return fx.GraphModule(model, _Tracer().trace(model), type(model).__name__)
-    except Exception as err:  # fx raises many types; all mean "cannot be traced statically"
-        raise GradpathError(
-            f"torch.fx cannot trace {type(model).__name__} ({type(err).__name__}: {err}); gradient path "
-            "analysis needs a model without data-dependent control flow"
-        ) from err
 
 
 def _reaching_loss(graph: LayerGraph) -> set[int]:
@@ -1001,12 +1012,11 @@ def trace_layers(model: nn.Module, input_shape: tuple[int, ...] = (3, 32, 32),
     `input_dtype` (an integer type: token ids for the model's `nn.Embedding`)."""
     model = unroll_attention(model)
     x = example_input(model, input_shape, input_dtype)
-    gm = _symbolic_trace(model)
-    tracer = _ChannelTracer(gm)
-    modes = {m: m.training for m in (*gm.modules(), *model.modules())}
+    modes = {m: m.training for m in model.modules()}
     for m in modes:
         m.training = False
     try:
+        tracer = _ChannelTracer(symbolic_trace(model, x))
         with torch.no_grad():
             tracer.run(x)
         if tracer.layer_graph.positions:

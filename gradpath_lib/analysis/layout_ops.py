@@ -48,17 +48,24 @@ def shifted_dims(m: ChannelMap, offset: int) -> ChannelMap:
 
 def padded(m: ChannelMap, ndim: int, pad: Sequence[int]) -> ChannelMap:
     """F.pad(x, pad) of an `ndim`-dim tensor: `pad` = (before, after) pairs from the last dim backward.
-    Padding channels adds channels without a source; negative padding crops."""
+    Padding channels adds channels without a source (within each head, when the padded dim is one
+    of several holding them, as EfficientViT's constant row of its values); negative padding crops."""
     pairs = {ndim - 1 - k: (pad[2 * k], pad[2 * k + 1]) for k in range(len(pad) // 2)}
     if not [d for d in _channel_dims(m) if pairs.get(d, (0, 0)) != (0, 0)]:
         return m
     if is_uniform(m):
         return mix(m, m.channels + sum(pairs[m.axis]), m.axis)
-    dim = _single_dim(m, "padding")
-    before, after = pairs[dim]
-    core = slice_channels(m, max(0, -before), m.channels - max(0, -after))
-    parts = [sourceless(before, dim)] * (before > 0) + [core] + [sourceless(after, dim)] * (after > 0)
-    return laid_out(concat(parts), ((dim, sum(p.channels for p in parts)),))
+    sizes = [size for _, size in m.layout]
+    index = np.arange(m.channels).reshape(sizes)
+    for k, (d, _) in enumerate(m.layout):
+        before, after = pairs.get(d, (0, 0))
+        index = np.take(index, range(max(0, -before), index.shape[k] - max(0, -after)), axis=k)
+        widths = [(0, 0)] * len(sizes)
+        widths[k] = (max(0, before), max(0, after))
+        index = np.pad(index, widths, constant_values=m.channels)  # the added channel without a source
+    with_blank = laid_out(concat([m, laid_out(sourceless(1, m.axis), ((m.axis, 1),))]), ((m.axis, m.channels + 1),))
+    layout = tuple((d, n) for (d, _), n in zip(m.layout, index.shape))
+    return laid_out(reordered(with_blank, index.reshape(-1).tolist()), layout)
 
 
 def rolled(m: ChannelMap, ndim: int, shifts: int | Sequence[int], dims: int | Sequence[int]) -> ChannelMap:

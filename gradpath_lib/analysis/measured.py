@@ -57,7 +57,10 @@ class _ShiftTimestamp(torch.autograd.Function):
 
 
 def _batched(output: torch.Tensor, batch: int) -> torch.Tensor:
-    """An output computed from constants (no batch dim, or batch 1) expanded to `batch` samples."""
+    """An output computed from constants (no batch dim, or batch 1) expanded to `batch` samples;
+    one the model computed for every sample already (EdgeNeXt's position encoding) as it is."""
+    if output.ndim >= 2 and output.shape[0] == batch:
+        return output
     if output.ndim >= 2 and output.shape[0] == 1:
         return output.expand(batch, *output.shape[1:])
     return output.expand(batch, *output.shape)
@@ -120,8 +123,9 @@ def gradients_by_timestamp(
 ) -> dict[tuple[str, int], torch.Tensor | None]:
     """dL/d(output) of every weighted-layer position, split by timestamp.
 
-    Keys are (module name, call index); values have shape (replicas, batch, ...) where entry t
-    is the gradient that arrived through paths of t + 1 weighted layers (None: no gradient).
+    Keys are (module name, call index); values have shape (replicas, batch, ...) (batch x P for a
+    model that folds P into the batch) where entry t is the gradient that arrived through paths of
+    t + 1 weighted layers (None: no gradient).
     `dlogits` (this batch's part of `logit_gradients` of a larger batch) replaces `labels` and
     `loss_fn` when given. `unbatched` names the positions whose input is computed from constants
     (an embedding of position ids): their output has no batch dim (or batch 1), so it is
@@ -140,7 +144,17 @@ def gradients_by_timestamp(
     model.eval()
     outputs, handles = _capture_outputs(model, replicas, unbatched, replicas * batch)
     try:
-        logits = model(images.repeat(replicas, *([1] * (images.ndim - 1))))
+        try:
+            logits = model(images.repeat(replicas, *([1] * (images.ndim - 1))))
+        except RuntimeError as err:
+            if not unbatched:
+                raise
+            names = ", ".join(repr(name) for name, _ in sorted(unbatched))
+            raise GradpathError(
+                f"the measured spectrum expands the output of {names} (computed from constants) over the "
+                f"replicated batch, and {type(model).__name__} then fails ({err}): it must broadcast that "
+                "output over the batch (as adding it does), not repeat or reshape it by the batch size"
+            ) from err
         if not isinstance(logits, torch.Tensor):
             raise GradpathError("the measured spectrum needs a model returning one logits tensor")
         injected = torch.zeros_like(logits)
@@ -152,7 +166,8 @@ def gradients_by_timestamp(
             h.remove()
         for m, training in modes.items():
             m.training = training
-    return {k: None if g is None else g.reshape(replicas, batch, *g.shape[1:]) for k, g in zip(keys, grads)}
+    # replica outermost in the batch dim, also where the model folds more into it (MobileViT's patches)
+    return {k: None if g is None else g.reshape(replicas, -1, *g.shape[1:]) for k, g in zip(keys, grads)}
 
 
 def measured_gradient_spectrum(

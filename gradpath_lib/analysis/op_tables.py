@@ -111,6 +111,8 @@ SUPPORTED = (
     "nn.ChannelShuffle), PixelShuffle/PixelUnshuffle, .detach(); mixing the channels without "
     "weights: LayerNorm, F.conv2d with a fixed filter in a buffer (a blur), GroupNorm, LocalResponseNorm, GLU, softmax / log_softmax / normalize, mean/sum/var/std/amax/amin/"
     "logsumexp/prod/norm and max/min/sort, @ / matmul / bmm / einsum and scaled_dot_product_attention; "
-    "reshapes that spread the channels over several dims (attention heads) and back; "
+    "reshapes that spread the channels over several dims (attention heads, also folded into the batch) and "
+    "back, or that fold them with other dims (space-to-depth, patches); products keeping both operands' "
+    "channels (XCiT's q k^T over the tokens); F.fold / nn.Fold and F.unfold / nn.Unfold; "
     "nn.MultiheadAttention (unrolled into its Linear projections)"
 )

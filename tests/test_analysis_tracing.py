@@ -1,0 +1,123 @@
+"""Models that `torch.fx.symbolic_trace` cannot trace because Python control flow reads their
+shapes are traced while they run on the example input (`analysis.tracing`); a branch on the data
+is still refused, and nothing a model caches while traced stays behind."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from gradpath_lib.analysis import analyze_model
+from gradpath_lib.errors import GradpathError
+
+from conftest import assert_structure_is_measured
+
+C = 4
+
+
+def conv(c_in: int = C, c_out: int = C) -> nn.Conv2d:
+    return nn.Conv2d(c_in, c_out, 3, padding=1)
+
+
+class Windowed(nn.Module):
+    """Pads to a multiple of its window only when needed, and runs one conv per channel half, both
+    decided by Python on the input's shape (as Swin-like and two-branch models do)."""
+
+    def __init__(self, window: int = 4):
+        super().__init__()
+        self.window = window
+        self.stem = conv(3, C)
+        self.halves = nn.ModuleList([conv(C // 2, C // 2), conv(C // 2, C // 2)])
+        self.head = conv()
+
+    def forward(self, x):
+        x = self.stem(x)
+        _, _, h, w = x.shape
+        if h % self.window or w % self.window:
+            x = F.pad(x, (0, -w % self.window, 0, -h % self.window))
+        parts = x.chunk(len(self.halves), dim=1)
+        outs = [block(part) for block, part in zip(self.halves, parts)]
+        if len(outs) > 1:
+            x = x + torch.cat(outs, dim=1)
+        return self.head(x)
+
+
+class Cached(nn.Module):
+    """Caches a tensor on its first call in eval mode (timm's attention-bias cache)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.conv = conv(3, C), conv()
+        self.scale = nn.Parameter(torch.ones(C, 1, 1))
+        self.cache: dict[str, torch.Tensor] = {}
+
+    def forward(self, x):
+        if not self.training:
+            if "scale" not in self.cache:
+                self.cache["scale"] = self.scale * 2
+            scale = self.cache["scale"]
+        else:
+            scale = self.scale * 2
+        return self.conv(self.stem(x) * scale)
+
+
+class Masked(nn.Module):
+    """An optional argument that defaults to None: the analysed call passes the input alone."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = conv(3, C), conv()
+
+    def forward(self, x, mask=None):
+        y = self.a(x)
+        if mask is not None:
+            y = y * mask
+        return self.b(y)
+
+
+class DataBranch(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem, self.conv = conv(3, C), conv()
+
+    def forward(self, x):
+        y = self.stem(x)
+        for _ in range(y.shape[1] // C):  # a loop over a shape: fine
+            y = y + 0
+        return self.conv(y) if y.mean() > 0 else y  # a branch on the data: refused
+
+
+def timestamps(report, layer: str) -> list[tuple[int, ...]]:
+    return [g.timestamps for g in report.groups if g.position.name == layer]
+
+
+def test_shape_control_flow_is_traced_on_the_example_input():
+    with pytest.raises(fx.proxy.TraceError):
+        fx.symbolic_trace(Windowed())  # what plain fx makes of it
+    for shape in [(3, 8, 8), (3, 6, 6)]:  # without and with the pad
+        report = analyze_model(Windowed(), shape)
+        assert {p.name for p in report.graph.positions} == {"stem", "halves.0", "halves.1", "head"}
+        assert timestamps(report, "stem") == [(2, 3)] * 2  # through the identity, or its half's conv
+        assert_structure_is_measured(Windowed(), shape, report)
+
+
+def test_a_branch_on_the_data_is_refused():
+    with pytest.raises(GradpathError, match="control flow depends on the data"):
+        analyze_model(DataBranch(), (3, 4, 4))
+
+
+def test_an_optional_none_argument_takes_the_branch_of_the_call_without_it():
+    report = analyze_model(Masked(), (3, 4, 4))
+    assert timestamps(report, "a") == [(2,)]
+    assert_structure_is_measured(Masked(), (3, 4, 4), report)
+
+
+def test_what_the_model_caches_while_traced_is_put_back():
+    model = Cached().eval()
+    report = analyze_model(model, (3, 4, 4))
+    assert timestamps(report, "stem") == [(2,)]
+    assert all(isinstance(v, torch.Tensor) for v in model.cache.values())  # no proxy of the trace left
+    assert not model.training
+    assert isinstance(model(torch.randn(1, 3, 4, 4)), torch.Tensor)
