@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gradpath_lib.analysis import analyze_model, measured
+from gradpath_lib.analysis import analyze_model
 from gradpath_lib.analysis.measured import gradients_by_timestamp, measured_gradient_spectrum
 
 C = 4
@@ -97,8 +97,8 @@ def test_timestamp_slices_sum_to_the_ordinary_gradient():
     model = RandomNet(3)
     model.train()
     images, labels = batch()
-    replicas = analyze_model(model, SHAPE).network["longest_path"]
-    split = gradients_by_timestamp(model, images, labels, replicas)
+    longest = analyze_model(model, SHAPE).network["longest_path"]
+    split = gradients_by_timestamp(model, images, labels, longest)
     assert model.training  # restored
 
     model.eval()
@@ -125,21 +125,6 @@ def test_spectrum_shares_sum_to_one_per_receiving_group():
     for g in report.groups:
         assert sums[(g.position.name, g.start)] == pytest.approx(1.0 if g.timestamps else 0.0)
     assert set(spectrum.columns) >= {"layer", "group_start", "group_stop", "timestamp", "grad_norm", "share"}
-
-
-def test_spectrum_taken_in_chunks_equals_one_pass_over_the_batch(monkeypatch):
-    model = RandomNet(2)
-    report = analyze_model(model, SHAPE)
-    images, labels = batch(10)
-    monkeypatch.setattr(measured, "SPECTRUM_CHUNK", 100)  # the whole batch in one replicated pass
-    whole = measured_gradient_spectrum(model, images, labels, report=report)
-    for chunk in (1, 4):  # 4 leaves a last chunk of 2
-        monkeypatch.setattr(measured, "SPECTRUM_CHUNK", chunk)
-        parts = measured_gradient_spectrum(model, images, labels, report=report)
-        assert parts[["layer", "group_start", "timestamp"]].equals(whole[["layer", "group_start", "timestamp"]])
-        torch.testing.assert_close(torch.tensor(parts["grad_norm"].values), torch.tensor(whole["grad_norm"].values),
-                                   rtol=1e-5, atol=1e-9)
-    assert (whole["grad_norm"] > 0).any()
 
 
 class CachingZeroInit(nn.Module):

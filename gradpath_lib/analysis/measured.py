@@ -1,19 +1,19 @@
 """Measured gradient spectrum: how much gradient each channel group receives through paths of
 each length, on a real batch, exactly (no path sampling).
 
-Method: the batch is replicated T times along the batch axis (T = the model's longest gradient
-path), so the forward pass computes T identical copies (the model runs in eval mode: BatchNorm
-uses its running statistics and dropout is off, so replicas do not mix). Every weighted layer's
-input is wrapped in `_ShiftTimestamp`, the identity in forward that moves the incoming gradient
-from replica t to replica t + 1 in backward. dL/dlogits is injected into replica 0 only. Back-
-propagation is linear in the incoming gradient once the activations are fixed, so the gradient at
-a layer's output in replica t is exactly the sum over its paths with t + 1 weighted layers:
-replica t holds timestamp t + 1. Summing the replicas gives the ordinary gradient (of the eval-
-mode network). Cost: one forward and one backward pass on a batch T times larger; the spectrum
-takes the batch `SPECTRUM_CHUNK` samples at a time (after one plain pass for dL/dlogits of the
-whole batch, since the loss may couple samples), so memory holds T copies of one chunk, not of the
-batch. Each sample must be processed independently of the others (true in eval mode for the
-layers the structural analysis supports).
+Method: one forward pass in eval mode (BatchNorm uses its running statistics, dropout is off)
+with the graph cut at every weighted layer's input: the layer reads a detached copy of its input,
+so every route from the loss to a layer's output crosses no other weighted layer. Back-
+propagation is linear in the incoming gradient once the activations are fixed, so the paths can
+be counted one weighted layer at a time: step 1 back-propagates dL/dlogits to every weighted
+layer's output (the gradient through paths of that one layer, timestamp 1) and to every cut copy
+(the gradient that has crossed one layer); step t + 1 carries the gradient at the cut copies of
+step t across the cuts, into the graph above them, and so on. Step t's gradient at a layer's
+output is exactly the sum over its paths of t weighted layers, and summing the steps gives the
+ordinary gradient (of the eval-mode network). Cost: one forward pass and one backward pass per
+timestamp (as many as the longest path); memory holds one forward pass of the batch, whatever the
+path lengths. The gradient stays per sample (the batch is never replicated or reshaped), so models
+that fold patches into the batch or repeat an encoding over it are measured as they are.
 """
 
 from __future__ import annotations
@@ -34,140 +34,93 @@ from .paths import GradientPathReport, analyze_model
 from .unroll import unroll_attention
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-# Samples per replicated pass of the spectrum: a deep VoVNet has T = 80 replicas of about 13 MB of
-# saved activations per sample, so a chunk of 8 holds about 8 GB where a whole batch of 64 held 65.
-SPECTRUM_CHUNK = 8
+Position = tuple[str, int]  # (module name, call index)
 CHECK_SAMPLES = 2  # random inputs of `structure_check`
 
 
-class _ShiftTimestamp(torch.autograd.Function):
-    """Identity forward; backward moves the gradient of replica t to replica t + 1."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, replicas: int) -> torch.Tensor:  # type: ignore[override]
-        ctx.replicas = replicas
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
-        per_replica = grad.reshape(ctx.replicas, -1)
-        shifted = torch.zeros_like(per_replica)
-        shifted[1:] = per_replica[:-1]
-        return shifted.reshape(grad.shape), None
-
-
-def _batched(output: torch.Tensor, batch: int) -> torch.Tensor:
-    """An output computed from constants (no batch dim, or batch 1) expanded to `batch` samples;
-    one the model computed for every sample already (EdgeNeXt's position encoding) as it is."""
-    if output.ndim >= 2 and output.shape[0] == batch:
-        return output
-    if output.ndim >= 2 and output.shape[0] == 1:
-        return output.expand(batch, *output.shape[1:])
-    return output.expand(batch, *output.shape)
-
-
-def _capture_outputs(model: nn.Module, replicas: int, unbatched: frozenset[tuple[str, int]] = frozenset(),
-                     batch: int = 0) -> tuple[dict[tuple[str, int], torch.Tensor], list]:
-    """Hooks that shift every weighted layer's input and keep each position's output; the outputs
-    of the `unbatched` positions are first expanded to `batch` samples."""
-    outputs: dict[tuple[str, int], torch.Tensor] = {}
+@contextlib.contextmanager
+def _cut_at_weighted_inputs(model: nn.Module) -> Iterator[tuple[dict[Position, torch.Tensor], list]]:
+    """While open, every weighted layer reads a detached copy of its input and keeps its output:
+    yields (outputs by position, [(input, copy)] for each input that carries gradient)."""
+    outputs: dict[Position, torch.Tensor] = {}
+    cuts: list[tuple[torch.Tensor, torch.Tensor]] = []
     calls: Counter[str] = Counter()
     handles = []
+
+    def cut(_module, args):
+        x = args[0]
+        if not (isinstance(x, torch.Tensor) and x.requires_grad):
+            return None
+        copy = x.detach().requires_grad_()
+        cuts.append((x, copy))
+        return (copy, *args[1:])
+
     for name, module in model.named_modules():
         if not isinstance(module, WEIGHTED_MODULES):
             continue
 
-        def shift(_module, args, replicas=replicas):
-            return (_ShiftTimestamp.apply(args[0], replicas), *args[1:])
-
         def keep(_module, _args, output, name=name):
-            key = (name, calls[name])
+            outputs[(name, calls[name])] = output
             calls[name] += 1
-            if key in unbatched:
-                output = _batched(output, batch)
-            outputs[key] = output
-            return output
 
-        handles += [module.register_forward_pre_hook(shift), module.register_forward_hook(keep)]
-    return outputs, handles
-
-
-def logit_gradients(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                    loss_fn: LossFn = F.cross_entropy) -> torch.Tensor:
-    """dL/dlogits of the whole batch in eval mode (the model is left in the mode it was in)."""
-    device = next(model.parameters()).device
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
+        handles += [module.register_forward_pre_hook(cut), module.register_forward_hook(keep)]
     try:
-        with torch.no_grad():
-            logits = model(images.to(device))
-    finally:
-        for m, training in modes.items():
-            m.training = training
-    if not isinstance(logits, torch.Tensor):
-        raise GradpathError("the measured spectrum needs a model returning one logits tensor")
-    first = logits.float().requires_grad_()
-    (dlogits,) = torch.autograd.grad(loss_fn(first, labels.to(device)), first)
-    return dlogits
-
-
-def gradients_by_timestamp(
-    model: nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor | None,
-    replicas: int,
-    loss_fn: LossFn = F.cross_entropy,
-    *,
-    dlogits: torch.Tensor | None = None,
-    unbatched: frozenset[tuple[str, int]] = frozenset(),
-) -> dict[tuple[str, int], torch.Tensor | None]:
-    """dL/d(output) of every weighted-layer position, split by timestamp.
-
-    Keys are (module name, call index); values have shape (replicas, batch, ...) (batch x P for a
-    model that folds P into the batch) where entry t is the gradient that arrived through paths of
-    t + 1 weighted layers (None: no gradient).
-    `dlogits` (this batch's part of `logit_gradients` of a larger batch) replaces `labels` and
-    `loss_fn` when given. `unbatched` names the positions whose input is computed from constants
-    (an embedding of position ids): their output has no batch dim (or batch 1), so it is
-    expanded over the replicated batch for its gradient to split by replica (the model must
-    broadcast it, as adding it to the token embeddings does). The model runs in eval mode and is
-    left in the mode it was in.
-    """
-    device = next(model.parameters()).device
-    images = images.to(device)
-    batch = images.shape[0]
-    if dlogits is None:
-        if labels is None:
-            raise GradpathError("gradients_by_timestamp needs labels or dlogits")
-        dlogits = logit_gradients(model, images, labels, loss_fn)
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    outputs, handles = _capture_outputs(model, replicas, unbatched, replicas * batch)
-    try:
-        try:
-            logits = model(images.repeat(replicas, *([1] * (images.ndim - 1))))
-        except RuntimeError as err:
-            if not unbatched:
-                raise
-            names = ", ".join(repr(name) for name, _ in sorted(unbatched))
-            raise GradpathError(
-                f"the measured spectrum expands the output of {names} (computed from constants) over the "
-                f"replicated batch, and {type(model).__name__} then fails ({err}): it must broadcast that "
-                "output over the batch (as adding it does), not repeat or reshape it by the batch size"
-            ) from err
-        if not isinstance(logits, torch.Tensor):
-            raise GradpathError("the measured spectrum needs a model returning one logits tensor")
-        injected = torch.zeros_like(logits)
-        injected[:batch] = dlogits.to(device=device, dtype=logits.dtype)
-        keys = list(outputs)
-        grads = torch.autograd.grad(logits, [outputs[k] for k in keys], injected, allow_unused=True)
+        yield outputs, cuts
     finally:
         for h in handles:
             h.remove()
+
+
+def timestamp_steps(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, loss_fn: LossFn = F.cross_entropy,
+    steps: int | None = None,
+) -> Iterator[dict[Position, torch.Tensor | None]]:
+    """dL/d(output) of every weighted-layer position, one timestamp at a time: the t-th dict
+    yielded holds, per position, the gradient that arrived through paths of t weighted layers
+    (None: none did). Stops after `steps` timestamps or when no gradient is left to carry. The
+    model runs in eval mode and is left in the mode it was in."""
+    device = next(model.parameters()).device
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with _cut_at_weighted_inputs(model) as (outputs, cuts):
+            logits = model(images.to(device))
+        if not isinstance(logits, torch.Tensor):
+            raise GradpathError("the measured spectrum needs a model returning one logits tensor")
+        first = logits.detach().to(torch.promote_types(logits.dtype, torch.float32)).requires_grad_()
+        (dlogits,) = torch.autograd.grad(loss_fn(first, labels.to(device)), first)
+        keys = list(outputs)
+        targets = [outputs[k] for k in keys] + [copy for _, copy in cuts]
+        heads, incoming = [logits], [dlogits.to(logits.dtype)]
+        step = 0
+        while heads and (steps is None or step < steps):
+            grads = torch.autograd.grad(heads, targets, incoming, retain_graph=True, allow_unused=True)
+            yield dict(zip(keys, grads[:len(keys)]))
+            crossed = [(x, g) for (x, _), g in zip(cuts, grads[len(keys):]) if g is not None]
+            heads, incoming = [x for x, _ in crossed], [g for _, g in crossed]
+            step += 1
+    finally:
         for m, training in modes.items():
             m.training = training
-    # replica outermost in the batch dim, also where the model folds more into it (MobileViT's patches)
-    return {k: None if g is None else g.reshape(replicas, -1, *g.shape[1:]) for k, g in zip(keys, grads)}
+
+
+def gradients_by_timestamp(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, longest_path: int,
+    loss_fn: LossFn = F.cross_entropy,
+) -> dict[Position, torch.Tensor | None]:
+    """dL/d(output) of every weighted-layer position, split by timestamp: values have shape
+    (longest_path, *output shape), entry t the gradient through paths of t + 1 weighted layers
+    (None: no gradient at any timestamp). See `timestamp_steps`."""
+    split: dict[Position, list[torch.Tensor | None]] = {}
+    for t, grads in enumerate(timestamp_steps(model, images, labels, loss_fn, longest_path)):
+        for key, grad in grads.items():
+            split.setdefault(key, [None] * longest_path)[t] = grad
+    stacked: dict[Position, torch.Tensor | None] = {}
+    for key, per_step in split.items():
+        known = next((g for g in per_step if g is not None), None)
+        stacked[key] = None if known is None else torch.stack(
+            [torch.zeros_like(known) if g is None else g for g in per_step])
+    return stacked
 
 
 def measured_gradient_spectrum(
@@ -183,33 +136,25 @@ def measured_gradient_spectrum(
     Columns: layer, module, position, group_start, group_stop, timestamp, grad_norm, share
     (grad_norm over the group's summed norms). A group's channels are cut along the dimension
     that holds its position's output channels (the last one for a Linear on a channels-last map).
-    `report` (the structural analysis) is computed when not given; the number of replicas is its
+    `report` (the structural analysis) is computed when not given; the timestamps run up to its
     longest path.
     """
     model = unroll_attention(model)  # the positions of `report` name its projections
     report = report or analyze_model(model, tuple(images.shape[1:]), images.dtype)
-    replicas = report.network["longest_path"]
-    if replicas is None:
+    longest = report.network["longest_path"]
+    if longest is None:
         raise GradpathError(f"no weighted layer of {type(model).__name__} receives gradient from its output")
-    dlogits = logit_gradients(model, images, labels, loss_fn)
-    unbatched = frozenset((p.module, p.call) for p in report.graph.positions if not report.graph.aggregated[p.id])
-    squares: list[torch.Tensor | None] = [None] * len(report.groups)  # per group: summed squares per timestamp
-    for start in range(0, images.shape[0], SPECTRUM_CHUNK):
-        part = slice(start, start + SPECTRUM_CHUNK)
-        grads = gradients_by_timestamp(model, images[part], None, replicas, dlogits=dlogits[part],
-                                       unbatched=unbatched)
+    squares = torch.zeros(len(report.groups), longest, dtype=torch.float64)  # per group and timestamp
+    for t, grads in enumerate(timestamp_steps(model, images, labels, loss_fn, longest)):
         for i, g in enumerate(report.groups):
             grad = grads.get((g.position.module, g.position.call))
             if grad is not None:
-                # the channel dim counted from the end: an unbatched output gained its batch dim in front
+                # the channel dim counted from the end: an output computed from constants has no batch dim
                 dim = grad.ndim - g.position.ndim + g.position.axis
-                channels = grad.narrow(dim, g.start, g.stop - g.start)
-                square = channels.reshape(replicas, -1).double().pow(2).sum(1).cpu()
-                squares[i] = square if squares[i] is None else squares[i] + square
-        del grads
+                squares[i, t] = grad.narrow(dim, g.start, g.stop - g.start).double().pow(2).sum().cpu()
     rows = []
     for g, square in zip(report.groups, squares):
-        norms = [0.0] * replicas if square is None else square.sqrt().tolist()
+        norms = square.sqrt().tolist()
         total = sum(norms)
         for t, norm in enumerate(norms, start=1):
             rows.append({
