@@ -6,8 +6,7 @@ Needs `timm` (and the torchvision it imports), which this project does not depen
 model untrained with 3 classes, analyses it (`analyze_model`) on its own input size (224 x 224 for
 the transformers and MLPs that fix it, else 64 x 64, or `LARGER_INPUT`) and, with `--check`,
 compares every channel group's timestamps with the measured ones (`structure_check`). Each model runs in a process of
-its own, so that one that runs out of memory (the check keeps one copy of the activations per
-timestamp) is recorded as such and the rest go on. Prints one row per model and writes them as CSV.
+its own, so that one that runs out of memory or crashes is recorded as such and the rest go on. Prints one row per model and writes them as CSV.
 """
 
 from __future__ import annotations

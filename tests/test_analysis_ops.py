@@ -182,6 +182,23 @@ def test_a_layer_reading_constants_has_nothing_upstream():
     assert_structure_is_measured(model, SHAPE, report)
 
 
+class RepeatedEncoding(ConstantEncoding):
+    """The encoding repeated by the batch size before the add (as XCiT repeats its own): the
+    measured check needs no output computed from constants to broadcast."""
+
+    def forward(self, x):
+        grid = torch.stack(torch.meshgrid(torch.arange(8.0), torch.arange(8.0), indexing="ij")).unsqueeze(0)
+        return self.head((self.a(x) + self.encode(grid).repeat(x.shape[0], 1, 1, 1)).mean((2, 3)))
+
+
+def test_an_encoding_repeated_over_the_batch_is_measured():
+    torch.manual_seed(0)
+    model = RepeatedEncoding()
+    report = analyze_model(model, SHAPE)
+    assert report.layers.set_index("layer").loc["encode", "timestamps"] == (2,)
+    assert_structure_is_measured(model, SHAPE, report)
+
+
 class DataIndexed(nn.Module):
     """Channels picked by an index computed from the input: which ones get gradient depends on the data."""
 
