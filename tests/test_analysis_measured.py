@@ -155,3 +155,27 @@ def test_the_check_sees_through_zero_weights_and_puts_the_model_back():
     after = model.state_dict()
     assert all(after[k].dtype == v.dtype and torch.equal(after[k], v) for k, v in before.items())
     assert model.training and not model.b.weight.count_nonzero()
+
+
+class TinyWeights(nn.Module):
+    """Two float64 layers scaled by 1e-100 after `a`: the gradient reaching `a` is about 1e-200,
+    whose square underflows (gMLP's spatial gates, initialised near zero, do this over 30 blocks)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(3, 4), nn.Linear(4, 4), nn.Linear(4, 3)
+        self.double()
+        with torch.no_grad():
+            self.b.weight.mul_(1e-100)
+            self.c.weight.mul_(1e-100)
+
+    def forward(self, x):
+        return self.c(self.b(self.a(x.mean((2, 3)))))
+
+
+def test_a_tiny_gradient_is_measured_without_underflow():
+    from gradpath_lib.analysis.measured import structure_check
+
+    torch.manual_seed(0)
+    check = structure_check(TinyWeights(), SHAPE, torch.float64).set_index("layer")
+    assert check.loc["a", "measured"] == (3,) and check.agrees.all()

@@ -123,6 +123,14 @@ def gradients_by_timestamp(
     return stacked
 
 
+def _norm(grad: torch.Tensor) -> float:
+    """The L2 norm in float64, scaled by the largest entry first so that the squares of a long
+    path's tiny gradient (below 1e-154) do not underflow to zero."""
+    grad = grad.double()
+    largest = grad.abs().max()
+    return float(largest * (grad / largest).pow(2).sum().sqrt()) if largest > 0 else 0.0
+
+
 def measured_gradient_spectrum(
     model: nn.Module,
     images: torch.Tensor,
@@ -144,19 +152,18 @@ def measured_gradient_spectrum(
     longest = report.network["longest_path"]
     if longest is None:
         raise GradpathError(f"no weighted layer of {type(model).__name__} receives gradient from its output")
-    squares = torch.zeros(len(report.groups), longest, dtype=torch.float64)  # per group and timestamp
+    norms = torch.zeros(len(report.groups), longest, dtype=torch.float64)  # per group and timestamp
     for t, grads in enumerate(timestamp_steps(model, images, labels, loss_fn, longest)):
         for i, g in enumerate(report.groups):
             grad = grads.get((g.position.module, g.position.call))
             if grad is not None:
                 # the channel dim counted from the end: an output computed from constants has no batch dim
                 dim = grad.ndim - g.position.ndim + g.position.axis
-                squares[i, t] = grad.narrow(dim, g.start, g.stop - g.start).double().pow(2).sum().cpu()
+                norms[i, t] = _norm(grad.narrow(dim, g.start, g.stop - g.start))
     rows = []
-    for g, square in zip(report.groups, squares):
-        norms = square.sqrt().tolist()
-        total = sum(norms)
-        for t, norm in enumerate(norms, start=1):
+    for g, group_norms in zip(report.groups, norms.tolist()):
+        total = sum(group_norms)
+        for t, norm in enumerate(group_norms, start=1):
             rows.append({
                 "layer": g.position.name, "module": g.position.module, "position": g.position.call,
                 "group_start": g.start, "group_stop": g.stop, "timestamp": t, "grad_norm": norm,
