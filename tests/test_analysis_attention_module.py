@@ -143,7 +143,6 @@ def timestamps(report, layer: str) -> tuple[int, ...]:
     return stamps
 
 
-@pytest.mark.filterwarnings("ignore:torch.cat along dim")  # the pooled ViT reads every position
 def test_the_projections_are_positions_of_their_own():
     report = analyze_model(CrossAttention(), SHAPE)
     assert timestamps(report, "attention.out_proj") == (2,)
@@ -157,21 +156,21 @@ MODELS = {"self-attention": SelfAttention, "cross-attention": CrossAttention,
           "vit-pooled": lambda: VisionTransformer(pool=True)}
 
 
-@pytest.mark.filterwarnings("ignore:torch.cat along dim")  # the pooled ViT reads every position
 @pytest.mark.parametrize("name", MODELS)
 def test_measured_support_equals_structural_timestamps(name):
     torch.manual_seed(0)
     assert_structure_is_measured(MODELS[name](), SHAPE)
 
 
-def test_reading_the_class_token_alone_is_warned_about_and_over_counts_only():
-    """Channels, not token positions, are followed: the patch tokens' residual stream does not reach
-    the class token except through attention, but the analysis cannot tell, and says so."""
+def test_reading_the_class_token_alone_is_followed_position_by_position():
+    """The patch tokens' residual stream reaches the class token only through attention: the
+    class token joined to them makes the token positions channel slots of their own, so the patch
+    embedding is not given the residual path (timestamp 2) that only the patch tokens have, and
+    every layer's timestamps are the measured ones. Pooling over the tokens restores that path."""
     torch.manual_seed(0)
     model = VisionTransformer()
-    with pytest.warns(UserWarning, match="reads only some positions"):
-        report = analyze_model(model, SHAPE)
-    measured = measured_support(model, report, SHAPE)
-    for g in report.groups:
-        assert set(measured.get((g.position.name, g.start), ())) <= set(g.timestamps)
-    assert measured[("conv_proj", 0)] != timestamps(report, "conv_proj"), "the over-count this warns of"
+    report = analyze_model(model, SHAPE)
+    assert timestamps(report, "conv_proj")[0] == 4  # patch embedding, v, attention output, head
+    assert_structure_is_measured(model, SHAPE, report)
+    assert max(p.copies for p in report.graph.positions) == 2  # the class token and the patch tokens
+    assert timestamps(analyze_model(VisionTransformer(pool=True), SHAPE), "conv_proj")[0] == 2

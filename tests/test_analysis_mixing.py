@@ -226,7 +226,8 @@ class CrossCovarianceAttention(nn.Module):
 
 class HeadsIntoBatch(nn.Module):
     """Heads folded into the batch dim, (B, H, N, hd) -> (B * H, N, hd), then one Linear for every
-    head: a weight shared by the heads' channels, which are not the Linear's features."""
+    head (a weight shared by the heads' channels, which are not the Linear's features), and only
+    the second head's output read back."""
 
     def __init__(self):
         super().__init__()
@@ -234,7 +235,18 @@ class HeadsIntoBatch(nn.Module):
 
     def forward(self, x):
         y = self.a(x.mean(1)).reshape(-1, 8, 2, 4).transpose(1, 2).reshape(-1, 8, 4)
-        return self.head(y.mean(1))
+        return self.head(y.mean(1)).reshape(-1, 2, 3)[:, 1]
+
+
+def test_one_linear_for_heads_folded_into_the_batch_keeps_the_heads_apart():
+    """The shared Linear gets a copy of its outputs per head: only the second head's copy reaches
+    the loss, so only the channels of `a` that feed the second head get gradient."""
+    torch.manual_seed(0)
+    report = analyze_model(HeadsIntoBatch(), SHAPE)
+    assert [(g.start, g.stop, g.timestamps) for g in report.groups if g.position.name == "a"] == [
+        (0, 4, ()), (4, 8, (2,))]
+    assert {p.name: p.copies for p in report.graph.positions} == {"a": 1, "head": 2}
+    assert_structure_is_measured(HeadsIntoBatch(), SHAPE, report)
 
 
 class HeadsIntoBatchAndBack(nn.Module):
@@ -253,6 +265,19 @@ class HeadsIntoBatchAndBack(nn.Module):
         return self.head(y[:, C:C + C // 2].mean((2, 3)).repeat(1, 2))  # half the second head's channels
 
 
+class TokenMixingOverHeads(nn.Module):
+    """A Linear along the tokens of a tensor whose channels lie along two other dims (heads and
+    head channels): neither acts on each channel on its own nor reads its features."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.mix = nn.Conv2d(3, 2 * C, 1), nn.Linear(64, 64)
+
+    def forward(self, x):
+        y = self.a(x).reshape(-1, 2, C, 64)  # (B, heads, C, 64 tokens)
+        return self.mix(y).mean((1, 2, 3))
+
+
 class PixelShuffledRows(nn.Module):
     """A pixel shuffle of (N, H, C, W): it would spread the channels over space and channels."""
 
@@ -265,7 +290,7 @@ class PixelShuffledRows(nn.Module):
 
 
 @pytest.mark.parametrize("model, names", [
-    (HeadsIntoBatch(), "Linear 'head' reading channels from dims 0 and 1"),
+    (TokenMixingOverHeads(), "Linear 'mix' reading channels from dims 1 and 2"),
     (PixelShuffledRows(), "a pixel shuffle of channels that do not lie along dim 1"),
 ])
 def test_what_still_cannot_be_followed_is_an_error_naming_it(model, names):

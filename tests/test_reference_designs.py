@@ -64,9 +64,10 @@ def test_a_shuffle_unit_splits_its_branch_output_into_groups_with_different_shor
     assert len(last_conv) > 1 and last_conv.shortest.nunique() > 1
 
 
-def test_a_vit_reading_its_class_token_is_warned_about():
-    with pytest.warns(UserWarning, match="reads only some positions"):
-        analyze_model(VisionTransformer(depth=1, pool="token"), IMAGENET_INPUT)
+def test_a_vit_reading_its_class_token_gives_the_patch_embedding_no_residual_path():
+    shortest = {pool: analyze_model(VisionTransformer(depth=1, pool=pool), IMAGENET_INPUT)
+                .parameters.set_index("module").loc["conv_proj", "shortest"] for pool in ("avg", "token")}
+    assert shortest == {"avg": 2, "token": 4}  # the residual stream; v, the attention output and the head
     with pytest.raises(GradpathError, match="ViT pooling"):
         VisionTransformer(pool="max")
 

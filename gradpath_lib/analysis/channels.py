@@ -16,9 +16,11 @@ A source marked not `live` is a forward dependency through `.detach()`: it carri
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 import numpy as np
 
@@ -39,7 +41,7 @@ class Source:
 
     def shifted(self, by: int) -> Source:
         """The same source seen from `by` channels further into the piece."""
-        return replace(self, offset=self.offset + self.step * by)
+        return Source(self.producer, self.offset + self.step * by, self.step, self.live, self.width)
 
     def span(self, channels: int) -> tuple[int, int]:
         """The producer channels [lo, hi) that `channels` consecutive piece channels depend on."""
@@ -72,12 +74,20 @@ class ChannelMap:
         """(dim, size) of every dimension the channels are spread over, outermost first."""
         return self.split or ((self.axis, self.channels),)
 
+    @cached_property
+    def _starts(self) -> list[int]:
+        return [p.start for p in self.pieces]
+
+    def piece_at(self, channel: int) -> Piece:
+        """The piece holding `channel`."""
+        return self.pieces[bisect.bisect_right(self._starts, channel) - 1]
+
     def sources_from(self, start: int, stop: int) -> frozenset[Source]:
         """The sources of channels [start, stop), which must lie inside one piece."""
-        for piece in self.pieces:
-            if piece.start <= start and stop <= piece.stop:
-                return frozenset(s.shifted(start - piece.start) for s in piece.sources)
-        raise AssertionError(f"channels [{start}, {stop}) cross a piece boundary")
+        piece = self.piece_at(start)
+        if stop > piece.stop:
+            raise AssertionError(f"channels [{start}, {stop}) cross a piece boundary")
+        return frozenset(s.shifted(start - piece.start) for s in piece.sources)
 
     def boundaries(self) -> set[int]:
         """Every channel index where a piece starts or ends."""
@@ -128,18 +138,39 @@ def concat(maps: list[ChannelMap]) -> ChannelMap:
     return ChannelMap(base, tuple(pieces), axis=maps[0].axis)
 
 
+def joined(maps: list[ChannelMap], sub: int) -> ChannelMap:
+    """Concatenation along sub-axis `sub` of the maps' layouts, which agree on every other sub-axis
+    (patch tokens and a class token joined along the tokens, each token with its own channels)."""
+    layout = tuple((d, sum(m.layout[sub][1] for m in maps) if k == sub else size)
+                   for k, (d, size) in enumerate(maps[0].layout))
+    if sub == 0:
+        return laid_out(concat(maps), layout)
+    index, base = [], 0
+    for m in maps:
+        index.append(np.arange(m.channels).reshape([size for _, size in m.layout]) + base)
+        base += m.channels
+    return laid_out(reordered(concat(maps), np.concatenate(index, axis=sub).reshape(-1).tolist()), layout)
+
+
 def reordered(m: ChannelMap, order: Sequence[int]) -> ChannelMap:
     """Channel j of the result is channel `order[j]` of `m` (a channel shuffle, a flip, a strided
     slice). Channels that stay consecutive stay one piece; the layout is kept when the count is."""
     _check_unflattened(m, "reordering channels")
-    pieces: list[Piece] = []
+    runs: list[list] = []  # [start, stop, sources] of each piece of the result
+    previous, previous_stop = -2, -1  # the last channel taken, and the end of its piece
     for j, old in enumerate(order):
-        sources = m.sources_from(old, old + 1)
-        last = pieces[-1] if pieces else None
-        if last is not None and sources == frozenset(s.shifted(last.stop - last.start) for s in last.sources):
-            pieces[-1] = replace(last, stop=j + 1)
+        if old == previous + 1 and old < previous_stop:  # the next channel of the same piece: same run
+            runs[-1][1] = j + 1
+            previous = old
+            continue
+        piece = m.piece_at(old)
+        sources = frozenset(s.shifted(old - piece.start) for s in piece.sources)
+        if runs and sources == frozenset(s.shifted(runs[-1][1] - runs[-1][0]) for s in runs[-1][2]):
+            runs[-1][1] = j + 1
         else:
-            pieces.append(Piece(j, j + 1, sources))
+            runs.append([j, j + 1, sources])
+        previous, previous_stop = old, piece.stop
+    pieces = [Piece(start, stop, sources) for start, stop, sources in runs]
     return replace(m, channels=len(order), pieces=tuple(pieces), split=m.split if len(order) == m.channels else ())
 
 
@@ -213,13 +244,32 @@ def spread(m: ChannelMap, layout: tuple[tuple[int, int], ...]) -> ChannelMap:
 def first_alike(m: ChannelMap) -> list[int]:
     """For each channel of `m`, the first channel that depends on exactly the same producer
     channels (itself, unless `m` holds copies: a head index repeated along the tokens)."""
-    first: dict[frozenset, int] = {}
-    ids = []
+    ids = np.empty(m.channels, dtype=np.int64)
+    tables: dict[tuple, np.ndarray] = {}  # (producer, live, width) -> first channel of each producer channel
     for piece in m.pieces:
-        for k in range(piece.stop - piece.start):
-            key = frozenset((s.producer, s.offset + s.step * k, s.live, s.width) for s in piece.sources)
-            ids.append(first.setdefault(key, piece.start + k))
-    return ids
+        for s in piece.sources:
+            hi = s.span(piece.stop - piece.start)[1]
+            table = tables.get((s.producer, s.live, s.width), np.empty(0, dtype=np.int64))
+            if len(table) < hi:
+                tables[(s.producer, s.live, s.width)] = np.concatenate([table, np.full(hi - len(table), -1)])
+    first: dict[frozenset, int] = {}  # channels depending on several producers: by all of them
+    for piece in m.pieces:
+        n = piece.stop - piece.start
+        if len(piece.sources) == 1:
+            (s,) = piece.sources
+            table = tables[(s.producer, s.live, s.width)]
+            at = s.offset + s.step * np.arange(n) if s.step else np.array([s.offset])
+            new = table[at] < 0
+            table[at[new]] = piece.start + np.flatnonzero(new)
+            ids[piece.start:piece.stop] = table[at]
+        elif all(s.step == 0 for s in piece.sources):  # every channel of the piece alike
+            key = frozenset((s.producer, s.offset, s.live, s.width) for s in piece.sources)
+            ids[piece.start:piece.stop] = first.setdefault(key, piece.start)
+        else:
+            for k in range(n):
+                key = frozenset((s.producer, s.offset + s.step * k, s.live, s.width) for s in piece.sources)
+                ids[piece.start + k] = first.setdefault(key, piece.start + k)
+    return ids.tolist()
 
 
 def union_layout(layouts: Sequence[tuple[tuple[int, int], ...]]) -> tuple[tuple[int, int], ...] | None:
@@ -252,9 +302,23 @@ def line_up(m: ChannelMap, layout: tuple[tuple[int, int], ...]) -> ChannelMap | 
 
 def mix_groups(m: ChannelMap, size: int, out_size: int | None = None) -> ChannelMap:
     """Every `size` consecutive channels mixed together into `out_size` (default `size`) channels."""
+    _check_unflattened(m, "mixing channel groups")
     out_size = size if out_size is None else out_size
-    parts = [mix(slice_channels(m, g, g + size), out_size) for g in range(0, m.channels, size)]
-    return replace(concat(parts), axis=m.axis, split=m.split if out_size == size else ())
+    mixed: list[set[Source]] = [set() for _ in range(m.channels // size)]
+    for p in m.pieces:
+        for g in range(p.start // size, (p.stop - 1) // size + 1):
+            a, b = max(p.start, g * size), min(p.stop, (g + 1) * size)
+            for s in p.sources:
+                lo, hi = s.shifted(a - p.start).span(b - a)
+                mixed[g].add(Source(s.producer, lo, 0, s.live, hi - lo))
+    pieces: list[Piece] = []
+    for g, sources in enumerate(mixed):
+        frozen = frozenset(sources)
+        if pieces and pieces[-1].sources == frozen:  # the same sources as the group before: one piece
+            pieces[-1] = replace(pieces[-1], stop=(g + 1) * out_size)
+        else:
+            pieces.append(Piece(g * out_size, (g + 1) * out_size, frozen))
+    return ChannelMap(len(mixed) * out_size, tuple(pieces), axis=m.axis, split=m.split if out_size == size else ())
 
 
 def mix_sub_axes(m: ChannelMap, subs: Sequence[int]) -> ChannelMap:

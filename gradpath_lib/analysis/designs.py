@@ -3,8 +3,6 @@ network-level criteria: the chapter *Beyond the paper: other well-known designs*
 
 from __future__ import annotations
 
-import warnings
-
 import pandas as pd
 import torch
 
@@ -19,11 +17,7 @@ def analyze_design(name: str, input_shape: tuple[int, ...] | None = None) -> Gra
     `ReferenceNet.input_shape`; token ids for GPT-2)."""
     model = reference_net(name)  # an unknown name: the error lists the designs
     ref = REFERENCE_NETS[name]
-    with warnings.catch_warnings():
-        # ViT's class token is concatenated to the patch tokens; its head pools the patch tokens,
-        # so every position it reads is one every layer writes: the timestamps are exact.
-        warnings.filterwarnings("ignore", message="torch.cat along dim")
-        return analyze_model(model, input_shape or ref.input_shape, ref.input_dtype)
+    return analyze_model(model, input_shape or ref.input_shape, ref.input_dtype)
 
 
 def design_reports() -> dict[str, GradientPathReport]:

@@ -58,7 +58,6 @@ from __future__ import annotations
 
 import math
 import operator
-import warnings
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -75,6 +74,8 @@ from ..errors import GradpathError
 from .channels import (
     INPUT,
     ChannelMap,
+    Piece,
+    Source,
     broadcast,
     channel_order,
     concat,
@@ -83,6 +84,7 @@ from .channels import (
     detach,
     fresh,
     in_dim_order,
+    joined,
     merge,
     is_uniform,
     first_alike,
@@ -146,20 +148,15 @@ from .unroll import unroll_attention
 LOSS = -2  # consumer id of the model's output (the loss)
 TRACE_BATCH = 1  # batch size of the shape-propagation run (in eval mode, so BatchNorm accepts 1)
 
-POSITIONS_WARNING = (
-    "torch.cat along dim {dim} (graph node {node!r}) joins a constant, such as a learned class token, to "
-    "traced tensors. The analysis follows channels, not positions along dim {dim}: a model that reads only "
-    "some positions (the class token) is given the timestamps of all of them, which may include paths "
-    "it does not have. A model that pools over the dim reads every position, and its timestamps are exact."
-)
-
-
 @dataclass(frozen=True)
 class Position:
     """One call of a weighted module: its id, module name, call index, output channels, module
     type, the dimension of its output tensor that holds those channels, the name of the module
     whose weight it uses (itself, unless the weight is tied to an earlier module's, as a language
-    model ties its output layer to its token embedding) and the rank of its output."""
+    model ties its output layer to its token embedding), the rank of its output, and how many
+    copies of its output channels the analysis tells apart (more than 1 when its input differs
+    along token positions or folded heads: copy j's channels are slots
+    [j * out_channels, (j + 1) * out_channels) of the edges)."""
 
     id: int
     module: str
@@ -169,6 +166,7 @@ class Position:
     axis: int = 1
     parameter: str = ""
     ndim: int = 4
+    copies: int = 1
 
     @property
     def name(self) -> str:
@@ -478,6 +476,8 @@ class _ChannelTracer(fx.Interpreter):
             # a uniform map (after a LayerNorm) may lie along any dim: it keeps its own if the layer's features do not
             along = (not m.loose and m.channels > 1 and len(m.layout) == 1 and m.axis != axis
                      and m.axis < result.ndim and result.shape[m.axis] == m.channels)
+            if len(m.layout) > 1 and not is_uniform(m) and axis in {d for d, _ in m.layout}:
+                return self._weighted_copies(n, module, m, result, axis)
             if m.layout != ((axis, m.channels),) and (not is_uniform(m) or along):
                 return self._weighted_along(n, module, m, result)
         pos = self._position(n, module, result, axis)
@@ -488,15 +488,50 @@ class _ChannelTracer(fx.Interpreter):
         self._consume(pos.id, n.args[0], n, pos.out_channels, blocks)
         return fresh(pos.id, pos.out_channels, axis)
 
-    def _position(self, n: fx.Node, module: nn.Module, result: torch.Tensor, axis: int) -> Position:
+    def _position(self, n: fx.Node, module: nn.Module, result: torch.Tensor, axis: int, copies: int = 1) -> Position:
         """A new position of `module`, whose output channels lie along `axis` of `result`."""
         weight = getattr(module, "weight", None)  # a tensor rebuilt at each access (a parametrization) is not tied
         owner = self.weight_owners.setdefault(id(weight) if isinstance(weight, nn.Parameter) else id(module), n.target)
         pos = Position(len(self.layer_graph.positions), n.target, self.calls[n.target], result.shape[axis],
-                       type(module).__name__, axis, owner, result.ndim)
+                       type(module).__name__, axis, owner, result.ndim, copies)
         self.calls[n.target] += 1
         self.layer_graph.positions.append(pos)
         return pos
+
+    def _weighted_copies(self, n: fx.Node, module: nn.Module, m: ChannelMap, result: torch.Tensor,
+                         axis: int) -> ChannelMap:
+        """A weighted layer whose input channels lie along its feature dim and other dims (token
+        positions told apart by a class token, heads folded into the batch). A Linear acts on each
+        index of the other dims on its own, a convolution on each index of the batch dim (its window
+        mixes the spatial ones): each distinct input along them reaches a copy of the layer's output
+        channels of its own (`Position.copies`), and the output keeps those dims."""
+        if not isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)):
+            raise _unsupported(n, f"{type(module).__name__} {n.target!r} reading channels from several dims")
+        m = in_dim_order(m)
+        for k in reversed(range(len(m.layout))):  # a convolution's window mixes the positions along space
+            d, size = m.layout[k]
+            if d not in (0, axis) and not isinstance(module, nn.Linear):
+                rest = m.layout[:k] + m.layout[k + 1:]
+                m = merge([laid_out(select(m, k, i, i + 1), rest) for i in range(size)])
+        c_in, c_out = m.layout[-1][1], result.shape[axis]
+        runs = [slice_channels(m, r * c_in, (r + 1) * c_in) for r in range(m.channels // c_in)]
+        copy_of: dict[tuple, int] = {}
+        copies = [copy_of.setdefault(run.pieces, len(copy_of)) for run in runs]
+        pos = self._position(n, module, result, axis, len(copy_of))
+        groups = getattr(module, "groups", 1)
+        size, out = c_in // groups, c_out // groups
+        for pieces, j in copy_of.items():
+            run = runs[copies.index(j)]
+            for g in range(groups):  # group g of the input feeds group g of the output
+                part = slice_channels(run, g * size, (g + 1) * size) if groups > 1 else run
+                self.layer_graph.edges += [Edge(pos.id, *r, j * c_out + g * out, j * c_out + (g + 1) * out)
+                                           for r in consumed_ranges(part)]
+        self.layer_graph.aggregated[pos.id] = len(producers(m))
+        if len(copy_of) == 1:  # the same input everywhere: so is the output
+            return fresh(pos.id, c_out, axis)
+        output = ChannelMap(len(runs) * c_out, tuple(
+            Piece(r * c_out, (r + 1) * c_out, frozenset({Source(pos.id, j * c_out)})) for r, j in enumerate(copies)))
+        return laid_out(output, m.layout[:-1] + ((axis, c_out),))
 
     def _weighted_along(self, n: fx.Node, module: nn.Module, m: ChannelMap, result: torch.Tensor) -> ChannelMap:
         """A weighted layer whose features lie along a dim that holds no channels (an MLP-Mixer's
@@ -634,20 +669,31 @@ class _ChannelTracer(fx.Interpreter):
         return merged
 
     def _concat(self, n: fx.Node, result: torch.Tensor) -> ChannelMap:
-        """torch.cat along the channels, or along another dim (a class token joining the patch
-        tokens): then each channel depends on that channel of every part. A constant part (a
+        """torch.cat along the channels, or along another dim. Parts that carry the same channels
+        give them to every position along that dim; parts that differ (a class token joining the
+        patch tokens) make the positions along it channel slots of their own, so that a model
+        reading some positions alone (the class token) is followed exactly. A constant part (a
         buffer, a learned token) carries no path."""
         values, tensors = self._value(n.args[0]), n.args[0]
         dim = _dim_arg(n, 1, 0) % result.ndim
         maps = [v for v in values if isinstance(v, ChannelMap)]
-        if dim not in {d for m in maps for d, _ in m.layout}:
-            if len(maps) < len(values):
-                warnings.warn(POSITIONS_WARNING.format(node=n.name, dim=dim), stacklevel=2)
-            return merge(maps)
-        if any(m.split for m in maps):
-            raise _unsupported(n, "concatenating along one of several dims that hold the channels")
-        return concat([v if isinstance(v, ChannelMap) else sourceless(self.shapes[t][dim], dim)
-                       for v, t in zip(values, tensors)])
+        plain = [m for m in maps if not is_uniform(m) and m.channels > 1]
+        if all(d != dim for m in plain for d, _ in m.layout) and len(maps) == len(values) and len(set(maps)) == 1:
+            return maps[0]
+        others = union_layout([tuple((d, size) for d, size in m.layout if d != dim) for m in plain])
+        if others is None:
+            raise _unsupported(n, "concatenating tensors whose channel dims differ in size")
+        lined = []
+        for v, t in zip(values, tensors):
+            layout = tuple(sorted(others + ((dim, self.shapes[t][dim]),)))
+            if not isinstance(v, ChannelMap):
+                v = sourceless(math.prod(size for _, size in layout))
+            elif v.unit != 1:
+                raise _unsupported(n, "concatenating flattened tensors")
+            lined.append(line_up(in_dim_order(v), layout))
+        if None in lined:
+            raise _unsupported(n, "concatenating tensors whose channels lie along different dims")
+        return joined(lined, [d for d, _ in lined[0].layout].index(dim))
 
     def _split(self, n: fx.Node, result: tuple) -> tuple:
         m = self._input_map(n)
@@ -781,16 +827,7 @@ class _ChannelTracer(fx.Interpreter):
 
     def _mixed_dims(self, n: fx.Node, dims: set[int]) -> ChannelMap:
         """The input through an op that mixes each sample along `dims` (softmax, normalizations)."""
-        m = self._input_map(n)
-        subs = [d for d, _ in m.layout]
-        inner = [d in dims for d in subs]
-        if not any(inner):
-            return m
-        if all(inner):
-            return mix(m, m.channels)
-        if inner == sorted(inner):  # only innermost sub-axes: each group of them mixes within itself
-            return mix_groups(m, math.prod(size for (d, size) in m.layout if d in dims))
-        return mix_sub_axes(m, [k for k, mixed in enumerate(inner) if mixed])
+        return _mixed(self._input_map(n), dims)
 
     def _mixed_along(self, n: fx.Node, dim: Any, result: torch.Tensor) -> ChannelMap:
         """The input through an op that mixes it along `dim` (softmax, normalize)."""
@@ -816,7 +853,7 @@ class _ChannelTracer(fx.Interpreter):
                              tuple(result.shape))
 
     def _attention(self, n: fx.Node, result: torch.Tensor) -> ChannelMap:
-        """scaled_dot_product_attention(q, k, v) = softmax(q @ k^T) @ v."""
+        """scaled_dot_product_attention(q, k, v) = softmax(q @ k^T) @ v (the softmax mixes the keys)."""
         (q, k, v), shapes = (self._value(a) for a in n.args[:3]), [self.shapes.get(a) for a in n.args[:3]]
         if isinstance(k, ChannelMap):
             ndim = len(shapes[1])
@@ -824,9 +861,7 @@ class _ChannelTracer(fx.Interpreter):
             k = laid_out(k, tuple((swap.get(d, d), size) for d, size in k.layout))
         k_t = shapes[1][:-2] + (shapes[1][-1], shapes[1][-2])
         weights_shape = tuple(shapes[0][:-1]) + (shapes[1][-2],)
-        weights = self._product(n, (q, shapes[0]), (k, k_t), weights_shape)
-        if any(d == len(weights_shape) - 1 for d, _ in weights.layout) and not is_uniform(weights):
-            raise _unsupported(n, "attention whose keys hold channels along the sequence")
+        weights = _mixed(self._product(n, (q, shapes[0]), (k, k_t), weights_shape), {len(weights_shape) - 1})
         return self._product(n, (weights, weights_shape), (v, shapes[2]), tuple(result.shape))
 
     def _product(self, n: fx.Node, a: tuple[Any, Any], b: tuple[Any, Any], out: tuple[int, ...]) -> ChannelMap:
@@ -881,6 +916,19 @@ class _ChannelTracer(fx.Interpreter):
             name = getattr(n.target, "__name__", n.target)
             raise _unsupported(n, f"a {name} whose operands keep their channels along different dims")
         return merge(lined)
+
+
+def _mixed(m: ChannelMap, dims: set[int]) -> ChannelMap:
+    """`m` through an op that mixes each sample along `dims` (softmax, normalizations)."""
+    subs = [d for d, _ in m.layout]
+    inner = [d in dims for d in subs]
+    if not any(inner):
+        return m
+    if all(inner):
+        return mix(m, m.channels)
+    if inner == sorted(inner):  # only innermost sub-axes: each group of them mixes within itself
+        return mix_groups(m, math.prod(size for (d, size) in m.layout if d in dims))
+    return mix_sub_axes(m, [k for k, mixed in enumerate(inner) if mixed])
 
 
 def _reshaped(m: ChannelMap, before: tuple[int, ...], after: tuple[int, ...], alike: list[int]) -> ChannelMap:

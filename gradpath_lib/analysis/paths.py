@@ -203,7 +203,7 @@ class _Paths:
         for pos in reversed(graph.positions):
             starts = {e.consumer: [a for a, _, _ in self.groups[e.consumer]] for e in edges[pos.id]}
             uses = [(e.lo, e.hi, e.consumer, _groups_hit(starts[e.consumer], e.out_lo, e.out_hi)) for e in edges[pos.id]]
-            self.groups[pos.id] = _channel_groups(pos.out_channels, uses)
+            self.groups[pos.id] = _channel_groups(pos.out_channels * pos.copies, uses)
             self.group_stamps[pos.id] = [self.reach(users) for _, _, users in self.groups[pos.id]]
             self.n_paths(pos.id, self.all_groups(pos.id))
 
@@ -253,13 +253,33 @@ class _Paths:
         return self.counts[(position, mask)]
 
 
+def _folded(groups: list[tuple[int, int, Users]], channels: int, copies: int) -> list[tuple[int, int, int]]:
+    """(start, stop, mask) of the output channels of a position whose `copies` copies of its
+    `channels` channels are told apart: channel c is in the groups `mask`, those holding any of its
+    copies j * channels + c (all of them when there is one copy)."""
+    starts = [start for start, _, _ in groups]
+    cuts = sorted({0, channels} | {start % channels for start in starts})
+    rows: list[tuple[int, int, int]] = []
+    for a, b in zip(cuts, cuts[1:]):
+        mask = 0
+        for j in range(copies):
+            mask |= _groups_hit(starts, j * channels + a, j * channels + b)
+        if rows and rows[-1][2] == mask:
+            rows[-1] = (rows[-1][0], b, mask)
+        else:
+            rows.append((a, b, mask))
+    return rows
+
+
 def gradient_paths(graph: LayerGraph) -> GradientPathReport:
-    """Breadth-first from the loss over the weighted-layer DAG: every group's paths."""
+    """Breadth-first from the loss over the weighted-layer DAG: every group's paths (the groups
+    of a position with several copies taken over its real output channels)."""
     paths = _Paths(graph)
     names = {p.id: p.name for p in graph.positions} | {LOSS: LOSS_NAME}
     rows = []
     for pos in graph.positions:
-        for start, stop, users in paths.groups[pos.id]:
+        for start, stop, group_mask in _folded(paths.groups[pos.id], pos.out_channels, pos.copies):
+            users = paths._next(pos.id, group_mask)
             timestamps = _bits(paths.reach(users))
             sources = {t: tuple(sorted(names[q] for q, mask in users if paths.stamps(q, mask) >> (t - 1) & 1))
                        for t in timestamps}

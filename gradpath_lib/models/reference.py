@@ -184,8 +184,9 @@ class VisionTransformer(nn.Module):
     """ViT-Ti/16: 16x16 patches, a class token, learned position embeddings, 12 encoder blocks.
     The head reads the mean of the patch tokens (`pool="avg"`, timm's global_pool="avg"; the ViT
     paper's appendix finds it as good as the class token) or the class token (`pool="token"`). The
-    analysis follows channels, not token positions, so it is exact for the first and over-counts
-    the patch embedding's paths for the second (it warns)."""
+    class token joined to the patch tokens makes the analysis tell the two kinds of token apart, so
+    it is exact for both: read through the class token alone, the patch embedding has no residual
+    path to the head."""
 
     def __init__(self, dim: int = 192, depth: int = 12, heads: int = 3, mlp: int = 768, patch: int = 16,
                  image: int = 224, pool: str = "avg"):
