@@ -7,7 +7,7 @@ import pandas as pd
 import torch
 
 from ..models.cost import count_flops, count_params
-from ..models.reference import REFERENCE_NETS, reference_net
+from ..models.reference import REFERENCE_NETS, VisionTransformer, reference_net
 from .paths import GradientPathReport, analyze_model
 from .summary import STRUCTURAL_METRICS
 
@@ -48,4 +48,21 @@ def designs_table(reports: dict[str, GradientPathReport]) -> pd.DataFrame:
             "weighted layers": report.network["n_weighted_layers"],
             **{METRIC_NAMES[metric]: round(report.network[metric], 2) for metric in STRUCTURAL_METRICS},
         })
+    return pd.DataFrame(rows)
+
+
+VIT_HEADS = {"avg": "mean of the patch tokens", "token": "class token alone"}  # VisionTransformer's pools
+
+
+def class_token_table() -> pd.DataFrame:
+    """ViT-Ti/16 with its head on the mean of the patch tokens and on the class token alone: the
+    patch embedding's shortest and longest path, and the network's (the analysis tells the class
+    token's position from the patch tokens', so both are exact)."""
+    rows = []
+    for pool, head in VIT_HEADS.items():
+        report = analyze_model(VisionTransformer(pool=pool), REFERENCE_NETS["vit-tiny"].input_shape)
+        patch = report.parameters.set_index("module").loc["conv_proj"]
+        rows.append({"head reads": head, "patch embedding: shortest path": patch.shortest,
+                     "patch embedding: longest path": patch.longest,
+                     **{METRIC_NAMES[m]: report.network[m] for m in ("longest_shortest_path", "longest_path")}})
     return pd.DataFrame(rows)

@@ -38,8 +38,14 @@ each `nn.MultiheadAttention` is first unrolled into its Linear projections (`unr
 axis (as a detection head does before its output; each position records the axis of its output
 channels). Tensors computed from constants alone carry no gradient path; a constant
 concatenated to traced tensors (a class token) adds channels without one. Channels are followed,
-not positions along the other dims: a cat along those dims merges its parts' sources (and warns
-when one part is a constant, since a model reading only that position is then over-counted).
+and positions along the other dims only where they differ: a cat along such a dim of parts that
+carry the same channels gives them to every position, while parts that differ (a learned class
+token joined to the patch tokens) make the positions along it channel slots of their own, so a
+model that reads some positions alone (the class token) is followed exactly. A weighted layer
+reading such slots (or heads folded into the batch) gets a copy of its output channels for each
+distinct input along them (`Position.copies`; a convolution's window merges the spatial ones),
+and `paths` reports each channel with the union of its copies. Attention's masks are not read:
+every query mixes every key.
 A grouped convolution (`groups` > 1, depthwise included) is followed group by group: the input
 channels of its group g feed only the output channels of group g (each `Edge` records the output
 channels its input channels reach), so an input channel gets the timestamps of the output channels
