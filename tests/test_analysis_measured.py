@@ -179,3 +179,32 @@ def test_a_tiny_gradient_is_measured_without_underflow():
     torch.manual_seed(0)
     check = structure_check(TinyWeights(), SHAPE, torch.float64).set_index("layer")
     assert check.loc["a", "measured"] == (3,) and check.agrees.all()
+
+
+class VanishingChain(nn.Module):
+    """Five float64 layers each scaled by 1e-80 after `a`: the gradient reaching `a` is about
+    1e-400, below the least float64 (CaiT's LayerScale of 1e-5 does this over dozens of blocks)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(3, 4)
+        self.chain = nn.Sequential(*[nn.Linear(4, 4) for _ in range(5)])
+        self.double()
+        with torch.no_grad():
+            for layer in self.chain:
+                layer.weight.mul_(1e-80)
+
+    def forward(self, x):
+        return self.chain(self.a(x.mean((2, 3))))
+
+
+def test_a_gradient_below_the_least_float64_is_measured_by_its_log():
+    from gradpath_lib.analysis.measured import structure_check
+
+    torch.manual_seed(0)
+    model = VanishingChain()
+    check = structure_check(model, SHAPE, torch.float64).set_index("layer")
+    assert check.loc["a", "measured"] == (6,) and check.agrees.all()
+    spectrum = measured_gradient_spectrum(model, torch.randn(2, *SHAPE, dtype=torch.float64), torch.tensor([0, 1]))
+    a = spectrum[(spectrum.layer == "a") & (spectrum.timestamp == 6)].iloc[0]
+    assert a.grad_norm == 0.0 and -1500 < a.log2_grad_norm < -1100  # about 1e-400: 2 ** -1330

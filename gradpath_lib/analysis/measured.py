@@ -19,8 +19,10 @@ that fold patches into the batch or repeat an encoding over it are measured as t
 from __future__ import annotations
 
 import contextlib
+import math
 from collections import Counter
 from collections.abc import Callable, Iterator
+from typing import NamedTuple
 
 import pandas as pd
 import torch
@@ -36,6 +38,7 @@ from .unroll import unroll_attention
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Position = tuple[str, int]  # (module name, call index)
 CHECK_SAMPLES = 2  # random inputs of `structure_check`
+RESCALE_LIMIT = 1000  # most powers of two one rescaling step shifts by (2.0 ** 1024 overflows)
 
 
 @contextlib.contextmanager
@@ -71,14 +74,25 @@ def _cut_at_weighted_inputs(model: nn.Module) -> Iterator[tuple[dict[Position, t
             h.remove()
 
 
+class Step(NamedTuple):
+    """The gradient that arrived at every weighted-layer position through paths of one length
+    (None: none did), times 2 ** -exponent (exponent 0 unless the steps are rescaled)."""
+
+    grads: dict[Position, torch.Tensor | None]
+    exponent: int
+
+
 def timestamp_steps(
     model: nn.Module, images: torch.Tensor, labels: torch.Tensor, loss_fn: LossFn = F.cross_entropy,
-    steps: int | None = None,
-) -> Iterator[dict[Position, torch.Tensor | None]]:
-    """dL/d(output) of every weighted-layer position, one timestamp at a time: the t-th dict
-    yielded holds, per position, the gradient that arrived through paths of t weighted layers
-    (None: none did). Stops after `steps` timestamps or when no gradient is left to carry. The
-    model runs in eval mode and is left in the mode it was in."""
+    steps: int | None = None, rescale: bool = False,
+) -> Iterator[Step]:
+    """dL/d(output) of every weighted-layer position, one timestamp at a time: the t-th `Step`
+    yielded holds the gradient that arrived through paths of t weighted layers. Stops after
+    `steps` timestamps or when no gradient is left to carry. With `rescale`, the gradient carried
+    to the next step is multiplied by a power of two that brings its largest entry near 1 (exact
+    in floating point), and each step says by how much: a path through dozens of layers scaled by
+    1e-5 (CaiT's LayerScale) then keeps a gradient that its dtype could not hold. The model runs in
+    eval mode and is left in the mode it was in."""
     device = next(model.parameters()).device
     modes = {m: m.training for m in model.modules()}
     model.eval()
@@ -92,12 +106,17 @@ def timestamp_steps(
         keys = list(outputs)
         targets = [outputs[k] for k in keys] + [copy for _, copy in cuts]
         heads, incoming = [logits], [dlogits.to(logits.dtype)]
-        step = 0
+        step, exponent = 0, 0
         while heads and (steps is None or step < steps):
             grads = torch.autograd.grad(heads, targets, incoming, retain_graph=True, allow_unused=True)
-            yield dict(zip(keys, grads[:len(keys)]))
+            yield Step(dict(zip(keys, grads[:len(keys)])), exponent)
             crossed = [(x, g) for (x, _), g in zip(cuts, grads[len(keys):]) if g is not None]
             heads, incoming = [x for x, _ in crossed], [g for _, g in crossed]
+            largest = max((float(g.abs().max()) for g in incoming), default=0.0)
+            if rescale and largest > 0:
+                shift = max(-RESCALE_LIMIT, min(RESCALE_LIMIT, -math.frexp(largest)[1]))
+                incoming = [g * 2.0 ** shift for g in incoming]
+                exponent -= shift
             step += 1
     finally:
         for m, training in modes.items():
@@ -112,8 +131,8 @@ def gradients_by_timestamp(
     (longest_path, *output shape), entry t the gradient through paths of t + 1 weighted layers
     (None: no gradient at any timestamp). See `timestamp_steps`."""
     split: dict[Position, list[torch.Tensor | None]] = {}
-    for t, grads in enumerate(timestamp_steps(model, images, labels, loss_fn, longest_path)):
-        for key, grad in grads.items():
+    for t, step in enumerate(timestamp_steps(model, images, labels, loss_fn, longest_path)):
+        for key, grad in step.grads.items():
             split.setdefault(key, [None] * longest_path)[t] = grad
     stacked: dict[Position, torch.Tensor | None] = {}
     for key, per_step in split.items():
@@ -123,12 +142,14 @@ def gradients_by_timestamp(
     return stacked
 
 
-def _norm(grad: torch.Tensor) -> float:
-    """The L2 norm in float64, scaled by the largest entry first so that the squares of a long
-    path's tiny gradient (below 1e-154) do not underflow to zero."""
+def _log2_norm(grad: torch.Tensor) -> float:
+    """log2 of the L2 norm (-inf for a zero gradient), in float64, scaled by the largest entry first
+    so that the squares of a long path's tiny gradient (below 1e-154) do not underflow to zero."""
     grad = grad.double()
     largest = grad.abs().max()
-    return float(largest * (grad / largest).pow(2).sum().sqrt()) if largest > 0 else 0.0
+    if not largest > 0:
+        return -math.inf
+    return math.log2(float(largest)) + math.log2(float((grad / largest).pow(2).sum().sqrt()))
 
 
 def measured_gradient_spectrum(
@@ -142,7 +163,9 @@ def measured_gradient_spectrum(
     """Gradient norm per (layer position, channel group, timestamp) on one batch.
 
     Columns: layer, module, position, group_start, group_stop, timestamp, grad_norm, share
-    (grad_norm over the group's summed norms). A group's channels are cut along the dimension
+    (grad_norm over the group's summed norms), log2_grad_norm (finite wherever gradient arrives,
+    also when grad_norm is below what float64 holds: the steps are rescaled, `timestamp_steps`).
+    A group's channels are cut along the dimension
     that holds its position's output channels (the last one for a Linear on a channels-last map).
     `report` (the structural analysis) is computed when not given; the timestamps run up to its
     longest path.
@@ -152,22 +175,23 @@ def measured_gradient_spectrum(
     longest = report.network["longest_path"]
     if longest is None:
         raise GradpathError(f"no weighted layer of {type(model).__name__} receives gradient from its output")
-    norms = torch.zeros(len(report.groups), longest, dtype=torch.float64)  # per group and timestamp
-    for t, grads in enumerate(timestamp_steps(model, images, labels, loss_fn, longest)):
+    logs = [[-math.inf] * longest for _ in report.groups]  # log2 norm per group and timestamp
+    for t, step in enumerate(timestamp_steps(model, images, labels, loss_fn, longest, rescale=True)):
         for i, g in enumerate(report.groups):
-            grad = grads.get((g.position.module, g.position.call))
+            grad = step.grads.get((g.position.module, g.position.call))
             if grad is not None:
                 # the channel dim counted from the end: an output computed from constants has no batch dim
                 dim = grad.ndim - g.position.ndim + g.position.axis
-                norms[i, t] = _norm(grad.narrow(dim, g.start, g.stop - g.start))
+                logs[i][t] = step.exponent + _log2_norm(grad.narrow(dim, g.start, g.stop - g.start))
     rows = []
-    for g, group_norms in zip(report.groups, norms.tolist()):
-        total = sum(group_norms)
-        for t, norm in enumerate(group_norms, start=1):
+    for g, group_logs in zip(report.groups, logs):
+        norms = [2.0 ** min(log, 1023.0) if log > -1075 else 0.0 for log in group_logs]  # below float64's least: 0
+        total = sum(norms)
+        for t, (norm, log) in enumerate(zip(norms, group_logs), start=1):
             rows.append({
                 "layer": g.position.name, "module": g.position.module, "position": g.position.call,
                 "group_start": g.start, "group_stop": g.stop, "timestamp": t, "grad_norm": norm,
-                "share": norm / total if total else 0.0,
+                "share": norm / total if total else 0.0, "log2_grad_norm": log,
             })
     return pd.DataFrame(rows)
 
@@ -196,8 +220,8 @@ def structure_check(model: nn.Module, input_shape: tuple[int, ...], input_dtype:
     """Every channel group's structural timestamps beside the timestamps at which gradient is
     measured to arrive; columns layer, group_start, group_stop, structural, measured, agrees.
 
-    The spectrum is measured on `model` turned to float64 (so that no long path's gradient
-    underflows; float32 if the model casts its tensors to float32 itself), on `samples` random
+    The spectrum is measured on `model` turned to float64 (float32 if the model casts its tensors
+    to float32 itself), its steps rescaled so that no long path's gradient underflows, on `samples` random
     inputs (`graph.example_input`), with a random linear function of every output element as the
     loss (so that every output element receives gradient). Every parameter that is identically
     zero is redrawn for it: no gradient crosses a zero-initialised layer or norm scale (as in
@@ -227,7 +251,8 @@ def structure_check(model: nn.Module, input_shape: tuple[int, ...], input_dtype:
         weights = torch.randn(outputs.shape, generator=gen, dtype=torch.float64)
         spectrum = measured_gradient_spectrum(model, inputs, weights, report=report,
                                               loss_fn=lambda out, w: (out.double() * w).sum())
-    measured = spectrum[spectrum.grad_norm > 0].groupby(["layer", "group_start"]).timestamp.apply(tuple).to_dict()
+    arrived = spectrum.log2_grad_norm > -math.inf
+    measured = spectrum[arrived].groupby(["layer", "group_start"]).timestamp.apply(tuple).to_dict()
     rows = []
     for g in report.groups:
         found = measured.get((g.position.name, g.start), ())

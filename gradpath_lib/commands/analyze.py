@@ -156,8 +156,7 @@ def check_summary(check: pd.DataFrame) -> str:
     if missing.any():
         notes.append(f"{int(missing.sum())} get none at some timestamps of their paths: an activation such as "
                      "ReLU can gate a path's gradient to exactly zero on these random inputs (a larger --input "
-                     "may show it), or a long path is scaled down so far (a LayerScale of 1e-5 in each of dozens of "
-                     "blocks) that its gradient underflows even in float64")
+                     "may show it)")
     if extra.any():
         notes.append(f"{int(extra.sum())} get gradient at timestamps no path has: the analysis missed a path "
                      "(please report the model)")
