@@ -60,7 +60,7 @@ class Shrink:
 def taylor_scores(model: nn.Module, graph: ChannelGraph,
                   batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
     """Mean over batches of |sum a * dL/da| per channel (module docstring); eval mode, weights unchanged."""
-    norm_layers = [name for name, layer in graph.layers.items() if layer.output is None]
+    norm_layers = [name for name, layer in graph.layers.items() if layer.output is None and not layer.depthwise]
     covered = {g for name in norm_layers for g in graph.layers[name].inputs}
     points = {name: graph.layers[name].inputs for name in norm_layers}
     points.update({name: [layer.output] for name, layer in graph.layers.items()

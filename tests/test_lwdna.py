@@ -105,6 +105,53 @@ def test_sliced_network_equals_masked_wide_network(name: str, sync: bool):
     assert sum(p.numel() for p in narrow.parameters()) < sum(p.numel() for p in model.parameters())
 
 
+class InvertedResiduals(nn.Module):
+    """MobileNetV2's blocks in miniature: 1x1 expansion, depthwise 3x3, 1x1 projection, residual."""
+
+    def __init__(self, width: int = 8, expand: int = 4):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU6())
+        self.blocks = nn.ModuleList(nn.Sequential(
+            nn.Conv2d(width, width * expand, 1, bias=False), nn.BatchNorm2d(width * expand), nn.ReLU6(),
+            nn.Conv2d(width * expand, width * expand, 3, padding=1, groups=width * expand, bias=False),
+            nn.BatchNorm2d(width * expand), nn.ReLU6(),
+            nn.Conv2d(width * expand, width, 1, bias=False), nn.BatchNorm2d(width)) for _ in range(2))
+        self.head = nn.Linear(width, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        for block in self.blocks:
+            x = x + block(x)
+        return self.head(x.mean((2, 3)))
+
+
+def test_a_depthwise_conv_keeps_the_channels_it_reads_and_slices_exactly():
+    torch.manual_seed(0)
+    model = randomize_norms(InvertedResiduals())
+    graph = trace_channels(model, IMAGE)
+    expansion = graph.layers["blocks.0.0"].output
+    assert graph.layers["blocks.0.3"].inputs == [expansion] and graph.layers["blocks.0.3"].output is None
+    assert graph.flops(graph.sizes) == count_flops(model, IMAGE[1:])
+    shrink = find_architecture(graph, random_scores(graph, torch.Generator().manual_seed(4)),
+                               int(0.6 * graph.flops(graph.sizes)))
+    assert 0 < shrink.counts[expansion] < graph.sizes[expansion]
+    narrow = slice_network(model, graph, shrink.keep).eval()
+    assert narrow.blocks[0][3].groups == narrow.blocks[0][3].in_channels == shrink.counts[expansion]
+    x = torch.randn(4, *IMAGE[1:])
+    with torch.no_grad(), masked(model, graph, shrink.keep):
+        expected = model(x)
+    torch.testing.assert_close(narrow(x), expected, rtol=1e-4, atol=1e-5)
+    assert count_flops(narrow, IMAGE[1:]) == shrink.flops == graph.flops(counts_of(shrink.keep))
+    scores = taylor_scores(model, graph, [(x, torch.arange(4))])
+    assert len(scores) == len(graph.sizes) and scores[expansion].isfinite().all() and scores[expansion].gt(0).any()
+
+
+def test_other_grouped_convs_are_refused_naming_the_layer():
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 3, padding=1, groups=2))
+    with pytest.raises(GradpathError, match=r"1: grouped convolutions other than depthwise \(groups=2 of 8"):
+        trace_channels(model, IMAGE)
+
+
 @pytest.mark.parametrize("ratio", [0.45, 0.6, 0.8])
 def test_shrink_hits_flops_target_within_tolerance(ratio: float):
     # wide enough that one channel costs well under the tolerance (as at the mini scale)

@@ -11,10 +11,12 @@ weights into a smaller dense network that computes the same function (activation
 0, as ReLU/SiLU/LeakyReLU/Mish do). `flops` counts FLOPs (2 x MACs of convs and linears, the
 convention of torch's FlopCounterMode) for any channel counts without building the network.
 
-Supported: Conv2d (groups=1), BatchNorm2d and the SyncBatchNorm that data parallelism makes of it
-(any `_BatchNorm`), Linear, parameter-free activations/pooling/identity, `+`, `torch.cat(..., 1)`,
-`.detach()`, flatten; anything that reads a channel range (`x[:, a:b]`) or grouped convs raise a
-GradpathError naming the operation.
+Supported: Conv2d (groups=1, or depthwise: one filter per channel, whose output channels are
+its input channels, kept or dropped with them), BatchNorm2d and the SyncBatchNorm that data
+parallelism makes of it (any `_BatchNorm`), Linear, parameter-free activations/pooling/identity,
+`+`, `torch.cat(..., 1)`, `.detach()`, flatten, means over the spatial dims; anything that reads a channel range (`x[:, a:b]`)
+or other grouped convs (their groups would have to shrink evenly) raise a GradpathError naming
+the operation.
 """
 
 from __future__ import annotations
@@ -35,11 +37,11 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from ..errors import GradpathError
 
 PASS_THROUGH_MODULES = (
-    nn.ReLU, nn.SiLU, nn.LeakyReLU, nn.Mish, nn.Hardswish, nn.Identity, nn.Dropout, nn.Flatten,
+    nn.ReLU, nn.ReLU6, nn.SiLU, nn.LeakyReLU, nn.Mish, nn.Hardswish, nn.Identity, nn.Dropout, nn.Flatten,
     nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Upsample,
 )
 PASS_THROUGH_FUNCTIONS = {
-    torch.relu, F.relu, F.silu, F.leaky_relu, F.mish, torch.flatten, F.adaptive_avg_pool2d,
+    torch.relu, F.relu, F.relu6, F.silu, F.leaky_relu, F.mish, torch.flatten, F.adaptive_avg_pool2d,
     F.max_pool2d, F.avg_pool2d, F.interpolate, operator.mul, operator.truediv,
 }
 PASS_THROUGH_METHODS = {"detach", "flatten", "contiguous", "relu", "mul", "div"}
@@ -54,7 +56,8 @@ class LayerChannels:
     """The channel groups one weighted layer reads (`inputs`, in order) and writes (`output`)."""
 
     inputs: list[int]
-    output: int | None  # conv/linear: its own output group; BatchNorm: None (it keeps `inputs`)
+    output: int | None  # conv/linear: its own output group; BatchNorm, depthwise conv: None (it keeps `inputs`)
+    depthwise: bool = False  # a depthwise conv: output channel c is input channel c filtered
 
 
 @dataclass
@@ -64,12 +67,14 @@ class ChannelGraph:
     sizes: list[int]  # channels per group
     fixed: list[bool]  # network input/output groups, never shrunk
     layers: dict[str, LayerChannels]  # module name -> channels it reads/writes, in data-path order
-    flop_terms: list[tuple[list[int], int, int]] = field(default_factory=list)
-    # one per conv/linear call: (input groups, output group, FLOPs per (input, output) channel pair)
+    flop_terms: list[tuple[list[int], int | None, int]] = field(default_factory=list)
+    # one per conv/linear call: (input groups, output group, FLOPs per (input, output) channel pair);
+    # a depthwise conv's output group is None: (input groups, None, FLOPs per channel)
 
     def flops(self, counts: list[int]) -> int:
         """FLOPs for one input (2 x MACs of convs and linears) with `counts[g]` channels in group g."""
-        return sum(unit * sum(counts[g] for g in ins) * counts[out] for ins, out, unit in self.flop_terms)
+        return sum(unit * sum(counts[g] for g in ins) * (1 if out is None else counts[out])
+                   for ins, out, unit in self.flop_terms)
 
     def prunable(self) -> list[int]:
         """The groups that may be shrunk."""
@@ -122,25 +127,29 @@ class _Tracer:
         """Record a conv/BN/linear call and return the segments of its output."""
         name = str(node.target)
         seen = self.layers.get(name)
-        expected = module.num_features if isinstance(module, _BatchNorm) else module.weight.shape[1]
+        expected = (module.num_features if isinstance(module, _BatchNorm) else
+                    module.in_channels if isinstance(module, nn.Conv2d) else module.weight.shape[1])
         if self.width(segments) != expected:
             raise GradpathError(f"{name}: reads {self.width(segments)} traced channels, expected {expected}")
-        if isinstance(module, nn.Conv2d) and module.groups != 1:
-            raise GradpathError(f"{name}: grouped convolutions (groups={module.groups}) are not supported")
+        depthwise = isinstance(module, nn.Conv2d) and module.groups == module.in_channels == module.out_channels
+        if isinstance(module, nn.Conv2d) and module.groups != 1 and not depthwise:
+            raise GradpathError(f"{name}: grouped convolutions other than depthwise (groups={module.groups} of "
+                                f"{module.in_channels} input channels) are not supported: their groups would "
+                                "have to shrink evenly")
         if seen is not None:  # a shared module called again: its channels are the same channels
             self.tie(seen.inputs, segments, name)
-        if isinstance(module, _BatchNorm):
+        if isinstance(module, _BatchNorm) or depthwise:
             if seen is None:
-                self.layers[name] = LayerChannels(segments, None)
+                self.layers[name] = LayerChannels(segments, None, depthwise)
+            if depthwise:
+                self.flop_terms.append((segments, None, 2 * _positions(node) * math.prod(module.kernel_size)))
             return segments
         out = seen.output if seen is not None else self.new_group(
             module.weight.shape[0], fixed=isinstance(module, nn.Linear))
         if seen is None:
             self.layers[name] = LayerChannels(segments, out)
-        shape = node.meta["tensor_meta"].shape
-        positions = math.prod(shape[2:]) if len(shape) > 2 else 1
         kernel = math.prod(module.weight.shape[2:]) if module.weight.dim() > 2 else 1
-        self.flop_terms.append((segments, out, 2 * kernel * positions))
+        self.flop_terms.append((segments, out, 2 * kernel * _positions(node)))
         return [out]
 
     def run(self, example: torch.Tensor) -> ChannelGraph:
@@ -178,7 +187,7 @@ class _Tracer:
                 raise GradpathError(f"{node.name}: concatenation along dim {dim}; only channels (dim 1) are supported")
             return [g for part in node.args[0] for g in segs[part]]
         passes = (node.op == "call_function" and node.target in PASS_THROUGH_FUNCTIONS | ADD_FUNCTIONS) or (
-            node.op == "call_method" and node.target in PASS_THROUGH_METHODS)
+            node.op == "call_method" and node.target in PASS_THROUGH_METHODS) or _spatial_mean(node)
         if passes and len(tensor_args) == 1:
             return segs[tensor_args[0]]
         if not tensor_args or (node.op == "call_method" and node.target in NON_TENSOR_METHODS):
@@ -194,10 +203,26 @@ class _Tracer:
             return index[self.find(g)]
 
         layers = {name: LayerChannels([remap(g) for g in layer.inputs],
-                                      None if layer.output is None else remap(layer.output))
+                                      None if layer.output is None else remap(layer.output), layer.depthwise)
                   for name, layer in self.layers.items()}
-        terms = [([remap(g) for g in ins], remap(out), unit) for ins, out, unit in self.flop_terms]
+        terms = [([remap(g) for g in ins], None if out is None else remap(out), unit) for ins, out, unit in self.flop_terms]
         return ChannelGraph([self.sizes[r] for r in roots], [self.fixed[r] for r in roots], layers, terms)
+
+
+def _spatial_mean(node: fx.Node) -> bool:
+    """`x.mean(dims)` / `torch.mean(x, dims)` over dims that leave the channels (dim 1) alone."""
+    if not (node.op == "call_method" and node.target == "mean" or node.op == "call_function"
+            and node.target is torch.mean):
+        return False
+    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    ndim = len(node.args[0].meta["tensor_meta"].shape)
+    return dims is not None and 1 not in {d % ndim for d in (dims if isinstance(dims, (tuple, list)) else (dims,))}
+
+
+def _positions(node: fx.Node) -> int:
+    """The spatial positions of a node's output (1 for a Linear's)."""
+    shape = node.meta["tensor_meta"].shape
+    return math.prod(shape[2:]) if len(shape) > 2 else 1
 
 
 def _flat_segments(value: object, segs: dict[fx.Node, list[int]]) -> list[int]:
@@ -251,12 +276,18 @@ def masked(model: nn.Module, graph: ChannelGraph, keep: list[torch.Tensor]) -> I
 
 
 def _sliced(module: nn.Module, in_idx: torch.Tensor, out_idx: torch.Tensor | None) -> nn.Module:
-    """A copy of a conv/BN/linear module keeping input channels `in_idx` and outputs `out_idx`."""
+    """A copy of a conv/BN/linear module keeping input channels `in_idx` and outputs `out_idx` (None:
+    the module keeps its input channels, a BatchNorm or a depthwise conv)."""
     if isinstance(module, _BatchNorm):  # the same class: a SyncBatchNorm stays one, in its process group
         new = type(module)(len(in_idx), module.eps, module.momentum, module.affine, module.track_running_stats)
         if isinstance(module, nn.SyncBatchNorm):
             new.process_group = module.process_group
         state = {k: (v if v.dim() == 0 else v[in_idx]) for k, v in module.state_dict().items()}
+    elif out_idx is None:  # a depthwise conv: one filter per kept channel
+        new = nn.Conv2d(len(in_idx), len(in_idx), module.kernel_size, module.stride, module.padding,
+                        module.dilation, groups=len(in_idx), bias=module.bias is not None,
+                        padding_mode=module.padding_mode)
+        state = {"weight": module.weight[in_idx]} | ({"bias": module.bias[in_idx]} if module.bias is not None else {})
     else:
         weight = module.weight[out_idx][:, in_idx]
         if isinstance(module, nn.Linear):
