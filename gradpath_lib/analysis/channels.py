@@ -158,18 +158,24 @@ def reordered(m: ChannelMap, order: Sequence[int]) -> ChannelMap:
     _check_unflattened(m, "reordering channels")
     runs: list[list] = []  # [start, stop, sources] of each piece of the result
     previous, previous_stop = -2, -1  # the last channel taken, and the end of its piece
+    previous_piece, constant = None, False  # the last channel's piece, and whether all its channels are alike
     for j, old in enumerate(order):
         if old == previous + 1 and old < previous_stop:  # the next channel of the same piece: same run
             runs[-1][1] = j + 1
             previous = old
             continue
         piece = m.piece_at(old)
+        if piece is previous_piece and constant:  # any channel of a piece whose channels are all alike
+            runs[-1][1] = j + 1
+            previous = old
+            continue
         sources = frozenset(s.shifted(old - piece.start) for s in piece.sources)
         if runs and sources == frozenset(s.shifted(runs[-1][1] - runs[-1][0]) for s in runs[-1][2]):
             runs[-1][1] = j + 1
         else:
             runs.append([j, j + 1, sources])
         previous, previous_stop = old, piece.stop
+        previous_piece, constant = piece, all(s.step == 0 for s in piece.sources)
     pieces = [Piece(start, stop, sources) for start, stop, sources in runs]
     return replace(m, channels=len(order), pieces=tuple(pieces), split=m.split if len(order) == m.channels else ())
 
@@ -253,9 +259,13 @@ def first_alike(m: ChannelMap) -> list[int]:
             if len(table) < hi:
                 tables[(s.producer, s.live, s.width)] = np.concatenate([table, np.full(hi - len(table), -1)])
     first: dict[frozenset, int] = {}  # channels depending on several producers: by all of them
+    seen: dict[tuple[frozenset, int], int] = {}  # (sources, length) of a piece -> the first such piece's start
     for piece in m.pieces:
         n = piece.stop - piece.start
-        if len(piece.sources) == 1:
+        earlier = seen.setdefault((piece.sources, n), piece.start)
+        if earlier != piece.start:  # the same sources as an earlier piece: channel k is alike its channel k
+            ids[piece.start:piece.stop] = ids[earlier:earlier + n]
+        elif len(piece.sources) == 1:
             (s,) = piece.sources
             table = tables[(s.producer, s.live, s.width)]
             at = s.offset + s.step * np.arange(n) if s.step else np.array([s.offset])
