@@ -122,6 +122,11 @@ OPS = {
     "glu over channels": (lambda y: F.glu(y, 1)[:, 1:], [(1, 2), (3, 4)]),
     "nn.GLU over space": (nn.GLU(2), ALL),
     "type_as and to": (lambda y: y.type_as(y).to(torch.float32)[:, 3:], [(3, 4)]),
+    "a constant cast like the tensor (a RoPE table's type_as)": (
+        lambda y: y[:, 1:2] * torch.ones(1, 1, 8, 8).type_as(y) + torch.zeros(1).to(y), [(1, 2)]),
+    "RMSNorm over the channels (channels last)": (
+        lambda y: F.rms_norm(y.permute(0, 2, 3, 1), (C,)).permute(0, 3, 1, 2)[:, :1], ALL),
+    "nn.RMSNorm over a row, then a channel slice": (nn.Sequential(nn.RMSNorm(8), Channels(2, 3)), [(2, 3)]),
     "einsum keeping channels": (lambda y: torch.einsum("nchw->nhwc", y).permute(0, 3, 1, 2)[:, 1:2], [(1, 2)]),
     "einsum summing channels": (lambda y: torch.einsum("nchw,c->nhw", y, torch.ones(C)).unsqueeze(1), ALL),
     "F.batch_norm in a norm's forward": (nn.Sequential(FunctionalBatchNorm(C), Channels(1, 3)), [(1, 3)]),

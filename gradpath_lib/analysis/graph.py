@@ -16,7 +16,7 @@ BatchNorm (also `F.batch_norm`, which timm's norm layers call), activations, poo
 identity and flattening pass channels through. Channel slices, `torch.cat`, `split`/`chunk`
 along the channel axis, elementwise `+ - * /` (including partial adds built from slices and a
 cat) and multiplication by a constant channel mask (a buffer or parameter) are tracked;
-operations that mix channels without weights (LayerNorm or softmax over the channels, GroupNorm
+operations that mix channels without weights (LayerNorm, RMSNorm or softmax over the channels, GroupNorm
 within its groups, means and variances over the channels, `@` / matmul and
 scaled_dot_product_attention) make every channel they mix depend on all of them, without adding
 a weighted layer to any path. A reshape may spread the channels over several dims (attention
@@ -113,6 +113,7 @@ from .layout_ops import NotFollowed, cumulative, expanded, gated, padded, repeat
 from .op_tables import (
     ALONG_DIM,
     ARG_REDUCTIONS,
+    CAST_LIKE,
     CHANNELWISE_FUNCTIONS,
     CHANNELWISE_METHODS,
     CHANNELWISE_MODULES,
@@ -311,9 +312,9 @@ class _ChannelTracer(fx.Interpreter):
             return _Constant(result)
         if n.op == "call_module":
             return self._module(n, self.module.get_submodule(n.target), result)
-        if not _flatten_maps(self._operands(n)):
-            return _Constant(result)  # computed from constants (buffers, parameters) alone
         target = n.target if n.op == "call_function" else str(n.target)
+        if not _flatten_maps(self._operands(n)) or target in CAST_LIKE and isinstance(self._value(n.args[0]), _Constant):
+            return _Constant(result)  # computed from constants (buffers, parameters) alone, or cast like a traced tensor
         if target == operator.getitem:
             return self._getitem(n, result)
         if target in ELEMENTWISE_FUNCTIONS or target in ELEMENTWISE_METHODS:
@@ -339,7 +340,7 @@ class _ChannelTracer(fx.Interpreter):
         if target in ALONG_DIM:
             index, default = ALONG_DIM[target]
             return self._mixed_along(n, _dim_arg(n, index, default), result)
-        if target is F.layer_norm:
+        if target is F.layer_norm or target is F.rms_norm:
             return self._layer_norm(n, n.args[1] if len(n.args) > 1 else n.kwargs["normalized_shape"], result)
         if target is F.group_norm:
             return self._group_norm(n, n.args[1] if len(n.args) > 1 else n.kwargs["num_groups"], result)
@@ -445,7 +446,7 @@ class _ChannelTracer(fx.Interpreter):
             return self._weighted(n, module, result)
         if isinstance(module, CHANNELWISE_MODULES):
             return self._channelwise(n, result)
-        if isinstance(module, nn.LayerNorm):
+        if isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
             return self._layer_norm(n, module.normalized_shape, result)
         if isinstance(module, nn.GroupNorm):
             return self._group_norm(n, module.num_groups, result)

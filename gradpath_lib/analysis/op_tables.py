@@ -45,6 +45,7 @@ CHANNELWISE_METHODS = {"relu", "sigmoid", "tanh", "contiguous", "clone", "float"
                        "sigmoid_", "sqrt", "rsqrt", "exp", "log", "abs", "neg", "square", "clamp",
                        "half", "double", "bfloat16", "to", "type", "type_as", "cpu", "cuda", "sin", "cos",
                        "reciprocal", "log1p", "expm1", "log2", "clamp_min", "clamp_max", "nan_to_num"}
+CAST_LIKE = {"type_as", "to"}  # const.type_as(x), const.to(x): x gives only a dtype and device, the result is a constant
 # Ops whose result depends on their input but carries no gradient (comparisons, rounding, casts
 # to integers): their output is the elementwise map of the operands, detached.
 NO_GRADIENT_FUNCTIONS = {operator.gt, operator.lt, operator.ge, operator.le, operator.eq, operator.ne,
@@ -112,7 +113,7 @@ SUPPORTED = (
     "permute/transpose, flatten/view/reshape/(un)squeeze that keep the channels' order, "
     "expand/repeat/tile, F.pad, torch.roll/flip, cumsum/cumprod, channel shuffles (view-transpose-view, "
     "nn.ChannelShuffle), PixelShuffle/PixelUnshuffle, .detach(); mixing the channels without "
-    "weights: LayerNorm, F.conv2d with a fixed filter in a buffer (a blur), GroupNorm, LocalResponseNorm, GLU, softmax / log_softmax / normalize, mean/sum/var/std/amax/amin/"
+    "weights: LayerNorm, RMSNorm, F.conv2d with a fixed filter in a buffer (a blur), GroupNorm, LocalResponseNorm, GLU, softmax / log_softmax / normalize, mean/sum/var/std/amax/amin/"
     "logsumexp/prod/norm and max/min/sort, @ / matmul / bmm / einsum and scaled_dot_product_attention; "
     "reshapes that spread the channels over several dims (attention heads, also folded into the batch) and "
     "back, or that fold them with other dims (space-to-depth, patches); products keeping both operands' "
