@@ -126,6 +126,8 @@ OPS = {
         lambda y: y[:, 1:2] * torch.ones(1, 1, 8, 8).type_as(y) + torch.zeros(1).to(y), [(1, 2)]),
     "RMSNorm over the channels (channels last)": (
         lambda y: F.rms_norm(y.permute(0, 2, 3, 1), (C,)).permute(0, 3, 1, 2)[:, :1], ALL),
+    "a pool of a map its channels were averaged out of (SwinV2-CR's head)": (
+        lambda y: F.adaptive_avg_pool2d(y.permute(0, 2, 3, 1).mean(-1).unsqueeze(1), 1), ALL),
     "nn.RMSNorm over a row, then a channel slice": (nn.Sequential(nn.RMSNorm(8), Channels(2, 3)), [(2, 3)]),
     "einsum keeping channels": (lambda y: torch.einsum("nchw->nhwc", y).permute(0, 3, 1, 2)[:, 1:2], [(1, 2)]),
     "einsum summing channels": (lambda y: torch.einsum("nchw,c->nhw", y, torch.ones(C)).unsqueeze(1), ALL),

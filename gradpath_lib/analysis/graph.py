@@ -567,6 +567,8 @@ class _ChannelTracer(fx.Interpreter):
     def _channelwise(self, n: fx.Node, result: torch.Tensor) -> ChannelMap:
         m = self._input_map(n)
         if result.ndim != len(self.shapes[n.args[0]]) or any(result.shape[d] != size for d, size in m.layout):
+            if is_uniform(m):  # every channel alike: the result is too, along any dim (a pool of a mixed map)
+                return _uniform_like(m, result)
             raise _unsupported(n, f"{n.target} changing the channel count")
         return m
 
