@@ -29,7 +29,10 @@ MODELS = (
     "res2net50_26w_4s resnest14d skresnet18 nf_resnet26 botnet26t_256 halonet26t gcresnet33ts "
     "eca_resnet33ts inception_v3 xception41 selecsls42 hgnet_tiny hgnetv2_b0 fastvit_t8 repvit_m1 "
     "efficientvit_b0 edgenext_xx_small tiny_vit_5m_224 inception_next_tiny starnet_s1 "
-    "mobilenetv4_conv_small efficientformer_l1 volo_d1_224 tresnet_m crossvit_tiny_240 twins_svt_small"
+    "mobilenetv4_conv_small efficientformer_l1 volo_d1_224 tresnet_m crossvit_tiny_240 twins_svt_small "
+    "deit_tiny_distilled_patch16_224 pit_ti_224 convit_tiny vit_dwee_patch16_reg1_gap_256 swinv2_cr_tiny_224 "
+    "davit_tiny focalnet_tiny_srf caformer_s18 nextvit_small efficientformerv2_s0 beit_base_patch16_224 "
+    "eva02_tiny_patch14_224 mvitv2_tiny"
 ).split()
 SMALL_INPUT = (3, 64, 64)  # enough for the convnets; transformers and MLPs keep the size they fix
 # stride-2 convs leave nothing of 64 x 64 in Inception-v3; HaloNet needs whole 8-pixel blocks
