@@ -12,7 +12,7 @@ from gradpath_lib.analysis import analyze_model
 from gradpath_lib.analysis.unroll import UnrolledAttention, unroll_attention
 from gradpath_lib.errors import GradpathError
 
-from conftest import assert_structure_is_measured, measured_support
+from conftest import assert_structure_is_measured
 
 E, HEADS, L, S, B = 8, 2, 5, 7, 3
 SHAPE = (3, 8, 8)
