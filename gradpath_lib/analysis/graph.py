@@ -65,7 +65,6 @@ from __future__ import annotations
 import math
 import operator
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
@@ -127,6 +126,7 @@ from .op_tables import (
     EXPANDS,
     FLIPS,
     FIXED_FILTERS,
+    FUNCTIONAL_LAYERS,
     FUNCTIONAL_WEIGHTED,
     INDEXING,
     MATMULS,
@@ -149,6 +149,7 @@ from .op_tables import (
     UNBINDS,
     WEIGHTED_MODULES,
 )
+from .layer_calls import functional_weight, weight_owners, weighted_calls
 from .tracing import symbolic_trace
 from .unroll import unroll_attention
 
@@ -243,8 +244,9 @@ def _normalize_dims(dims: Any, ndim: int) -> set[int] | None:
 class _ChannelTracer(fx.Interpreter):
     """Runs the traced graph and builds a `LayerGraph` from the channel maps of its tensors."""
 
-    def __init__(self, gm: fx.GraphModule):
+    def __init__(self, gm: fx.GraphModule, owners: dict[int, str]):
         super().__init__(gm)
+        self.owners = owners  # `layer_calls.weight_owners` of the model traced
         self.extra_traceback = False  # our errors are complete; fx's extra context is slow to build
         self.values: dict[fx.Node, Any] = {}
         self.layer_graph = LayerGraph()
@@ -402,9 +404,11 @@ class _ChannelTracer(fx.Interpreter):
         name = getattr(target, "__name__", str(target))
         if target in FIXED_FILTERS and self._fixed_weight(n) is not None:
             return self._fixed_filter(n, result)
+        if target in FUNCTIONAL_LAYERS and (layer := self._functional_layer(n, target)) is not None:
+            return self._weighted(n, layer, result, self.owners[id(layer.weight)])
         if target in FUNCTIONAL_WEIGHTED:
-            raise _unsupported(n, f"F.{name} on a weight tensor: only modules are weighted layers (the analysis "
-                                  "names and hooks them); hold the weight in an nn.Linear / nn.Conv2d / nn.Embedding")
+            raise _unsupported(n, f"F.{name} on a weight tensor that is no nn.Linear / nn.Conv*d / nn.Embedding's "
+                                  "own weight: the analysis names a weighted layer by the module holding its weight")
         raise _unsupported(n, f"the {n.op.replace('_', ' ')} {name!r}")
 
     def _im2col(self, n: fx.Node, result: torch.Tensor) -> ChannelMap:
@@ -469,11 +473,35 @@ class _ChannelTracer(fx.Interpreter):
             return self._pixel_shuffle(n, module.upscale_factor if shuffle else module.downscale_factor, shuffle)
         raise _unsupported(n, f"the module {n.target!r} of type {type(module).__name__}")
 
-    def _weighted(self, n: fx.Node, module: nn.Module, result: torch.Tensor) -> ChannelMap:
+    def _functional_layer(self, n: fx.Node, target: Any) -> nn.Module | None:
+        """For `F.linear` / `F.conv*d` / `F.embedding` on a weighted module's own weight (`layer_calls`):
+        a module of the function's kind, on the meta device, holding that weight, so that the call
+        is a position of the weight's module. None for any other weight."""
+        weight = self._value(functional_weight(n.args, n.kwargs))
+        if not (isinstance(weight, _Constant) and id(weight.value) in self.owners):
+            return None
+        w = weight.value
+        if target is F.embedding:
+            view: nn.Module = nn.Embedding(*w.shape, device="meta")
+        elif isinstance(self._value(n.args[2] if len(n.args) > 2 else n.kwargs.get("bias")), ChannelMap):
+            raise _unsupported(n, f"F.{target.__name__} with a bias computed from the input")
+        elif target is F.linear:
+            view = nn.Linear(w.shape[1], w.shape[0], bias=False, device="meta")
+        else:
+            hyper = {k: self._value(n.args[3 + i] if len(n.args) > 3 + i else n.kwargs.get(k, default))
+                     for i, (k, default) in enumerate({"stride": 1, "padding": 0, "dilation": 1, "groups": 1}.items())}
+            conv = {F.conv1d: nn.Conv1d, F.conv2d: nn.Conv2d, F.conv3d: nn.Conv3d}[target]
+            view = conv(w.shape[1] * hyper["groups"], w.shape[0], tuple(w.shape[2:]), **hyper, bias=False, device="meta")
+        view.weight = w
+        return view
+
+    def _weighted(self, n: fx.Node, module: nn.Module, result: torch.Tensor, name: str | None = None) -> ChannelMap:
+        """A call of the weighted layer `module` (named `name`, by default the node's target)."""
+        name = name or n.target
         value = self._value(n.args[0])
         if isinstance(module, EMBEDDINGS):  # reads integer ids: a forward dependency without gradient
             if isinstance(value, ChannelMap) and consumed_ranges(value):
-                raise _unsupported(n, f"Embedding {n.target!r} reading a tensor that carries gradient")
+                raise _unsupported(n, f"Embedding {name!r} reading a tensor that carries gradient")
             axis = result.ndim - 1
         elif isinstance(value, _Constant):  # a layer reading constants (a position encoding): nothing upstream
             axis = result.ndim - 1 if isinstance(module, nn.Linear) else 1
@@ -484,10 +512,10 @@ class _ChannelTracer(fx.Interpreter):
             along = (not m.loose and m.channels > 1 and len(m.layout) == 1 and m.axis != axis
                      and m.axis < result.ndim and result.shape[m.axis] == m.channels)
             if len(m.layout) > 1 and not is_uniform(m) and axis in {d for d, _ in m.layout}:
-                return self._weighted_copies(n, module, m, result, axis)
+                return self._weighted_copies(n, name, module, m, result, axis)
             if m.layout != ((axis, m.channels),) and (not is_uniform(m) or along):
-                return self._weighted_along(n, module, m, result)
-        pos = self._position(n, module, result, axis)
+                return self._weighted_along(n, name, module, m, result)
+        pos = self._position(name, module, result, axis)
         groups, blocks = getattr(module, "groups", 1), None
         if groups > 1 and isinstance(value, ChannelMap):  # group g of the input feeds group g of the output
             size, out = value.channels // groups, pos.out_channels // groups
@@ -495,17 +523,17 @@ class _ChannelTracer(fx.Interpreter):
         self._consume(pos.id, n.args[0], n, pos.out_channels, blocks)
         return fresh(pos.id, pos.out_channels, axis)
 
-    def _position(self, n: fx.Node, module: nn.Module, result: torch.Tensor, axis: int, copies: int = 1) -> Position:
-        """A new position of `module`, whose output channels lie along `axis` of `result`."""
+    def _position(self, name: str, module: nn.Module, result: torch.Tensor, axis: int, copies: int = 1) -> Position:
+        """A new position of `module` (named `name`), whose output channels lie along `axis` of `result`."""
         weight = getattr(module, "weight", None)  # a tensor rebuilt at each access (a parametrization) is not tied
-        owner = self.weight_owners.setdefault(id(weight) if isinstance(weight, nn.Parameter) else id(module), n.target)
-        pos = Position(len(self.layer_graph.positions), n.target, self.calls[n.target], result.shape[axis],
+        owner = self.weight_owners.setdefault(id(weight) if isinstance(weight, nn.Parameter) else id(module), name)
+        pos = Position(len(self.layer_graph.positions), name, self.calls[name], result.shape[axis],
                        type(module).__name__, axis, owner, result.ndim, copies)
-        self.calls[n.target] += 1
+        self.calls[name] += 1
         self.layer_graph.positions.append(pos)
         return pos
 
-    def _weighted_copies(self, n: fx.Node, module: nn.Module, m: ChannelMap, result: torch.Tensor,
+    def _weighted_copies(self, n: fx.Node, name: str, module: nn.Module, m: ChannelMap, result: torch.Tensor,
                          axis: int) -> ChannelMap:
         """A weighted layer whose input channels lie along its feature dim and other dims (token
         positions told apart by a class token, heads folded into the batch). A Linear acts on each
@@ -513,7 +541,7 @@ class _ChannelTracer(fx.Interpreter):
         mixes the spatial ones): each distinct input along them reaches a copy of the layer's output
         channels of its own (`Position.copies`), and the output keeps those dims."""
         if not isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)):
-            raise _unsupported(n, f"{type(module).__name__} {n.target!r} reading channels from several dims")
+            raise _unsupported(n, f"{type(module).__name__} {name!r} reading channels from several dims")
         m = in_dim_order(m)
         for k in reversed(range(len(m.layout))):  # a convolution's window mixes the positions along space
             d, size = m.layout[k]
@@ -524,7 +552,7 @@ class _ChannelTracer(fx.Interpreter):
         runs = [slice_channels(m, r * c_in, (r + 1) * c_in) for r in range(m.channels // c_in)]
         copy_of: dict[tuple, int] = {}
         copies = [copy_of.setdefault(run.pieces, len(copy_of)) for run in runs]
-        pos = self._position(n, module, result, axis, len(copy_of))
+        pos = self._position(name, module, result, axis, len(copy_of))
         groups = getattr(module, "groups", 1)
         size, out = c_in // groups, c_out // groups
         for pieces, j in copy_of.items():
@@ -540,7 +568,8 @@ class _ChannelTracer(fx.Interpreter):
             Piece(r * c_out, (r + 1) * c_out, frozenset({Source(pos.id, j * c_out)})) for r, j in enumerate(copies)))
         return laid_out(output, m.layout[:-1] + ((axis, c_out),))
 
-    def _weighted_along(self, n: fx.Node, module: nn.Module, m: ChannelMap, result: torch.Tensor) -> ChannelMap:
+    def _weighted_along(self, n: fx.Node, layer: str, module: nn.Module, m: ChannelMap,
+                        result: torch.Tensor) -> ChannelMap:
         """A weighted layer whose features lie along a dim that holds no channels (an MLP-Mixer's
         token-mixing Linear; ECA's Conv1d sliding along the channels): it acts on each channel on
         its own (the Linear) or on a window of neighbouring ones (the Conv1d), and its output
@@ -548,19 +577,19 @@ class _ChannelTracer(fx.Interpreter):
         name = type(module).__name__
         if len(m.layout) != 1:
             where = " and ".join(str(d) for d, _ in m.layout)
-            raise _unsupported(n, f"{name} {n.target!r} reading channels from dims {where}")
+            raise _unsupported(n, f"{name} {layer!r} reading channels from dims {where}")
         ((dim, channels),) = m.layout
         if isinstance(module, nn.Linear):
             blocks = [(c, c + 1, c, c + 1) for c in range(channels)]
         elif isinstance(module, nn.Conv1d) and dim == 2 and isinstance(module.padding, tuple):
             (k,), (stride,), (pad,), (dilation,) = module.kernel_size, module.stride, module.padding, module.dilation
             if dilation != 1:
-                raise _unsupported(n, f"dilated {name} {n.target!r} sliding along the channels")
+                raise _unsupported(n, f"dilated {name} {layer!r} sliding along the channels")
             blocks = [(max(0, o * stride - pad), min(channels, o * stride - pad + k), o, o + 1)
                       for o in range(result.shape[2])]
         else:
-            raise _unsupported(n, f"{name} {n.target!r} reading channels from dim {dim}")
-        pos = self._position(n, module, result, dim)
+            raise _unsupported(n, f"{name} {layer!r} reading channels from dim {dim}")
+        pos = self._position(layer, module, result, dim)
         self._consume(pos.id, n.args[0], n, pos.out_channels, blocks)
         return fresh(pos.id, pos.out_channels, dim)
 
@@ -989,25 +1018,17 @@ def _reaching_loss(graph: LayerGraph) -> set[int]:
 def _autograd_run(model: nn.Module, x: torch.Tensor) -> tuple[dict[tuple[str, int], Any], Any]:
     """One forward of `model` with gradients on: each weighted position's output node, and the output."""
     nodes: dict[tuple[str, int], Any] = {}
-    calls: Counter[str] = Counter()
 
-    def keeper(name: str) -> Callable[[nn.Module, Any, torch.Tensor], None]:
-        def keep(_module: nn.Module, _args: Any, output: torch.Tensor) -> None:
-            nodes[(name, calls[name])] = output.grad_fn  # taken now: a later in-place op replaces it
-            calls[name] += 1
-        return keep
+    def keep(position: tuple[str, int], output: torch.Tensor) -> None:
+        nodes[position] = output.grad_fn  # taken now: a later in-place op replaces it
 
-    handles = [m.register_forward_hook(keeper(name))
-               for name, m in model.named_modules() if isinstance(m, WEIGHTED_MODULES)]
     frozen = [p for p in model.parameters() if not p.requires_grad]
     for p in frozen:  # every weighted output then has an autograd node unless grad mode is off
         p.requires_grad_(True)
     try:
-        with torch.enable_grad():
+        with torch.enable_grad(), weighted_calls(model, keep):
             return nodes, model(x)
     finally:
-        for h in handles:
-            h.remove()
         for p in frozen:
             p.requires_grad_(False)
 
@@ -1073,7 +1094,7 @@ def trace_layers(model: nn.Module, input_shape: tuple[int, ...] = (3, 32, 32),
     for m in modes:
         m.training = False
     try:
-        tracer = _ChannelTracer(symbolic_trace(model, x))
+        tracer = _ChannelTracer(symbolic_trace(model, x), weight_owners(model))
         with torch.no_grad():
             tracer.run(x)
         if tracer.layer_graph.positions:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
@@ -30,13 +29,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import GradpathError
-from .op_tables import WEIGHTED_MODULES
 from .graph import example_input
+from .layer_calls import Position, weighted_calls
 from .paths import GradientPathReport, analyze_model
 from .unroll import unroll_attention
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-Position = tuple[str, int]  # (module name, call index)
 CHECK_SAMPLES = 2  # random inputs of `structure_check`
 RESCALE_LIMIT = 1000  # most powers of two one rescaling step shifts by (2.0 ** 1024 overflows)
 
@@ -47,31 +45,16 @@ def _cut_at_weighted_inputs(model: nn.Module) -> Iterator[tuple[dict[Position, t
     yields (outputs by position, [(input, copy)] for each input that carries gradient)."""
     outputs: dict[Position, torch.Tensor] = {}
     cuts: list[tuple[torch.Tensor, torch.Tensor]] = []
-    calls: Counter[str] = Counter()
-    handles = []
 
-    def cut(_module, args):
-        x = args[0]
+    def cut(x: object) -> object:
         if not (isinstance(x, torch.Tensor) and x.requires_grad):
-            return None
+            return x
         copy = x.detach().requires_grad_()
         cuts.append((x, copy))
-        return (copy, *args[1:])
+        return copy
 
-    for name, module in model.named_modules():
-        if not isinstance(module, WEIGHTED_MODULES):
-            continue
-
-        def keep(_module, _args, output, name=name):
-            outputs[(name, calls[name])] = output
-            calls[name] += 1
-
-        handles += [module.register_forward_pre_hook(cut), module.register_forward_hook(keep)]
-    try:
+    with weighted_calls(model, outputs.__setitem__, cut):
         yield outputs, cuts
-    finally:
-        for h in handles:
-            h.remove()
 
 
 class Step(NamedTuple):

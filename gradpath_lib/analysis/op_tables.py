@@ -96,6 +96,7 @@ CHANNEL_SHUFFLES = {torch.channel_shuffle, torch.native_channel_shuffle}
 PIXEL_SHUFFLES = {torch.pixel_shuffle: True, torch.pixel_unshuffle: False}  # -> True for shuffle, False for unshuffle
 FUNCTIONAL_WEIGHTED = {F.linear, F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d,
                        F.bilinear, F.embedding, F.embedding_bag}  # refused with a hint: weights outside modules
+FUNCTIONAL_LAYERS = {F.linear, F.conv1d, F.conv2d, F.conv3d, F.embedding}  # positions when on a weighted module's weight
 FIXED_FILTERS = {F.conv1d, F.conv2d, F.conv3d}  # with a weight that takes no gradient: weightless channel mixing
 SUPPORTED = (
     "weighted layers (Conv1d/2d/3d, ConvTranspose, Linear, Embedding, and their subclasses; grouped "
