@@ -21,6 +21,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
+from typing import NamedTuple
 
 import numpy as np
 
@@ -29,8 +30,7 @@ from ..errors import GradpathError
 INPUT = -1  # producer id of the network's input tensor
 
 
-@dataclass(frozen=True)
-class Source:
+class Source(NamedTuple):  # a tuple: made and hashed millions of times in a large model's analysis
     """One producer of a piece: producer channel of the piece's first channel, and its step."""
 
     producer: int
@@ -41,7 +41,10 @@ class Source:
 
     def shifted(self, by: int) -> Source:
         """The same source seen from `by` channels further into the piece."""
-        return Source(self.producer, self.offset + self.step * by, self.step, self.live, self.width)
+        producer, offset, step, live, width = self
+        if not by or not step:
+            return self
+        return tuple.__new__(Source, (producer, offset + step * by, step, live, width))  # skips the checks of __new__
 
     def span(self, channels: int) -> tuple[int, int]:
         """The producer channels [lo, hi) that `channels` consecutive piece channels depend on."""
@@ -49,8 +52,7 @@ class Source:
         return min(self.offset, last), max(self.offset, last) + self.width
 
 
-@dataclass(frozen=True)
-class Piece:
+class Piece(NamedTuple):
     """Channels [start, stop) of a tensor and the producer channels they come from."""
 
     start: int
@@ -87,6 +89,8 @@ class ChannelMap:
         piece = self.piece_at(start)
         if stop > piece.stop:
             raise AssertionError(f"channels [{start}, {stop}) cross a piece boundary")
+        if start == piece.start:
+            return piece.sources
         return frozenset(s.shifted(start - piece.start) for s in piece.sources)
 
     def boundaries(self) -> set[int]:
@@ -169,8 +173,10 @@ def reordered(m: ChannelMap, order: Sequence[int]) -> ChannelMap:
             runs[-1][1] = j + 1
             previous = old
             continue
-        sources = frozenset(s.shifted(old - piece.start) for s in piece.sources)
-        if runs and sources == frozenset(s.shifted(runs[-1][1] - runs[-1][0]) for s in runs[-1][2]):
+        shift = old - piece.start
+        sources = frozenset(s.shifted(shift) for s in piece.sources) if shift else piece.sources
+        if runs and len(sources) == len(runs[-1][2]) and sources == frozenset(
+                s.shifted(runs[-1][1] - runs[-1][0]) for s in runs[-1][2]):
             runs[-1][1] = j + 1
         else:
             runs.append([j, j + 1, sources])
@@ -203,7 +209,7 @@ def broadcast(m: ChannelMap, channels: int) -> ChannelMap:
         return m
     if m.channels != 1 and not is_uniform(m):
         raise GradpathError(f"cannot broadcast {m.channels} channels to {channels}")
-    sources = frozenset(replace(s, step=0) for s in m.pieces[0].sources)
+    sources = frozenset(s._replace(step=0) for s in m.pieces[0].sources)
     return ChannelMap(channels, (Piece(0, channels, sources),), m.unit, m.axis)
 
 
@@ -325,7 +331,7 @@ def mix_groups(m: ChannelMap, size: int, out_size: int | None = None) -> Channel
     for g, sources in enumerate(mixed):
         frozen = frozenset(sources)
         if pieces and pieces[-1].sources == frozen:  # the same sources as the group before: one piece
-            pieces[-1] = replace(pieces[-1], stop=(g + 1) * out_size)
+            pieces[-1] = pieces[-1]._replace(stop=(g + 1) * out_size)
         else:
             pieces.append(Piece(g * out_size, (g + 1) * out_size, frozen))
     return ChannelMap(len(mixed) * out_size, tuple(pieces), axis=m.axis, split=m.split if out_size == size else ())
@@ -383,7 +389,7 @@ def merge(maps: list[ChannelMap]) -> ChannelMap:
 def detach(m: ChannelMap) -> ChannelMap:
     """`.detach()`: the forward dependencies stay, the gradient edges are cut."""
     pieces = tuple(
-        Piece(p.start, p.stop, frozenset(replace(s, live=False) for s in p.sources)) for p in m.pieces
+        Piece(p.start, p.stop, frozenset(s._replace(live=False) for s in p.sources)) for p in m.pieces
     )
     return replace(m, pieces=pieces)
 
