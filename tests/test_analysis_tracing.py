@@ -108,6 +108,24 @@ def test_a_branch_on_the_data_is_refused():
         analyze_model(DataBranch(), (3, 4, 4))
 
 
+class Assigned(nn.Module):
+    """MViTv2's `attn[:, :, 1:, 1:] = ...` in miniature: an item assignment into a traced tensor."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.conv = conv(3, C), conv()
+
+    def forward(self, x):
+        y = self.stem(x)
+        y[:, :, 1:] = self.conv(y)[:, :, 1:]
+        return y
+
+
+def test_an_item_assignment_into_a_traced_tensor_is_refused_by_name():
+    with pytest.raises(GradpathError, match="item assignment into the traced tensor 'stem'"):
+        analyze_model(Assigned(), (3, 4, 4))
+
+
 def test_an_optional_none_argument_takes_the_branch_of_the_call_without_it():
     report = analyze_model(Masked(), (3, 4, 4))
     assert timestamps(report, "a") == [(2,)]

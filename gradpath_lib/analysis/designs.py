@@ -54,13 +54,17 @@ def designs_table(reports: dict[str, GradientPathReport]) -> pd.DataFrame:
 VIT_HEADS = {"avg": "mean of the patch tokens", "token": "class token alone"}  # VisionTransformer's pools
 
 
-def class_token_table() -> pd.DataFrame:
+def class_token_table(reports: dict[str, GradientPathReport] | None = None) -> pd.DataFrame:
     """ViT-Ti/16 with its head on the mean of the patch tokens and on the class token alone: the
     patch embedding's shortest and longest path, and the network's (the analysis tells the class
-    token's position from the patch tokens', so both are exact)."""
+    token's position from the patch tokens', so both are exact). `reports` (`design_reports`)
+    gives the first: the reference ViT-Ti's head averages the tokens."""
     rows = []
     for pool, head in VIT_HEADS.items():
-        report = analyze_model(VisionTransformer(pool=pool), REFERENCE_NETS["vit-tiny"].input_shape)
+        if reports and pool == "avg":
+            report = reports["vit-tiny"]
+        else:
+            report = analyze_model(VisionTransformer(pool=pool), REFERENCE_NETS["vit-tiny"].input_shape)
         patch = report.parameters.set_index("module").loc["conv_proj"]
         rows.append({"head reads": head, "patch embedding: shortest path": patch.shortest,
                      "patch embedding: longest path": patch.longest,

@@ -51,6 +51,11 @@ class _ValueProxy(fx.Proxy):
     def __len__(self) -> int:
         return len(self.tracer.values[self.node])
 
+    def __setitem__(self, key: Any, value: Any) -> None:
+        """Assignment into a traced tensor changes it in place, which fx's graph does not show to later uses."""
+        raise fx.proxy.TraceError(f"item assignment into the traced tensor {self.node.name!r} (x[...] = v) changes "
+                                  "it in place; build the result out of place instead (torch.cat, torch.where)")
+
 
 class _ValueTracer(_Tracer):
     """`_Tracer` that runs each op it records on the values of its arguments (see the module doc)."""
