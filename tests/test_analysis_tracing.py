@@ -109,21 +109,40 @@ def test_a_branch_on_the_data_is_refused():
 
 
 class Assigned(nn.Module):
-    """MViTv2's `attn[:, :, 1:, 1:] = ...` in miniature: an item assignment into a traced tensor."""
+    """MViTv2's `attn[:, :, 1:, 1:] = ...` in miniature: item assignments into traced tensors, one
+    into some rows (which then differ from the first), one of a constant into one channel."""
 
     def __init__(self):
         super().__init__()
-        self.stem, self.conv = conv(3, C), conv()
+        self.stem, self.conv, self.head = conv(3, C), conv(), conv()
 
     def forward(self, x):
         y = self.stem(x)
         y[:, :, 1:] = self.conv(y)[:, :, 1:]
-        return y
+        z = self.head(y)
+        z[:, 0] = 0.5
+        return z
 
 
-def test_an_item_assignment_into_a_traced_tensor_is_refused_by_name():
-    with pytest.raises(GradpathError, match="item assignment into the traced tensor 'stem'"):
-        analyze_model(Assigned(), (3, 4, 4))
+class AssignedView(Assigned):
+    def forward(self, x):
+        y = self.stem(x)
+        y[:, :2][:, 0] = 0.0  # the view y[:, :2] is written: y changes too
+        return self.head(y)
+
+
+def test_item_assignment_is_followed_region_by_region():
+    report = analyze_model(Assigned(), (3, 4, 4))
+    stem, conv_ = timestamps(report, "stem"), timestamps(report, "conv")
+    assert stem == [(2, 3)] and conv_ == [(2,)]  # the first row skips the conv; z's channel 0 is constant
+    head = {(g.start, g.timestamps) for g in report.groups if g.position.name == "head"}
+    assert head == {(0, ()), (1, (1,))}
+    assert_structure_is_measured(Assigned(), (3, 4, 4), report)
+
+
+def test_item_assignment_into_a_view_is_refused_by_name():
+    with pytest.raises(GradpathError, match="item assignment into a view of another tensor"):
+        analyze_model(AssignedView(), (3, 4, 4))
 
 
 def test_an_optional_none_argument_takes_the_branch_of_the_call_without_it():

@@ -196,12 +196,14 @@ class Edge(NamedTuple):
 
 @dataclass
 class LayerGraph:
-    """Weighted-layer positions, the channel ranges each consumer takes from each producer, and
-    the distinct producers each position aggregates in its input (forward view)."""
+    """Weighted-layer positions, the channel ranges each consumer takes from each producer, the
+    distinct producers each position aggregates in its input (forward view), and whether the
+    model assigns into a traced tensor in place (x[...] = v: the measured check then copies)."""
 
     positions: list[Position] = field(default_factory=list)
     edges: list[Edge] = field(default_factory=list)
     aggregated: dict[int, int] = field(default_factory=dict)  # position id -> producers in its input
+    assigns: bool = False
 
 
 class _Constant:
@@ -255,6 +257,8 @@ class _ChannelTracer(fx.Interpreter):
         self.weight_owners: dict[int, str] = {}  # id of a weight Parameter -> first module using it
 
     def run_node(self, n: fx.Node) -> Any:
+        if n.op == "call_function" and n.target is operator.setitem:
+            return self._assign(n)
         result = super().run_node(n)
         if isinstance(result, torch.Tensor):
             self.shapes[n] = result.shape
@@ -707,13 +711,16 @@ class _ChannelTracer(fx.Interpreter):
         return merged
 
     def _concat(self, n: fx.Node, result: torch.Tensor) -> ChannelMap:
-        """torch.cat along the channels, or along another dim. Parts that carry the same channels
-        give them to every position along that dim; parts that differ (a class token joining the
-        patch tokens) make the positions along it channel slots of their own, so that a model
-        reading some positions alone (the class token) is followed exactly. A constant part (a
-        buffer, a learned token) carries no path."""
-        values, tensors = self._value(n.args[0]), n.args[0]
+        """torch.cat along the channels, or along another dim (see `_joined`)."""
         dim = _dim_arg(n, 1, 0) % result.ndim
+        return self._joined(n, list(self._value(n.args[0])), [self.shapes[t] for t in n.args[0]], dim)
+
+    def _joined(self, n: fx.Node, values: list[Any], shapes: list[tuple[int, ...]], dim: int) -> ChannelMap:
+        """The map of `values` (maps, or constants: None or _Constant) of `shapes` joined along `dim`.
+        Parts that carry the same channels give them to every position along that dim; parts that
+        differ (a class token joining the patch tokens) make the positions along it channel slots
+        of their own, so that a model reading some positions alone (the class token) is followed
+        exactly. A constant part (a buffer, a learned token) carries no path."""
         maps = [v for v in values if isinstance(v, ChannelMap)]
         plain = [m for m in maps if not is_uniform(m) and m.channels > 1]
         if all(d != dim for m in plain for d, _ in m.layout) and len(maps) == len(values) and len(set(maps)) == 1:
@@ -722,8 +729,8 @@ class _ChannelTracer(fx.Interpreter):
         if others is None:
             raise _unsupported(n, "concatenating tensors whose channel dims differ in size")
         lined = []
-        for v, t in zip(values, tensors):
-            layout = tuple(sorted(others + ((dim, self.shapes[t][dim]),)))
+        for v, shape in zip(values, shapes):
+            layout = tuple(sorted(others + ((dim, shape[dim]),)))
             if not isinstance(v, ChannelMap):
                 v = sourceless(math.prod(size for _, size in layout))
             elif v.unit != 1:
@@ -732,6 +739,65 @@ class _ChannelTracer(fx.Interpreter):
         if None in lined:
             raise _unsupported(n, "concatenating tensors whose channels lie along different dims")
         return joined(lined, [d for d, _ in lined[0].layout].index(dim))
+
+    def _assign(self, n: fx.Node) -> None:
+        """x[index] = v (slices and ints): x's map from then on has v's map in the region written
+        and its own elsewhere, joined dim by dim (`_written`); the uses of x after it read that."""
+        target, _, value = n.args
+        old, new = self._value(target), self._value(value)
+        x = self.env[target]
+        if isinstance(old, ChannelMap) or isinstance(new, ChannelMap):
+            if not isinstance(x, torch.Tensor) or x._base is not None:
+                raise _unsupported(n, "item assignment into a view of another tensor (that tensor changes too)")
+            index_nodes: list[fx.Node] = []
+            fx.node.map_arg(n.args[1], index_nodes.append)
+            if any(isinstance(self.values.get(a), ChannelMap) for a in index_nodes):
+                raise _unsupported(n, "item assignment at an index computed from the input")
+            raw = self.fetch_args_kwargs_from_env(n)[0][1]
+            index = self._index(n, raw if isinstance(raw, tuple) else (raw,), x.ndim)
+            if any(i is None or isinstance(i, (list, tuple)) for i in index):
+                raise _unsupported(n, f"item assignment at {raw!r} (only slices and ints)")
+            kept = [d for d, i in enumerate(index) if not isinstance(i, int)]
+            region = [len(range(*i.indices(x.shape[d]))) for d, i in enumerate(index) if d in kept]
+            if isinstance(new, ChannelMap):  # broadcast from the right over the region, then on x's dims
+                lead = len(region) - len(self.shapes[value])
+                new = laid_out(new, tuple((kept[d + lead], size) for d, size in new.layout))
+            full = tuple(slice(i, i + 1) if isinstance(i, int) else i for i in index)
+            written = self._written(n, old if isinstance(old, ChannelMap) else None, tuple(x.shape), full, new, 0)
+        super().run_node(n)
+        if isinstance(old, ChannelMap) or isinstance(new, ChannelMap):
+            self.values[target] = written if isinstance(written, ChannelMap) else _Constant(x)
+            self.layer_graph.assigns = True
+        self.values[n] = None
+
+    def _written(self, n: fx.Node, m: ChannelMap | None, shape: tuple[int, ...], index: tuple[slice, ...],
+                 new: Any, first: int) -> Any:
+        """The map of a block of `shape` (map `m`; None: constant) after `new` is written into its
+        `index` (one slice per dim; dims before `first` already lie inside it)."""
+        for d in range(first, len(shape)):
+            lo, hi, step = index[d].indices(shape[d])
+            if (lo, hi, step) != (0, shape[d], 1):
+                break
+        else:  # the whole block is written
+            if not isinstance(new, ChannelMap) or is_uniform(new):
+                return new if isinstance(new, ChannelMap) else None
+            lined = line_up(in_dim_order(new), tuple((d, shape[d]) for d, _ in in_dim_order(new).layout))
+            if lined is None:
+                raise _unsupported(n, "item assignment of a value whose channels do not fit the region")
+            return lined
+        if step != 1:
+            raise _unsupported(n, "item assignment at a strided slice")
+        parts, shapes = [], []
+        for a, b, inside in ((0, lo, False), (lo, hi, True), (hi, shape[d], False)):
+            if b > a:
+                sub_shape = shape[:d] + (b - a,) + shape[d + 1:]
+                sub = None if m is None else self._indexed(
+                    n, m, (slice(None),) * d + (slice(a, b),), torch.empty(sub_shape, device="meta"))
+                parts.append(self._written(n, sub, sub_shape, index, new, d + 1) if inside else sub)
+                shapes.append(sub_shape)
+        if not any(isinstance(p, ChannelMap) for p in parts):
+            return None
+        return self._joined(n, parts, shapes, d)
 
     def _split(self, n: fx.Node, result: tuple) -> tuple:
         m = self._input_map(n)

@@ -22,7 +22,7 @@ from .op_tables import FUNCTIONAL_LAYERS, WEIGHTED_MODULES
 
 Position = tuple[str, int]  # (module name, call index)
 InputFn = Callable[[Any], Any]  # the input a layer reads -> the input it reads instead
-OutputFn = Callable[[Position, torch.Tensor], None]
+OutputFn = Callable[[Position, torch.Tensor], torch.Tensor | None]  # None, or the output the model goes on with
 
 
 def weight_owners(model: nn.Module) -> dict[int, str]:
@@ -62,19 +62,21 @@ class _FunctionalCalls(TorchFunctionMode):
 @contextlib.contextmanager
 def weighted_calls(model: nn.Module, on_output: OutputFn, on_input: InputFn | None = None) -> Iterator[None]:
     """While open, every weighted-layer call of `model` (see the module doc) reads `on_input(x)`
-    instead of its input x (when given) and hands its output to `on_output((name, call), output)`."""
+    instead of its input x (when given) and hands its output to `on_output((name, call), output)`,
+    which may return a tensor for the model to go on with instead."""
     calls: Counter[str] = Counter()
     inside: Counter[int] = Counter()  # weights whose module's forward runs: its own F.linear is no other call
 
-    def done(name: str, output: torch.Tensor) -> None:
-        on_output((name, calls[name]), output)
+    def done(name: str, output: torch.Tensor) -> torch.Tensor | None:
+        instead = on_output((name, calls[name]), output)
         calls[name] += 1
+        return instead
 
     def functional(name: str, func: Any, args: tuple, kwargs: dict) -> Any:
         x = on_input(args[0]) if on_input else args[0]
         output = func(x, *args[1:], **kwargs)
-        done(name, output)
-        return output
+        instead = done(name, output)
+        return output if instead is None else instead
 
     handles = []
     for name, module in model.named_modules():
@@ -85,9 +87,9 @@ def weighted_calls(model: nn.Module, on_output: OutputFn, on_input: InputFn | No
             inside[id(module.weight)] += 1
             return (on_input(args[0]), *args[1:]) if on_input and args else None
 
-        def leave(module: nn.Module, _args: tuple, output: torch.Tensor, name: str = name) -> None:
+        def leave(module: nn.Module, _args: tuple, output: torch.Tensor, name: str = name) -> torch.Tensor | None:
             inside[id(module.weight)] -= 1
-            done(name, output)
+            return done(name, output)
 
         handles += [module.register_forward_pre_hook(enter), module.register_forward_hook(leave)]
     try:

@@ -40,20 +40,26 @@ RESCALE_LIMIT = 1000  # most powers of two one rescaling step shifts by (2.0 ** 
 
 
 @contextlib.contextmanager
-def _cut_at_weighted_inputs(model: nn.Module) -> Iterator[tuple[dict[Position, torch.Tensor], list]]:
+def _cut_at_weighted_inputs(model: nn.Module, copies: bool = False) -> Iterator[tuple[dict[Position, torch.Tensor], list]]:
     """While open, every weighted layer reads a detached copy of its input and keeps its output:
-    yields (outputs by position, [(input, copy)] for each input that carries gradient)."""
+    yields (outputs by position, [(input, copy)] for each input that carries gradient). With
+    `copies`, for a model that assigns into tensors in place, the tensors kept are copies that the
+    model never sees (a kept output changed later would take the gradient of what replaced it)."""
     outputs: dict[Position, torch.Tensor] = {}
     cuts: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def cut(x: object) -> object:
         if not (isinstance(x, torch.Tensor) and x.requires_grad):
             return x
-        copy = x.detach().requires_grad_()
-        cuts.append((x, copy))
+        copy = (x.detach().clone() if copies else x.detach()).requires_grad_()
+        cuts.append((x.clone() if copies else x, copy))
         return copy
 
-    with weighted_calls(model, outputs.__setitem__, cut):
+    def keep(position: Position, output: torch.Tensor) -> torch.Tensor | None:
+        outputs[position] = output
+        return output.clone() if copies else None
+
+    with weighted_calls(model, keep, cut):
         yield outputs, cuts
 
 
@@ -67,7 +73,7 @@ class Step(NamedTuple):
 
 def timestamp_steps(
     model: nn.Module, images: torch.Tensor, labels: torch.Tensor, loss_fn: LossFn = F.cross_entropy,
-    steps: int | None = None, rescale: bool = False,
+    steps: int | None = None, rescale: bool = False, copies: bool = False,
 ) -> Iterator[Step]:
     """dL/d(output) of every weighted-layer position, one timestamp at a time: the t-th `Step`
     yielded holds the gradient that arrived through paths of t weighted layers. Stops after
@@ -75,12 +81,14 @@ def timestamp_steps(
     to the next step is multiplied by a power of two that brings its largest entry near 1 (exact
     in floating point), and each step says by how much: a path through dozens of layers scaled by
     1e-5 (CaiT's LayerScale) then keeps a gradient that its dtype could not hold. The model runs in
-    eval mode and is left in the mode it was in."""
+    eval mode and is left in the mode it was in. `copies` is for a model that assigns into tensors
+    in place (`LayerGraph.assigns`): the forward then keeps copies of each weighted layer's input
+    and output, about twice the memory."""
     device = next(model.parameters()).device
     modes = {m: m.training for m in model.modules()}
     model.eval()
     try:
-        with _cut_at_weighted_inputs(model) as (outputs, cuts):
+        with _cut_at_weighted_inputs(model, copies) as (outputs, cuts):
             logits = model(images.to(device))
         if not isinstance(logits, torch.Tensor):
             raise GradpathError("the measured spectrum needs a model returning one logits tensor")
@@ -159,7 +167,8 @@ def measured_gradient_spectrum(
     if longest is None:
         raise GradpathError(f"no weighted layer of {type(model).__name__} receives gradient from its output")
     logs = [[-math.inf] * longest for _ in report.groups]  # log2 norm per group and timestamp
-    for t, step in enumerate(timestamp_steps(model, images, labels, loss_fn, longest, rescale=True)):
+    for t, step in enumerate(timestamp_steps(model, images, labels, loss_fn, longest, rescale=True,
+                                                     copies=report.graph.assigns)):
         for i, g in enumerate(report.groups):
             grad = step.grads.get((g.position.module, g.position.call))
             if grad is not None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
+import operator
 from collections.abc import Iterator
 from typing import Any
 
@@ -52,9 +53,8 @@ class _ValueProxy(fx.Proxy):
         return len(self.tracer.values[self.node])
 
     def __setitem__(self, key: Any, value: Any) -> None:
-        """Assignment into a traced tensor changes it in place, which fx's graph does not show to later uses."""
-        raise fx.proxy.TraceError(f"item assignment into the traced tensor {self.node.name!r} (x[...] = v) changes "
-                                  "it in place; build the result out of place instead (torch.cat, torch.where)")
+        """x[key] = value, recorded as `operator.setitem` (run on the values, so it changes x's value too)."""
+        self.tracer.create_proxy("call_function", operator.setitem, (self, key, value), {})
 
 
 class _ValueTracer(_Tracer):
