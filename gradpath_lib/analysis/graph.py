@@ -50,8 +50,11 @@ A grouped convolution (`groups` > 1, depthwise included) is followed group by gr
 channels of its group g feed only the output channels of group g (each `Edge` records the output
 channels its input channels reach), so an input channel gets the timestamps of the output channels
 it feeds, not of all of them.
-Anything else that may move gradient between channels raises `GradpathError` naming it, and so
-do in-place methods such as `x.add_(y)`, whose effect fx's graph does not show to later uses.
+An item assignment into a traced tensor (`x[:, :, 1:] = v`, slices and ints: MViTv2's relative
+position term) gives x, from then on, v's channels in the region written and its own elsewhere,
+joined dim by dim as a cat is. Anything else that may move gradient between channels raises
+`GradpathError` naming it, and so do in-place methods such as `x.add_(y)` and assignments into a
+view, whose effect fx's graph does not show to later uses.
 
 fx records neither autograd's grad mode nor custom backward passes: it traces through
 `torch.no_grad()` blocks and into the forward of a custom `torch.autograd.Function`. So after

@@ -12,7 +12,8 @@ step t across the cuts, into the graph above them, and so on. Step t's gradient 
 output is exactly the sum over its paths of t weighted layers, and summing the steps gives the
 ordinary gradient (of the eval-mode network). Cost: one forward pass and one backward pass per
 timestamp (as many as the longest path); memory holds one forward pass of the batch, whatever the
-path lengths. The gradient stays per sample (the batch is never replicated or reshaped), so models
+path lengths (twice the weighted layers' inputs and outputs for a model that assigns into tensors in
+place, `timestamp_steps`). The gradient stays per sample (the batch is never replicated or reshaped), so models
 that fold patches into the batch or repeat an encoding over it are measured as they are.
 """
 
