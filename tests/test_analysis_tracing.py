@@ -140,6 +140,20 @@ def test_item_assignment_is_followed_region_by_region():
     assert_structure_is_measured(Assigned(), (3, 4, 4), report)
 
 
+class AssignedChannel(Assigned):
+    def forward(self, x):
+        y = self.stem(x)
+        y[:, 1] = self.conv(y)[:, 2]  # a lower-rank value into one channel
+        return self.head(y)
+
+
+def test_item_assignment_into_one_channel_replaces_its_paths():
+    report = analyze_model(AssignedChannel(), (3, 4, 4))
+    stem = {(g.start, g.timestamps) for g in report.groups if g.position.name == "stem"}
+    assert stem == {(0, (2, 3)), (1, (3,)), (2, (2, 3))}  # channel 1 reaches the head only through the conv
+    assert_structure_is_measured(AssignedChannel(), (3, 4, 4), report)
+
+
 def test_item_assignment_into_a_view_is_refused_by_name():
     with pytest.raises(GradpathError, match="item assignment into a view of another tensor"):
         analyze_model(AssignedView(), (3, 4, 4))

@@ -761,9 +761,8 @@ class _ChannelTracer(fx.Interpreter):
             if any(i is None or isinstance(i, (list, tuple)) for i in index):
                 raise _unsupported(n, f"item assignment at {raw!r} (only slices and ints)")
             kept = [d for d, i in enumerate(index) if not isinstance(i, int)]
-            region = [len(range(*i.indices(x.shape[d]))) for d, i in enumerate(index) if d in kept]
             if isinstance(new, ChannelMap):  # broadcast from the right over the region, then on x's dims
-                lead = len(region) - len(self.shapes[value])
+                lead = len(kept) - len(self.shapes[value])
                 new = laid_out(new, tuple((kept[d + lead], size) for d, size in new.layout))
             full = tuple(slice(i, i + 1) if isinstance(i, int) else i for i in index)
             written = self._written(n, old if isinstance(old, ChannelMap) else None, tuple(x.shape), full, new, 0)
