@@ -117,13 +117,14 @@ def timestamp_steps(
 
 def gradients_by_timestamp(
     model: nn.Module, images: torch.Tensor, labels: torch.Tensor, longest_path: int,
-    loss_fn: LossFn = F.cross_entropy,
+    loss_fn: LossFn = F.cross_entropy, copies: bool = False,
 ) -> dict[Position, torch.Tensor | None]:
     """dL/d(output) of every weighted-layer position, split by timestamp: values have shape
     (longest_path, *output shape), entry t the gradient through paths of t + 1 weighted layers
-    (None: no gradient at any timestamp). See `timestamp_steps`."""
+    (None: no gradient at any timestamp). See `timestamp_steps`; pass `copies=report.graph.assigns`
+    for a model that assigns into tensors in place."""
     split: dict[Position, list[torch.Tensor | None]] = {}
-    for t, step in enumerate(timestamp_steps(model, images, labels, loss_fn, longest_path)):
+    for t, step in enumerate(timestamp_steps(model, images, labels, loss_fn, longest_path, copies=copies)):
         for key, grad in step.grads.items():
             split.setdefault(key, [None] * longest_path)[t] = grad
     stacked: dict[Position, torch.Tensor | None] = {}
