@@ -349,17 +349,6 @@ def test_channels_moved_by_permute_are_still_tracked():
     assert report.network["n_groups"] == 2  # conv's channels all reach the loss the same way
 
 
-class AddInPlace(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.a, self.b = conv(3, C), conv(3, C)
-
-    def forward(self, x):
-        y = self.a(x)
-        y.add_(self.b(x))
-        return y
-
-
 class Branching(nn.Module):
     def __init__(self):
         super().__init__()
@@ -375,7 +364,6 @@ class Branching(nn.Module):
         (Permuting(conv_after=True), "Conv2d 'conv' reading channels from dim 3"),
         (nn.Sequential(conv(3, C), nn.Flatten(1), nn.Unflatten(1, (4, 4 * C))), "a reshape from"),
         (Branching(), "control flow"),
-        (AddInPlace(), "'add_'"),
     ],
 )
 def test_unsupported_constructs_raise_an_error_naming_them(model, names):

@@ -52,9 +52,14 @@ channels its input channels reach), so an input channel gets the timestamps of t
 it feeds, not of all of them.
 An item assignment into a traced tensor (`x[:, :, 1:] = v`, slices and ints: MViTv2's relative
 position term) gives x, from then on, v's channels in the region written and its own elsewhere,
-joined dim by dim as a cat is. Anything else that may move gradient between channels raises
-`GradpathError` naming it, and so do in-place methods such as `x.add_(y)` and assignments into a
-view, whose effect fx's graph does not show to later uses.
+joined dim by dim as a cat is. An in-place method (`x.add_(y)`, `x.mul_(mask)`, `x.copy_(y)`,
+`x.zero_()`) gives x the map of its out-of-place form. Either change reaches every later use of
+that tensor, under any node that holds it (an nn.Identity's output); a change of a tensor that
+another one still to be used views (which changes too), or of the model's parameter or buffer by
+a traced value, is refused. fx records `z += w` as `z = z + w`, so a tensor changed that way under
+another name would be missed: the traced graph's output is checked against the model's own, and
+a difference is refused. Anything else that may move gradient between channels raises
+`GradpathError` naming it.
 
 fx records neither autograd's grad mode nor custom backward passes: it traces through
 `torch.no_grad()` blocks and into the forward of a custom `torch.autograd.Function`. So after
@@ -132,11 +137,13 @@ from .op_tables import (
     FUNCTIONAL_LAYERS,
     FUNCTIONAL_WEIGHTED,
     INDEXING,
+    IN_PLACE_METHODS,
     MATMULS,
     MAX_MIN,
     MULTIPLY,
     NO_GRADIENT_FUNCTIONS,
     NO_GRADIENT_METHODS,
+    OVERWRITES,
     PERMUTES,
     PIXEL_SHUFFLES,
     REDUCTIONS,
@@ -201,7 +208,7 @@ class Edge(NamedTuple):
 class LayerGraph:
     """Weighted-layer positions, the channel ranges each consumer takes from each producer, the
     distinct producers each position aggregates in its input (forward view), and whether the
-    model assigns into a traced tensor in place (x[...] = v: the measured check then copies)."""
+    model changes a traced tensor in place (x[...] = v, x.add_(y): the measured check then copies)."""
 
     positions: list[Position] = field(default_factory=list)
     edges: list[Edge] = field(default_factory=list)
@@ -220,6 +227,17 @@ def _unsupported(node: fx.Node, what: str) -> GradpathError:
     return GradpathError(
         f"gradient path analysis does not support {what} (graph node {node.name!r}); supported: {SUPPORTED}"
     )
+
+
+def _overlaps(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether tensors `a` and `b` share an element of memory (views of one storage may not)."""
+    if a.device != b.device or a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr():
+        return False
+    if a.element_size() != b.element_size():
+        return True  # views as another dtype: taken to overlap
+    used = torch.zeros(a.untyped_storage().nbytes() // a.element_size(), dtype=torch.bool, device=a.device)
+    used.as_strided(a.shape, a.stride(), a.storage_offset()).fill_(True)
+    return bool(used.as_strided(b.shape, b.stride(), b.storage_offset()).any())
 
 
 def _tensors(value: Any) -> list[torch.Tensor]:
@@ -262,6 +280,8 @@ class _ChannelTracer(fx.Interpreter):
     def run_node(self, n: fx.Node) -> Any:
         if n.op == "call_function" and n.target is operator.setitem:
             return self._assign(n)
+        if n.op == "call_method" and (n.target in IN_PLACE_METHODS or n.target in OVERWRITES):
+            return self._in_place(n)
         result = super().run_node(n)
         if isinstance(result, torch.Tensor):
             self.shapes[n] = result.shape
@@ -750,8 +770,8 @@ class _ChannelTracer(fx.Interpreter):
         old, new = self._value(target), self._value(value)
         x = self.env[target]
         if isinstance(old, ChannelMap) or isinstance(new, ChannelMap):
-            if not isinstance(x, torch.Tensor) or x._base is not None:
-                raise _unsupported(n, "item assignment into a view of another tensor (that tensor changes too)")
+            if not isinstance(x, torch.Tensor):
+                raise _unsupported(n, f"item assignment into a {type(x).__name__}")
             index_nodes: list[fx.Node] = []
             fx.node.map_arg(n.args[1], index_nodes.append)
             if any(isinstance(self.values.get(a), ChannelMap) for a in index_nodes):
@@ -768,9 +788,55 @@ class _ChannelTracer(fx.Interpreter):
             written = self._written(n, old if isinstance(old, ChannelMap) else None, tuple(x.shape), full, new, 0)
         super().run_node(n)
         if isinstance(old, ChannelMap) or isinstance(new, ChannelMap):
-            self.values[target] = written if isinstance(written, ChannelMap) else _Constant(x)
-            self.layer_graph.assigns = True
+            self._changed(n, target, written if isinstance(written, ChannelMap) else _Constant(x), "item assignment")
         self.values[n] = None
+
+    def _in_place(self, n: fx.Node) -> torch.Tensor:
+        """x.add_(y), x.copy_(y), x.zero_() and the like: x = x.add(y) (y broadcast, or a constant)
+        for every later use of x (`_changed`); a channel-wise one (x.relu_()) keeps x's map."""
+        target, op = n.args[0], n.target.removesuffix("_")
+        result = super().run_node(n)
+        self.shapes[n] = result.shape
+        old = self._value(target)
+        if op in CHANNELWISE_METHODS:
+            new = self._channelwise(n, result) if isinstance(old, ChannelMap) else old
+        elif n.target in OVERWRITES:
+            source = self._value(n.args[1]) if n.target == "copy_" else None
+            new = (expanded(source, self.shapes[n.args[1]], result.shape) if isinstance(source, ChannelMap)
+                   else _Constant(result))
+        elif not _flatten_maps(self._operands(n)):
+            new = _Constant(result)
+        else:
+            new = self._elementwise(n, op, result)
+            new = detach(new) if op in NO_GRADIENT_METHODS else new
+        if new is not old:
+            self._changed(n, target, new, f"the in-place {n.target}")
+        self.values[n] = new
+        return result
+
+    def _changed(self, n: fx.Node, target: fx.Node, new: Any, what: str) -> None:
+        """`target`'s tensor was changed in place by `n` (`what`): from now on it has the map `new`,
+        under its own node and under every other node still to be used that holds the same tensor
+        (an nn.Identity's output). Refused if another tensor still to be used views part of it (that
+        changes too, along other dims), or if it is the model's parameter or buffer given a traced
+        value (that outlives the call). The measured check then keeps copies (`LayerGraph.assigns`)."""
+        x = self.env[target]
+        if not isinstance(new, ChannelMap) and not isinstance(self.values[target], ChannelMap):
+            for node, value in self.env.items():  # a constant stays a constant: its views too
+                if value is x:
+                    self.values[node] = new
+            return
+        if isinstance(new, ChannelMap):
+            for name, p in [*self.module.named_parameters(), *self.module.named_buffers()]:
+                if _overlaps(p, x):
+                    raise _unsupported(n, f"{what} of the model's tensor {name!r} with a value computed from the input")
+        for node, value in self.env.items():
+            if value is x:
+                self.values[node] = new
+            elif any(_overlaps(t, x) for t in _tensors(value)):
+                raise _unsupported(n, f"{what} into a tensor that {node.name!r}, still to be used, views "
+                                      "(that tensor changes too)")
+        self.layer_graph.assigns = True
 
     def _written(self, n: fx.Node, m: ChannelMap | None, shape: tuple[int, ...], index: tuple[slice, ...],
                  new: Any, first: int) -> Any:
@@ -1120,9 +1186,35 @@ def _reached_nodes(model: nn.Module, output: Any) -> set[Any]:
     return seen
 
 
-def _check_autograd(model: nn.Module, graph: LayerGraph, x: torch.Tensor) -> None:
-    """Raise unless autograd reaches every position the traced graph connects to the loss."""
+def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether `a` equals `b` up to float rounding (1e-4 of b's largest entry), NaNs alike."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if torch.equal(a, b) or not a.dtype.is_floating_point:
+        return torch.equal(a, b)
+    same_nan = torch.equal(a.isnan(), b.isnan())
+    a, b = a.nan_to_num(0.0, 0.0, 0.0), b.nan_to_num(0.0, 0.0, 0.0)
+    return same_nan and float((a - b).abs().max()) <= 1e-4 * (1 + float(b.abs().max()))
+
+
+def _check_same_output(model: nn.Module, traced: Any, output: Any) -> None:
+    """Raise unless the traced graph's output (`traced`) is the model's own (`output`), up to float
+    rounding: the graph misses what changes a tensor under another name (`z = y; z += 1` is traced
+    as `z = y + 1`, so later uses of y do not see it)."""
+    pairs = list(zip(_tensors(traced), _tensors(output)))
+    if len(pairs) != len(_tensors(output)) or not all(_close(a, b.detach()) for a, b in pairs):
+        raise GradpathError(
+            f"the graph traced from {type(model).__name__} computes another output than the model itself: "
+            "it changes a tensor in place under another name (`z = y; z += 1` is traced as z = y + 1, so "
+            "later uses of y miss it; write `z = z + 1`, or y.add_(1) on the tensor itself), or it is random "
+            "in eval mode")
+
+
+def _check_autograd(model: nn.Module, graph: LayerGraph, x: torch.Tensor, traced: Any) -> None:
+    """Raise unless the model computes the traced graph's output `traced` on `x` and autograd
+    reaches every position the traced graph connects to the loss."""
     nodes, output = _autograd_run(model, x)
+    _check_same_output(model, traced, output)
     seen = _reached_nodes(model, output)
     reaching = _reaching_loss(graph)
     cut = [p.name for p in graph.positions if p.id in reaching and nodes.get((p.module, p.call)) not in seen]
@@ -1162,11 +1254,11 @@ def trace_layers(model: nn.Module, input_shape: tuple[int, ...] = (3, 32, 32),
     for m in modes:
         m.training = False
     try:
-        tracer = _ChannelTracer(symbolic_trace(model, x), weight_owners(model))
-        with torch.no_grad():
-            tracer.run(x)
+        tracer = _ChannelTracer(symbolic_trace(model, x.clone()), weight_owners(model))
+        with torch.no_grad():  # each run on a copy of x: a model may change its input in place
+            traced = tracer.run(x.clone())
         if tracer.layer_graph.positions:
-            _check_autograd(model, tracer.layer_graph, x)
+            _check_autograd(model, tracer.layer_graph, x.clone(), traced)
     except GradpathError:
         raise
     except Exception as err:  # the model itself rejects the input

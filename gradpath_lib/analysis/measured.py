@@ -12,7 +12,7 @@ step t across the cuts, into the graph above them, and so on. Step t's gradient 
 output is exactly the sum over its paths of t weighted layers, and summing the steps gives the
 ordinary gradient (of the eval-mode network). Cost: one forward pass and one backward pass per
 timestamp (as many as the longest path); memory holds one forward pass of the batch, whatever the
-path lengths (twice the weighted layers' inputs and outputs for a model that assigns into tensors in
+path lengths (twice the weighted layers' inputs and outputs for a model that changes tensors in
 place, `timestamp_steps`). The gradient stays per sample (the batch is never replicated or reshaped), so models
 that fold patches into the batch or repeat an encoding over it are measured as they are.
 """
@@ -44,7 +44,7 @@ RESCALE_LIMIT = 1000  # most powers of two one rescaling step shifts by (2.0 ** 
 def _cut_at_weighted_inputs(model: nn.Module, copies: bool = False) -> Iterator[tuple[dict[Position, torch.Tensor], list]]:
     """While open, every weighted layer reads a detached copy of its input and keeps its output:
     yields (outputs by position, [(input, copy)] for each input that carries gradient). With
-    `copies`, for a model that assigns into tensors in place, the tensors kept are copies that the
+    `copies`, for a model that changes tensors in place, the tensors kept are copies that the
     model never sees (a kept output changed later would take the gradient of what replaced it)."""
     outputs: dict[Position, torch.Tensor] = {}
     cuts: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -82,7 +82,7 @@ def timestamp_steps(
     to the next step is multiplied by a power of two that brings its largest entry near 1 (exact
     in floating point), and each step says by how much: a path through dozens of layers scaled by
     1e-5 (CaiT's LayerScale) then keeps a gradient that its dtype could not hold. The model runs in
-    eval mode and is left in the mode it was in. `copies` is for a model that assigns into tensors
+    eval mode and is left in the mode it was in. `copies` is for a model that changes tensors
     in place (`LayerGraph.assigns`): the forward then keeps copies of each weighted layer's input
     and output, about twice the memory."""
     device = next(model.parameters()).device
@@ -122,7 +122,7 @@ def gradients_by_timestamp(
     """dL/d(output) of every weighted-layer position, split by timestamp: values have shape
     (longest_path, *output shape), entry t the gradient through paths of t + 1 weighted layers
     (None: no gradient at any timestamp). See `timestamp_steps`; pass `copies=report.graph.assigns`
-    for a model that assigns into tensors in place."""
+    for a model that changes tensors in place."""
     split: dict[Position, list[torch.Tensor | None]] = {}
     for t, step in enumerate(timestamp_steps(model, images, labels, loss_fn, longest_path, copies=copies)):
         for key, grad in step.grads.items():

@@ -41,8 +41,7 @@ CHANNELWISE_FUNCTIONS = {
     torch.expm1, torch.log2, torch.clamp_min, torch.clamp_max, torch.nan_to_num,
     F.batch_norm, F.instance_norm, torch.batch_norm, torch.instance_norm,  # per channel (a norm module's own forward)
 }
-CHANNELWISE_METHODS = {"relu", "sigmoid", "tanh", "contiguous", "clone", "float", "relu_",
-                       "sigmoid_", "sqrt", "rsqrt", "exp", "log", "abs", "neg", "square", "clamp",
+CHANNELWISE_METHODS = {"relu", "sigmoid", "tanh", "contiguous", "clone", "float", "sqrt", "rsqrt", "exp", "log", "abs", "neg", "square", "clamp",
                        "half", "double", "bfloat16", "to", "type", "type_as", "cpu", "cuda", "sin", "cos",
                        "reciprocal", "log1p", "expm1", "log2", "clamp_min", "clamp_max", "nan_to_num"}
 CAST_LIKE = {"type_as", "to"}  # const.type_as(x), const.to(x): x gives only a dtype and device, the result is a constant
@@ -63,6 +62,10 @@ ELEMENTWISE_FUNCTIONS = {operator.add, operator.iadd, operator.sub, operator.mul
                          torch.masked_fill}
 ELEMENTWISE_METHODS = {"add", "sub", "mul", "div", "pow", "maximum", "minimum", "where", "lerp", "addcmul",
                        "addcdiv", "true_divide", "masked_fill", "rsub"}
+# In-place methods (x.add_(y), x.relu_()): x = x.add(y) for every later use of that tensor.
+IN_PLACE_METHODS = {f"{name}_" for name in ELEMENTWISE_METHODS | CHANNELWISE_METHODS | NO_GRADIENT_METHODS
+                    if hasattr(torch.Tensor, f"{name}_")}
+OVERWRITES = {"copy_", "zero_", "fill_"}  # in-place methods whose result drops the tensor's old values
 MULTIPLY = {operator.mul, operator.imul, torch.mul, "mul"}
 REDUCTIONS = {torch.mean, torch.amax, torch.amin, torch.sum, torch.var, torch.std, torch.logsumexp,
               torch.prod, torch.nansum, torch.nanmean, torch.norm, torch.linalg.vector_norm, "mean", "amax",
@@ -113,7 +116,8 @@ SUPPORTED = (
     "the parts differ, as a class token), torch.stack, split/chunk/unbind, "
     "permute/transpose, flatten/view/reshape/(un)squeeze that keep the channels' order, "
     "expand/repeat/tile, F.pad, torch.roll/flip, cumsum/cumprod, channel shuffles (view-transpose-view, "
-    "nn.ChannelShuffle), PixelShuffle/PixelUnshuffle, .detach(); mixing the channels without "
+    "nn.ChannelShuffle), PixelShuffle/PixelUnshuffle, .detach(); item assignment at slices and ints and "
+    "in-place methods (add_, mul_, copy_, zero_, ...) into tensors no other tensor in use views; mixing the channels without "
     "weights: LayerNorm, RMSNorm, F.conv2d with a fixed filter in a buffer (a blur), GroupNorm, LocalResponseNorm, GLU, softmax / log_softmax / normalize, mean/sum/var/std/amax/amin/"
     "logsumexp/prod/norm and max/min/sort, @ / matmul / bmm / einsum and scaled_dot_product_attention; "
     "reshapes that spread the channels over several dims (attention heads, also folded into the batch) and "
