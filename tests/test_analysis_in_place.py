@@ -1,6 +1,7 @@
 """In-place methods (`y.add_(z)`, `y.copy_(z)`, `y.mul_(mask)`) change what a tensor carries for
 every later use of it, under any name; a tensor that another one still in use views, and the
-graph's own blind spot (`z = y; z += w`, traced as out of place) are refused by name."""
+graph's own blind spot (`z = y; z += w`, traced as out of place) are refused by name. Tensors made
+only in the shape of a traced one (`zeros_like`, `new_zeros`, `randn_like`) are constants."""
 
 from __future__ import annotations
 
@@ -80,6 +81,18 @@ class AliasedAdd(Pair):
         return y
 
 
+class FilledZeros(Pair):
+    def combine(self, y, z):
+        out = torch.zeros_like(y)
+        out[:, :2] = y[:, :2]  # y's channels 2 and 3 are dropped
+        return out + z.new_zeros(z.shape) + z
+
+
+class Sampled(Pair):
+    def combine(self, y, z):  # a VAE's sample: the noise carries no path
+        return y + torch.randn_like(y) * (0.5 * z).exp()
+
+
 def test_an_in_place_add_reaches_every_name_of_the_tensor():
     report = analyze_model(AddedInPlace(), SHAPE)
     assert timestamps(report, "b") == [(2,)] and timestamps(report, "a") == [(2,)]
@@ -107,3 +120,12 @@ def test_a_view_changed_in_place_is_followed_unless_another_view_in_use_shares_i
 def test_an_in_place_op_the_graph_records_out_of_place_is_refused():
     with pytest.raises(GradpathError, match="computes another output than the model itself"):
         analyze_model(AliasedAdd(), SHAPE)
+
+
+def test_tensors_shaped_like_a_traced_one_are_constants():
+    filled = analyze_model(FilledZeros(), SHAPE)
+    assert {(g.start, g.timestamps) for g in filled.groups if g.position.name == "a"} == {(0, (2,)), (2, ())}
+    assert_structure_is_measured(FilledZeros(), SHAPE, filled)
+    sampled = analyze_model(Sampled(), SHAPE)  # the traced graph and the model draw the same noise
+    assert timestamps(sampled, "a") == [(2,)] and timestamps(sampled, "b") == [(2,)]
+    assert_structure_is_measured(Sampled(), SHAPE, sampled)

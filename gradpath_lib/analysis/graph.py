@@ -58,7 +58,8 @@ that tensor, under any node that holds it (an nn.Identity's output); a change of
 another one still to be used views (which changes too), or of the model's parameter or buffer by
 a traced value, is refused. fx records `z += w` as `z = z + w`, so a tensor changed that way under
 another name would be missed: the traced graph's output is checked against the model's own, and
-a difference is refused. Anything else that may move gradient between channels raises
+a difference is refused (both runs draw the same random numbers: a VAE's `randn_like` noise, like
+`zeros_like` and `new_zeros`, is a constant). Anything else that may move gradient between channels raises
 `GradpathError` naming it.
 
 fx records neither autograd's grad mode nor custom backward passes: it traces through
@@ -70,8 +71,10 @@ position that the traced graph connects to the loss but autograd does not reach.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import operator
+from collections.abc import Iterator
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
@@ -132,6 +135,7 @@ from .op_tables import (
     ELEMENTWISE_METHODS,
     EMBEDDINGS,
     EXPANDS,
+    FACTORIES,
     FLIPS,
     FIXED_FILTERS,
     FUNCTIONAL_LAYERS,
@@ -342,8 +346,9 @@ class _ChannelTracer(fx.Interpreter):
         if n.op == "call_module":
             return self._module(n, self.module.get_submodule(n.target), result)
         target = n.target if n.op == "call_function" else str(n.target)
-        if not _flatten_maps(self._operands(n)) or target in CAST_LIKE and isinstance(self._value(n.args[0]), _Constant):
-            return _Constant(result)  # computed from constants (buffers, parameters) alone, or cast like a traced tensor
+        if (not _flatten_maps(self._operands(n)) or target in FACTORIES
+                or target in CAST_LIKE and isinstance(self._value(n.args[0]), _Constant)):
+            return _Constant(result)  # from constants (buffers, parameters) alone, shaped or cast like a traced tensor
         if target == operator.getitem:
             return self._getitem(n, result)
         if target in ELEMENTWISE_FUNCTIONS or target in ELEMENTWISE_METHODS:
@@ -1206,8 +1211,8 @@ def _check_same_output(model: nn.Module, traced: Any, output: Any) -> None:
         raise GradpathError(
             f"the graph traced from {type(model).__name__} computes another output than the model itself: "
             "it changes a tensor in place under another name (`z = y; z += 1` is traced as z = y + 1, so "
-            "later uses of y miss it; write `z = z + 1`, or y.add_(1) on the tensor itself), or it is random "
-            "in eval mode")
+            "later uses of y miss it; write `z = z + 1`, or y.add_(1) on the tensor itself), or it reads "
+            "state that changes from call to call")
 
 
 def _check_autograd(model: nn.Module, graph: LayerGraph, x: torch.Tensor, traced: Any) -> None:
@@ -1244,6 +1249,15 @@ def example_input(model: nn.Module, input_shape: tuple[int, ...], dtype: torch.d
     return torch.randint(0, min(vocab), (batch, *input_shape), generator=generator, dtype=dtype).to(device)
 
 
+@contextlib.contextmanager
+def _same_random_draws(x: torch.Tensor) -> Iterator[None]:
+    """Torch's random numbers from seed 0 while open, and as they were after: the traced graph and
+    the model draw the same noise (a VAE's randn_like) when their outputs are compared."""
+    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+        torch.manual_seed(0)
+        yield
+
+
 def trace_layers(model: nn.Module, input_shape: tuple[int, ...] = (3, 32, 32),
                  input_dtype: torch.dtype = torch.float32) -> LayerGraph:
     """The weighted-layer DAG of `model` for one input of shape `input_shape` (without batch) and
@@ -1255,10 +1269,11 @@ def trace_layers(model: nn.Module, input_shape: tuple[int, ...] = (3, 32, 32),
         m.training = False
     try:
         tracer = _ChannelTracer(symbolic_trace(model, x.clone()), weight_owners(model))
-        with torch.no_grad():  # each run on a copy of x: a model may change its input in place
+        with torch.no_grad(), _same_random_draws(x):  # each run on a copy of x: a model may change it in place
             traced = tracer.run(x.clone())
         if tracer.layer_graph.positions:
-            _check_autograd(model, tracer.layer_graph, x.clone(), traced)
+            with _same_random_draws(x):
+                _check_autograd(model, tracer.layer_graph, x.clone(), traced)
     except GradpathError:
         raise
     except Exception as err:  # the model itself rejects the input

@@ -44,6 +44,9 @@ CHANNELWISE_FUNCTIONS = {
 CHANNELWISE_METHODS = {"relu", "sigmoid", "tanh", "contiguous", "clone", "float", "sqrt", "rsqrt", "exp", "log", "abs", "neg", "square", "clamp",
                        "half", "double", "bfloat16", "to", "type", "type_as", "cpu", "cuda", "sin", "cos",
                        "reciprocal", "log1p", "expm1", "log2", "clamp_min", "clamp_max", "nan_to_num"}
+# New tensors that take only a shape, dtype and device from a traced tensor: constants.
+FACTORIES = {torch.zeros_like, torch.ones_like, torch.full_like, torch.empty_like, torch.rand_like, torch.randn_like,
+             torch.randint_like, "new_zeros", "new_ones", "new_full", "new_empty", "new_tensor"}
 CAST_LIKE = {"type_as", "to"}  # const.type_as(x), const.to(x): x gives only a dtype and device, the result is a constant
 # Ops whose result depends on their input but carries no gradient (comparisons, rounding, casts
 # to integers): their output is the elementwise map of the operands, detached.
@@ -117,7 +120,8 @@ SUPPORTED = (
     "permute/transpose, flatten/view/reshape/(un)squeeze that keep the channels' order, "
     "expand/repeat/tile, F.pad, torch.roll/flip, cumsum/cumprod, channel shuffles (view-transpose-view, "
     "nn.ChannelShuffle), PixelShuffle/PixelUnshuffle, .detach(); item assignment at slices and ints and "
-    "in-place methods (add_, mul_, copy_, zero_, ...) into tensors no other tensor in use views; mixing the channels without "
+    "in-place methods (add_, mul_, copy_, zero_, ...) into tensors no other tensor in use views; "
+    "zeros_like/full_like/randn_like/new_zeros and the like (constants); mixing the channels without "
     "weights: LayerNorm, RMSNorm, F.conv2d with a fixed filter in a buffer (a blur), GroupNorm, LocalResponseNorm, GLU, softmax / log_softmax / normalize, mean/sum/var/std/amax/amin/"
     "logsumexp/prod/norm and max/min/sort, @ / matmul / bmm / einsum and scaled_dot_product_attention; "
     "reshapes that spread the channels over several dims (attention heads, also folded into the batch) and "
