@@ -572,3 +572,36 @@ MODELS = {
 def test_measured_support_equals_structural_timestamps(name):
     torch.manual_seed(0)
     assert_structure_is_measured(MODELS[name](), SHAPE)
+
+
+class PickedTokens(nn.Module):
+    """Tokens through ops that pick or add entries: baddbmm's scores plus a bias (as Hugging Face's
+    GPT-2 attention writes them), topk over the tokens and gather by its indices (each channel
+    keeps its own), and topk over one projection's channels (which then mix). Half of each goes
+    through one more Linear, so a channel's paths show whether it was kept apart."""
+
+    def __init__(self, d: int = 8):
+        super().__init__()
+        self.q, self.k, self.v, self.w, self.gate = (nn.Linear(d, d) for _ in range(5))
+        self.deep, self.deep_gate = nn.Linear(d // 2, d // 2), nn.Linear(2, 2)
+        self.out = nn.Linear(d + 4, 3)
+
+    def forward(self, x):  # (N, D, T): the input's channels are on dim 1
+        x = x.transpose(1, 2)
+        q, k, v = self.q(x), self.k(x), self.v(x)
+        scores = torch.baddbmm(torch.zeros(x.shape[0], x.shape[1], x.shape[1]), q, k.transpose(1, 2))
+        attended = scores.softmax(-1) @ v
+        best, index = self.w(x).topk(2, dim=1)  # the two best tokens of each channel
+        both = best + torch.gather(attended, 1, index)
+        gate = self.gate(x).topk(4, dim=-1).values[:, :2]  # each of the 4 may be any channel
+        mixed = torch.cat([self.deep(both[..., :4]), both[..., 4:]], -1)
+        gated = torch.cat([self.deep_gate(gate[..., :2]), gate[..., 2:]], -1)
+        return self.out(torch.cat([mixed, gated], -1)).mean(1)
+
+
+def test_picked_entries_keep_their_channels_unless_picked_along_them():
+    report = analyze_model(PickedTokens(), (8, 6))
+    kept_apart = [(0, 4, (3,)), (4, 8, (2,))]
+    assert groups(report, "w") == kept_apart and groups(report, "v") == kept_apart
+    assert groups(report, "q") == groups(report, "k") == groups(report, "gate") == [(0, 8, (2, 3))]
+    assert_structure_is_measured(PickedTokens(), (8, 6), report)

@@ -122,6 +122,7 @@ from .channels import (
 from .layout_ops import NotFollowed, cumulative, expanded, gated, padded, repeated, rolled, stacked, windowed
 from .op_tables import (
     ALONG_DIM,
+    ADDED_PRODUCTS,
     ARG_REDUCTIONS,
     CAST_LIKE,
     CHANNELWISE_FUNCTIONS,
@@ -159,6 +160,8 @@ from .op_tables import (
     SORTS,
     SPLITS,
     SUPPORTED,
+    TAKEN_ALONG,
+    TOP_K,
     TRANSPOSES,
     UNBINDS,
     WEIGHTED_MODULES,
@@ -351,6 +354,8 @@ class _ChannelTracer(fx.Interpreter):
             return _Constant(result)  # from constants (buffers, parameters) alone, shaped or cast like a traced tensor
         if target == operator.getitem:
             return self._getitem(n, result)
+        if target is getattr and isinstance(self._value(n.args[0]), tuple):
+            return self._field(n, result)
         if target in ELEMENTWISE_FUNCTIONS or target in ELEMENTWISE_METHODS:
             return self._elementwise(n, target, result)
         if target in CONCATS:
@@ -369,6 +374,8 @@ class _ChannelTracer(fx.Interpreter):
             return self._permute(n, result)
         if target in MATMULS:
             return self._matmul(n, result)
+        if target in ADDED_PRODUCTS:
+            return self._added_product(n, result)
         if target is torch.einsum:
             return self._einsum(n, result)
         if target in ALONG_DIM:
@@ -386,6 +393,11 @@ class _ChannelTracer(fx.Interpreter):
             return self._max_min(n, target, result)
         if target in ARG_REDUCTIONS:
             return detach(self._reduce(n, result))
+        if target in TOP_K:
+            values = self._taken_along(n, _dim_arg(n, 2, -1), result[0])
+            return values, detach(values)
+        if target in TAKEN_ALONG:
+            return self._taken_along(n, _dim_arg(n, TAKEN_ALONG[target], None), result)
         if target in SORTS:
             values = self._mixed_along(n, _dim_arg(n, 1, -1), result[0])
             return values, detach(values)
@@ -714,12 +726,16 @@ class _ChannelTracer(fx.Interpreter):
     def _operands(self, n: fx.Node) -> list[Any]:
         return [self._value(a) for a in n.args] + [self._value(v) for v in n.kwargs.values()]
 
-    def _elementwise(self, n: fx.Node, target: Any, result: torch.Tensor) -> Any:
-        operands = self._operands(n)
+    def _elementwise(self, n: fx.Node, target: Any, result: torch.Tensor,
+                     operands: list[tuple[Any, tuple[int, ...]]] | None = None) -> Any:
+        """The map of an elementwise op on `operands` ((map or constant, shape) each; default: n's
+        arguments), broadcast to `result`; a constant factor with zeros (a mask) zeroes channels."""
+        if operands is None:
+            operands = [(self._value(a), self.shapes.get(a)) for a in list(n.args) + list(n.kwargs.values())]
         maps = []
-        for v, a in zip(operands, list(n.args) + list(n.kwargs.values())):
+        for v, shape in operands:
             if isinstance(v, ChannelMap):  # a lower-rank operand broadcasts from the right: shift its dims
-                lead = result.ndim - len(self.shapes[a])
+                lead = result.ndim - len(shape)
                 maps.append(in_dim_order(laid_out(v, tuple((d + lead, size) for d, size in v.layout))))
         plain = [m for m in maps if not is_uniform(m) and m.channels > 1]
         layout = union_layout([m.layout for m in plain]) if plain else ((maps[0].axis, result.shape[maps[0].axis]),)
@@ -731,7 +747,7 @@ class _ChannelTracer(fx.Interpreter):
             raise _unsupported(n, "an elementwise op on tensors whose channels lie along different dims")
         merged = merge(lined)
         if target in MULTIPLY:
-            for v in operands:
+            for v, _ in operands:
                 if isinstance(v, _Constant) and v.value.ndim == result.ndim:
                     dims = [d for d, _ in layout]
                     mask = v.value.expand_as(result).permute(*dims, *(d for d in range(result.ndim) if d not in dims))
@@ -943,6 +959,31 @@ class _ChannelTracer(fx.Interpreter):
             return self._elementwise(n, target, result)
         return self._reduce(n, result)
 
+    def _field(self, n: fx.Node, result: Any) -> Any:
+        """A named field of an op's tuple of results (`x.topk(k).values`, `x.max(1).indices`)."""
+        parts = self.env[n.args[0]]
+        index = next((i for i, part in enumerate(parts) if part is result), None)
+        if index is None:
+            raise _unsupported(n, f"the attribute {n.args[1]!r} of a tuple of results")
+        return self._value(n.args[0])[index]
+
+    def _taken_along(self, n: fx.Node, dim: Any, result: torch.Tensor) -> ChannelMap:
+        """topk's values, gather, take_along_dim: entries picked along `dim` (by an index without a
+        gradient): picked along a dim holding the channels, each depends on all of them; along
+        another dim, they keep their channels."""
+        m = self._input_map(n)
+        if not isinstance(dim, int):
+            raise _unsupported(n, f"{n.target} without an explicit integer dim")
+        dim %= result.ndim
+        if any(result.shape[d] != size for d, size in m.layout if d != dim):
+            raise _unsupported(n, f"{n.target} changing the channel count")
+        subs = {d for d, _ in m.layout}
+        if dim not in subs:
+            return m
+        if is_uniform(m) or subs == {dim}:
+            return _uniform_like(m, result)
+        raise _unsupported(n, f"{n.target} along one of several dims that hold channels")
+
     def _flip(self, n: fx.Node) -> ChannelMap:
         """torch.flip: channels in reverse order along every flipped dim that holds them."""
         m = self._input_map(n)
@@ -1040,6 +1081,16 @@ class _ChannelTracer(fx.Interpreter):
         weights_shape = tuple(shapes[0][:-1]) + (shapes[1][-2],)
         weights = _mixed(self._product(n, (q, shapes[0]), (k, k_t), weights_shape), {len(weights_shape) - 1})
         return self._product(n, (weights, weights_shape), (v, shapes[2]), tuple(result.shape))
+
+    def _added_product(self, n: fx.Node, result: torch.Tensor) -> Any:
+        """baddbmm / addmm(input, a, b) = input + a @ b (times factors), input broadcast."""
+        if len(n.args) < 3:
+            raise _unsupported(n, f"{n.target} with its tensors given by keyword")
+        added, a, b = n.args[:3]
+        product = self._product(n, (self._value(a), self.shapes.get(a)), (self._value(b), self.shapes.get(b)),
+                                tuple(result.shape))
+        return self._elementwise(n, torch.add, result, [(self._value(added), self.shapes.get(added)),
+                                                        (product, tuple(result.shape))])
 
     def _product(self, n: fx.Node, a: tuple[Any, Any], b: tuple[Any, Any], out: tuple[int, ...]) -> ChannelMap:
         """The map of a @ b from the (map or constant, shape) of each: channels on the contracted dim

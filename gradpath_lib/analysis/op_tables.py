@@ -82,12 +82,15 @@ ALONG_DIM = {torch.softmax: (1, None), F.softmax: (1, None), torch.log_softmax: 
              "log_softmax": (1, None), F.normalize: (2, 1)}
 SOFTMAX_MODULES = (nn.Softmax, nn.LogSoftmax, nn.Softmin)
 MATMULS = {operator.matmul, torch.matmul, torch.bmm, "matmul", "bmm"}
+ADDED_PRODUCTS = {torch.baddbmm, torch.addmm, "baddbmm", "addmm"}  # input + a @ b
 RESHAPES = {torch.flatten, "flatten", "view", "reshape", torch.reshape, "view_as", "reshape_as", torch.unsqueeze,
             "unsqueeze", torch.squeeze, "squeeze", torch.unflatten, "unflatten"}
 EXPANDS = {"expand", "expand_as", torch.broadcast_to, "broadcast_to"}
 REPEATS = {"repeat", torch.tile, "tile"}
 CUMULATIVES = {torch.cumsum, torch.cumprod, torch.logcumsumexp, "cumsum", "cumprod", "logcumsumexp"}
 SORTS = {torch.sort, "sort"}
+TOP_K = {torch.topk, "topk"}  # (values, indices), along `dim`, the third argument
+TAKEN_ALONG = {torch.gather: 1, "gather": 1, torch.take_along_dim: 2, "take_along_dim": 2}  # -> index of `dim`
 INDEXING = {torch.narrow: "narrow", "narrow": "narrow", torch.select: "select", "select": "select",
             torch.index_select: "index_select", "index_select": "index_select"}
 PERMUTES = {torch.permute, "permute"}
@@ -123,7 +126,8 @@ SUPPORTED = (
     "in-place methods (add_, mul_, copy_, zero_, ...) into tensors no other tensor in use views; "
     "zeros_like/full_like/randn_like/new_zeros and the like (constants); mixing the channels without "
     "weights: LayerNorm, RMSNorm, F.conv2d with a fixed filter in a buffer (a blur), GroupNorm, LocalResponseNorm, GLU, softmax / log_softmax / normalize, mean/sum/var/std/amax/amin/"
-    "logsumexp/prod/norm and max/min/sort, @ / matmul / bmm / einsum and scaled_dot_product_attention; "
+    "logsumexp/prod/norm and max/min/sort/topk, gather / take_along_dim, @ / matmul / bmm / baddbmm / addmm / einsum and "
+    "scaled_dot_product_attention; "
     "reshapes that spread the channels over several dims (attention heads, also folded into the batch) and "
     "back, or that fold them with other dims (space-to-depth, patches); products keeping both operands' "
     "channels (XCiT's q k^T over the tokens); F.fold / nn.Fold and F.unfold / nn.Unfold; "
