@@ -605,3 +605,25 @@ def test_picked_entries_keep_their_channels_unless_picked_along_them():
     assert groups(report, "w") == kept_apart and groups(report, "v") == kept_apart
     assert groups(report, "q") == groups(report, "k") == groups(report, "gate") == [(0, 8, (2, 3))]
     assert_structure_is_measured(PickedTokens(), (8, 6), report)
+
+
+class SpatialTransformer(nn.Module):
+    """A spatial transformer: a localization conv predicts a sampling grid, F.grid_sample moves
+    each channel of the features by it; half of the sampled channels go through one more conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.features, self.where = nn.Conv2d(3, C, 3, padding=1), nn.Conv2d(3, 2, 3, padding=1)
+        self.deep, self.head = nn.Conv2d(2, 2, 1), nn.Conv2d(C, 3, 1)
+
+    def forward(self, x):
+        grid = torch.tanh(self.where(x)).permute(0, 2, 3, 1)  # (N, H, W, 2) in [-1, 1]
+        moved = F.grid_sample(self.features(x), grid, align_corners=False)
+        return self.head(torch.cat([self.deep(moved[:, :2]), moved[:, 2:]], 1))
+
+
+def test_grid_sample_keeps_each_channel_and_mixes_the_grid_into_all():
+    report = analyze_model(SpatialTransformer(), SHAPE)
+    assert groups(report, "features") == [(0, 2, (3,)), (2, 4, (2,))]
+    assert groups(report, "where") == [(0, 2, (2, 3))]  # the grid moves every channel
+    assert_structure_is_measured(SpatialTransformer(), SHAPE, report)

@@ -418,6 +418,8 @@ class _ChannelTracer(fx.Interpreter):
             return stacked(parts, _dim_arg(n, 1, 0) % result.ndim)
         if target is F.local_response_norm:
             return self._local_response_norm(n, n.args[1] if len(n.args) > 1 else n.kwargs["size"])
+        if target is F.grid_sample:
+            return self._grid_sample(n, result)
         if target is F.glu:
             return gated(self._input_map(n), _dim_arg(n, 1, -1) % result.ndim)
         if target is F.pad:
@@ -958,6 +960,17 @@ class _ChannelTracer(fx.Interpreter):
         if len(n.args) > 1 and isinstance(n.args[1], fx.Node) or "other" in n.kwargs:
             return self._elementwise(n, target, result)
         return self._reduce(n, result)
+
+    def _grid_sample(self, n: fx.Node, result: torch.Tensor) -> Any:
+        """F.grid_sample(input, grid): each output channel samples its own input channel, at places
+        that every channel of the grid decides (a spatial transformer's, deformable attention's)."""
+        image, grid = (self._value(a) for a in n.args[:2])
+        if isinstance(image, ChannelMap) and any(d != 1 for d, _ in image.layout):
+            raise _unsupported(n, "F.grid_sample of channels that do not lie along dim 1 alone")
+        operands = [(image, tuple(result.shape))]
+        if isinstance(grid, ChannelMap):
+            operands.append((_uniform_like(grid, result), tuple(result.shape)))
+        return self._elementwise(n, F.grid_sample, result, operands)
 
     def _field(self, n: fx.Node, result: Any) -> Any:
         """A named field of an op's tuple of results (`x.topk(k).values`, `x.max(1).indices`)."""
