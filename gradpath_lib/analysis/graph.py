@@ -6,7 +6,8 @@ gradients) gives every tensor's shape, and a `ChannelMap` per tensor records
 which producer channels it carries. Weighted layers are the modules in `WEIGHTED_MODULES`
 (convolutions, linear layers and embeddings, their subclasses included: fx keeps them whole);
 each call of one is a *position* (a module called at two places shares its weights but has two
-positions; so do modules whose weight is one tied Parameter). An integer input is token ids: it
+positions; so do modules whose weight is one tied Parameter); a parameter used as a tensor
+elsewhere (LayerScale, a position table, `x @ self.weight`) is a constant, not a position. An integer input is token ids: it
 carries no gradient, and an `nn.Embedding` reading it (or position ids computed from constants)
 is a weighted layer with nothing upstream; indexing a plain parameter with it is refused. So is any
 weighted layer reading constants alone (a Fourier position encoding projected by a conv). A Linear
