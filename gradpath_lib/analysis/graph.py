@@ -845,11 +845,7 @@ class _ChannelTracer(fx.Interpreter):
         changes too, along other dims), or if it is the model's parameter or buffer given a traced
         value (that outlives the call). The measured check then keeps copies (`LayerGraph.assigns`)."""
         x = self.env[target]
-        if not isinstance(new, ChannelMap) and not isinstance(self.values[target], ChannelMap):
-            for node, value in self.env.items():  # a constant stays a constant: its views too
-                if value is x:
-                    self.values[node] = new
-            return
+        traced = isinstance(new, ChannelMap) or isinstance(self.values[target], ChannelMap)  # else: views stay constants
         if isinstance(new, ChannelMap):
             for name, p in [*self.module.named_parameters(), *self.module.named_buffers()]:
                 if _overlaps(p, x):
@@ -857,10 +853,10 @@ class _ChannelTracer(fx.Interpreter):
         for node, value in self.env.items():
             if value is x:
                 self.values[node] = new
-            elif any(_overlaps(t, x) for t in _tensors(value)):
+            elif traced and any(_overlaps(t, x) for t in _tensors(value)):
                 raise _unsupported(n, f"{what} into a tensor that {node.name!r}, still to be used, views "
                                       "(that tensor changes too)")
-        self.layer_graph.assigns = True
+        self.layer_graph.assigns |= traced
 
     def _written(self, n: fx.Node, m: ChannelMap | None, shape: tuple[int, ...], index: tuple[slice, ...],
                  new: Any, first: int) -> Any:
