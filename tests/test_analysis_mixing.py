@@ -82,7 +82,9 @@ class SplitNormalized(nn.Module):
 
 
 class Softmaxed(nn.Module):
-    """SplitNormalized with a softmax along `dim` of the flattened (N, C, H*W) map."""
+    """SplitNormalized with a softmax along `dim` of the flattened (N, C, H*W) map. The softmax is
+    squared before its sum: a softmax summed along its own dim is 1 whatever its input, so its
+    gradient would be exactly zero and only rounding noise would be measured."""
 
     def __init__(self, dim: int):
         super().__init__()
@@ -91,7 +93,7 @@ class Softmaxed(nn.Module):
 
     def forward(self, x):
         y = torch.softmax(self.a(x).flatten(2), dim=self.dim)
-        return self.head(y[:, : C // 2].sum(-1))
+        return self.head(y[:, : C // 2].pow(2).sum(-1))
 
 
 class SqueezeExcite(nn.Module):
