@@ -48,6 +48,11 @@ from .tables import output_dir
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 LIBRARY_DIR = REPO_ROOT / "gradpath_lib"
 KERNEL = "python3"
+# The kernel logs only what is critical: otherwise every notebook prints ipykernel's warning about
+# its local TCP transport, and at times "KeyboardInterrupt caught in kernel" when papermill's
+# shutdown interrupts it once the notebook is done. A cell's error and a dead kernel still reach
+# the report through papermill.
+KERNEL_QUIET = ["--IPKernelApp.log_level=CRITICAL"]
 DONE, UP_TO_DATE, FAILED_NB, SKIPPED, RUNS_ONLY = "executed", "up to date", "failed", "skipped", "runs only"
 
 
@@ -251,7 +256,8 @@ def execute_notebook(name: str, scale: str, parameters: dict[str, Any], results_
     start = time.perf_counter()
     try:
         papermill.execute_notebook(str(source_notebook(name)), str(partial), parameters=parameters,
-                                   kernel_name=KERNEL, cwd=str(REPO_ROOT), progress_bar=False)
+                                   kernel_name=KERNEL, cwd=str(REPO_ROOT), progress_bar=False,
+                                   extra_arguments=KERNEL_QUIET)
     except PapermillExecutionError as err:
         os.replace(partial, failed)
         final.unlink(missing_ok=True)
