@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from gradpath_lib.analysis import analyze_model
-from gradpath_lib.analysis.unroll import UnrolledAttention, unroll_attention
+from gradpath_lib.analysis.unroll import UnrolledAttention, unroll_modules
 from gradpath_lib.errors import GradpathError
 
 from conftest import assert_structure_is_measured
@@ -56,11 +56,11 @@ def test_the_unrolled_module_computes_what_multihead_attention_computes(config, 
 
 def test_unrolling_copies_the_model_and_leaves_one_without_attention_alone():
     model = SelfAttention()
-    unrolled = unroll_attention(model)
+    unrolled = unroll_modules(model)
     assert isinstance(model.attention, nn.MultiheadAttention), "the model given is not changed"
     assert isinstance(unrolled.attention, UnrolledAttention)
     plain = nn.Sequential(nn.Conv2d(3, 4, 1))
-    assert unroll_attention(plain) is plain
+    assert unroll_modules(plain) is plain
 
 
 def test_options_it_cannot_unroll_are_named():

@@ -34,7 +34,8 @@ F.fold each channel on its window's channels;
 pads, rolls, copies (expand, repeat, stack) and cumulative sums follow `layout_ops`; comparisons,
 rounding and integer casts depend on their input without a gradient (a detached map);
 `op_tables` lists every op followed, by kind;
-each `nn.MultiheadAttention` is first unrolled into its Linear projections (`unroll`);
+each `nn.MultiheadAttention` is first unrolled into its Linear projections, and each `nn.RNN`,
+`nn.LSTM`, `nn.GRU` (or cell) into its input and hidden Linear layers step by step (`unroll`);
 `.detach()` and `torch.detach(x)` cut the gradient edge; `permute`/`transpose` move the channel
 axis (as a detection head does before its output; each position records the axis of its output
 channels). Tensors computed from constants alone carry no gradient path; a constant
@@ -169,7 +170,7 @@ from .op_tables import (
 )
 from .layer_calls import functional_weight, weight_owners, weighted_calls
 from .tracing import symbolic_trace
-from .unroll import unroll_attention
+from .unroll import unroll_modules
 
 LOSS = -2  # consumer id of the model's output (the loss)
 TRACE_BATCH = 1  # batch size of the shape-propagation run (in eval mode, so BatchNorm accepts 1)
@@ -1323,7 +1324,7 @@ def trace_layers(model: nn.Module, input_shape: tuple[int, ...] = (3, 32, 32),
                  input_dtype: torch.dtype = torch.float32) -> LayerGraph:
     """The weighted-layer DAG of `model` for one input of shape `input_shape` (without batch) and
     `input_dtype` (an integer type: token ids for the model's `nn.Embedding`)."""
-    model = unroll_attention(model)
+    model = unroll_modules(model)
     x = example_input(model, input_shape, input_dtype)
     modes = {m: m.training for m in model.modules()}
     for m in modes:

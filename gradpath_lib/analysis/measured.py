@@ -33,7 +33,7 @@ from ..errors import GradpathError
 from .graph import example_input
 from .layer_calls import Position, weighted_calls
 from .paths import GradientPathReport, analyze_model
-from .unroll import unroll_attention
+from .unroll import unroll_modules
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 CHECK_SAMPLES = 2  # random inputs of `structure_check`
@@ -163,7 +163,7 @@ def measured_gradient_spectrum(
     `report` (the structural analysis) is computed when not given; the timestamps run up to its
     longest path.
     """
-    model = unroll_attention(model)  # the positions of `report` name its projections
+    model = unroll_modules(model)  # the positions of `report` name its projections
     report = report or analyze_model(model, tuple(images.shape[1:]), images.dtype)
     longest = report.network["longest_path"]
     if longest is None:
