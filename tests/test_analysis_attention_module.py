@@ -1,6 +1,7 @@
 """nn.MultiheadAttention in the gradient path analysis: unrolled into its four Linear projections
 (`analysis.unroll`), it computes what the module computes, and the structural timestamps of models
-built with it (a torchvision-style ViT among them) equal the measured spectrum's support."""
+built with it (a torchvision-style ViT and torch.nn's Transformer modules among them) equal the
+measured spectrum's support."""
 
 from __future__ import annotations
 
@@ -174,3 +175,45 @@ def test_reading_the_class_token_alone_is_followed_position_by_position():
     assert_structure_is_measured(model, SHAPE, report)
     assert max(p.copies for p in report.graph.positions) == 2  # the class token and the patch tokens
     assert timestamps(analyze_model(VisionTransformer(pool=True), SHAPE), "conv_proj")[0] == 2
+
+class TorchEncoder(nn.Module):
+    """torch.nn's TransformerEncoder (post-norm, batch first, an even number of heads: in eval mode
+    without gradients it would run its fused fast path) classifying from the first token."""
+
+    def __init__(self, **layer_options):
+        super().__init__()
+        layer = nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, batch_first=True, **layer_options)
+        self.embed, self.head = nn.Linear(E, 16), nn.Linear(16, 3)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+
+    def forward(self, x):
+        return self.head(self.encoder(self.embed(x))[:, 0])
+
+
+class TorchTransformer(nn.Module):
+    """torch.nn's encoder-decoder Transformer with a causal target mask, both sides reading x."""
+
+    def __init__(self):
+        super().__init__()
+        self.transformer = nn.Transformer(16, 2, num_encoder_layers=1, num_decoder_layers=2, dim_feedforward=32,
+                                          dropout=0.0, batch_first=True)
+        self.src, self.tgt, self.head = nn.Linear(E, 16), nn.Linear(E, 16), nn.Linear(16, 3)
+
+    def forward(self, x):
+        mask = nn.Transformer.generate_square_subsequent_mask(x.shape[1], device=x.device)
+        return self.head(self.transformer(self.src(x), self.tgt(x), tgt_mask=mask, tgt_is_causal=True))
+
+
+@pytest.mark.parametrize("model, some_positions", [
+    (TorchEncoder, {"encoder.layers.0.self_attn.q_proj", "encoder.layers.1.linear2"}),
+    (lambda: TorchEncoder(norm_first=True, activation="gelu"), {"encoder.layers.1.self_attn.out_proj"}),
+    (TorchTransformer, {"transformer.decoder.layers.1.multihead_attn.k_proj", "transformer.encoder.layers.0.linear1"}),
+], ids=["encoder", "pre-norm gelu encoder", "encoder-decoder"])
+def test_torch_transformer_modules_are_traced_through_their_unrolled_attention(model, some_positions):
+    """The Transformer modules are traced into (fx keeps torch.nn's modules whole) and kept off
+    their fused path, which reads the attention's bare parameters; the switch is put back after."""
+    model = model()
+    report = analyze_model(model, (L, E))
+    assert some_positions <= {g.position.name for g in report.groups}
+    assert torch.backends.mha.get_fastpath_enabled()
+    assert_structure_is_measured(model, (L, E), report=report)

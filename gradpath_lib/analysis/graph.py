@@ -170,7 +170,7 @@ from .op_tables import (
 )
 from .layer_calls import functional_weight, weight_owners, weighted_calls
 from .tracing import symbolic_trace
-from .unroll import unroll_modules
+from .unroll import unfused_attention, unroll_modules
 
 LOSS = -2  # consumer id of the model's output (the loss)
 TRACE_BATCH = 1  # batch size of the shape-propagation run (in eval mode, so BatchNorm accepts 1)
@@ -1330,12 +1330,13 @@ def trace_layers(model: nn.Module, input_shape: tuple[int, ...] = (3, 32, 32),
     for m in modes:
         m.training = False
     try:
-        tracer = _ChannelTracer(symbolic_trace(model, x.clone()), weight_owners(model))
-        with torch.no_grad(), _same_random_draws(x):  # each run on a copy of x: a model may change it in place
-            traced = tracer.run(x.clone())
-        if tracer.layer_graph.positions:
-            with _same_random_draws(x):
-                _check_autograd(model, tracer.layer_graph, x.clone(), traced)
+        with unfused_attention():
+            tracer = _ChannelTracer(symbolic_trace(model, x.clone()), weight_owners(model))
+            with torch.no_grad(), _same_random_draws(x):  # each run on a copy of x: a model may change it in place
+                traced = tracer.run(x.clone())
+            if tracer.layer_graph.positions:
+                with _same_random_draws(x):
+                    _check_autograd(model, tracer.layer_graph, x.clone(), traced)
     except GradpathError:
         raise
     except Exception as err:  # the model itself rejects the input

@@ -33,7 +33,7 @@ from ..errors import GradpathError
 from .graph import example_input
 from .layer_calls import Position, weighted_calls
 from .paths import GradientPathReport, analyze_model
-from .unroll import unroll_modules
+from .unroll import unfused_attention, unroll_modules
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 CHECK_SAMPLES = 2  # random inputs of `structure_check`
@@ -169,14 +169,15 @@ def measured_gradient_spectrum(
     if longest is None:
         raise GradpathError(f"no weighted layer of {type(model).__name__} receives gradient from its output")
     logs = [[-math.inf] * longest for _ in report.groups]  # log2 norm per group and timestamp
-    for t, step in enumerate(timestamp_steps(model, images, labels, loss_fn, longest, rescale=True,
-                                                     copies=report.graph.assigns)):
-        for i, g in enumerate(report.groups):
-            grad = step.grads.get((g.position.module, g.position.call))
-            if grad is not None:
-                # the channel dim counted from the end: an output computed from constants has no batch dim
-                dim = grad.ndim - g.position.ndim + g.position.axis
-                logs[i][t] = step.exponent + _log2_norm(grad.narrow(dim, g.start, g.stop - g.start))
+    with unfused_attention():
+        for t, step in enumerate(timestamp_steps(model, images, labels, loss_fn, longest, rescale=True,
+                                                 copies=report.graph.assigns)):
+            for i, g in enumerate(report.groups):
+                grad = step.grads.get((g.position.module, g.position.call))
+                if grad is not None:
+                    # the channel dim counted from the end: an output computed from constants has no batch dim
+                    dim = grad.ndim - g.position.ndim + g.position.axis
+                    logs[i][t] = step.exponent + _log2_norm(grad.narrow(dim, g.start, g.stop - g.start))
     rows = []
     for g, group_logs in zip(report.groups, logs):
         norms = [2.0 ** min(log, 1023.0) if log > -1075 else 0.0 for log in group_logs]  # below float64's least: 0

@@ -132,6 +132,7 @@ SUPPORTED = (
     "reshapes that spread the channels over several dims (attention heads, also folded into the batch) and "
     "back, or that fold them with other dims (space-to-depth, patches); products keeping both operands' "
     "channels (XCiT's q k^T over the tokens); F.fold / nn.Fold and F.unfold / nn.Unfold; "
-    "nn.MultiheadAttention (unrolled into its Linear projections); nn.RNN / nn.LSTM / nn.GRU and their cells on "
+    "nn.MultiheadAttention (unrolled into its Linear projections), also inside nn.Transformer and its encoder "
+    "and decoder (layers); nn.RNN / nn.LSTM / nn.GRU and their cells on "
     "padded tensors (unrolled step by step: an input Linear per layer, a hidden Linear per step)"
 )

@@ -7,7 +7,8 @@ so shapes, `len` and iteration are plain Python values, a branch on them is the 
 shape takes, and the graph is the model as run at that shape (the only one the analysis reads it
 at). A branch on the data itself is still refused. Weighted modules and their subclasses (a
 weight-standardized conv, a conv with "same" padding) stay whole in both: each call of one is a
-position. Attributes a module sets while traced (a cache) are put back afterwards.
+position. torch.nn's Transformer modules, which fx would keep whole as it keeps all of torch.nn's,
+are traced through. Attributes a module sets while traced (a cache) are put back afterwards.
 """
 
 from __future__ import annotations
@@ -31,13 +32,20 @@ from .op_tables import WEIGHTED_MODULES
 # Read from a traced tensor's value, never recorded: what control flow and sizes are made of.
 _CONCRETE_ATTRS = frozenset({"shape", "ndim", "dtype", "device", "size", "dim", "numel", "is_cuda",
                              "is_floating_point", "is_complex", "is_contiguous", "stride", "element_size",
-                             "requires_grad", "layout"})
+                             "requires_grad", "layout", "is_nested", "is_sparse", "is_quantized"})
+
+
+# torch.nn's modules made of other modules: traced through, not kept whole as fx keeps torch.nn's.
+_COMPOSITES = (nn.Transformer, nn.TransformerEncoder, nn.TransformerDecoder, nn.TransformerEncoderLayer,
+               nn.TransformerDecoderLayer)
 
 
 class _Tracer(fx.Tracer):
-    """fx's tracer, with the weighted modules kept whole."""
+    """fx's tracer, with the weighted modules kept whole and torch.nn's Transformer modules traced through."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if isinstance(m, _COMPOSITES):
+            return False
         return isinstance(m, WEIGHTED_MODULES) or super().is_leaf_module(m, module_qualified_name)
 
 

@@ -21,7 +21,9 @@ analysis reports the Linear layers as positions named `<module>.q_proj`, `<modul
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -51,6 +53,19 @@ def additive_mask(attn_mask: torch.Tensor | None, key_padding_mask: torch.Tensor
 
 
 torch.fx.wrap("additive_mask")
+
+
+@contextlib.contextmanager
+def unfused_attention() -> Iterator[None]:
+    """PyTorch's Transformer layers kept off their fused fast path while open: in eval mode without
+    gradients, `nn.TransformerEncoderLayer` would read its attention's bare `in_proj_weight` and
+    run one fused kernel, past the unrolled projections."""
+    enabled = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(enabled)
 
 
 def linear_copy(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
