@@ -8,6 +8,8 @@ from torch import nn
 
 from conftest import assert_structure_is_measured
 from gradpath_lib.analysis import analyze_model
+from gradpath_lib.analysis.designs import LastStepClassifier, recurrent_paths_table
+from gradpath_lib.analysis.figures import time_paths_figure
 from gradpath_lib.analysis.unroll import UnrolledCell, UnrolledRecurrent, unroll_modules
 from gradpath_lib.errors import GradpathError
 
@@ -65,19 +67,6 @@ def test_an_unrolled_cell_computes_the_cells_step(cell):
     assert_same_outputs(cell, torch.randn(3, FEATURES), (h, torch.randn(3, HIDDEN)) if isinstance(cell, nn.LSTMCell) else h)
 
 
-class LastStep(nn.Module):
-    """A sequence classifier reading the recurrent module's output at the last step."""
-
-    def __init__(self, rnn: nn.Module):
-        super().__init__()
-        self.rnn = rnn
-        self.head = nn.Linear(rnn.hidden_size * (2 if rnn.bidirectional else 1), 3)
-
-    def forward(self, x):
-        out, _ = self.rnn(x)
-        return self.head(out[:, -1])
-
-
 class CellLoop(nn.Module):
     """A loop over the steps written with an nn.LSTMCell, classifying from the last hidden state."""
 
@@ -93,7 +82,7 @@ class CellLoop(nn.Module):
 
 
 def test_unrolling_replaces_nested_modules_in_a_copy():
-    model = LastStep(nn.LSTM(FEATURES, HIDDEN, batch_first=True))
+    model = LastStepClassifier(nn.LSTM(FEATURES, HIDDEN, batch_first=True))
     unrolled = unroll_modules(model)
     assert isinstance(unrolled.rnn, UnrolledRecurrent) and isinstance(model.rnn, nn.LSTM)
     assert {name for name, _ in unrolled.rnn.named_children()} == {"ih_l0", "hh_l0"}
@@ -106,7 +95,7 @@ def test_timestamps_through_time(kind):
     head). An LSTM's cell state and a GRU's update gate carry step t's state to the end through no
     weighted layer, so every timestamp from 2 (ih, then the head) to STEPS - t + 1 arrives: like a
     residual shortcut, the gating gives every step a short gradient path."""
-    report = analyze_model(LastStep(kind(FEATURES, HIDDEN, batch_first=True)), (STEPS, FEATURES))
+    report = analyze_model(LastStepClassifier(kind(FEATURES, HIDDEN, batch_first=True)), (STEPS, FEATURES))
     by_step = {g.start: g.timestamps for g in report.groups if g.position.name == "rnn.ih_l0"}
     longest = {t: STEPS - t + 1 for t in range(STEPS)}
     if kind is nn.RNN:
@@ -120,9 +109,9 @@ def test_timestamps_through_time(kind):
 
 
 @pytest.mark.parametrize("model", [
-    lambda: LastStep(nn.LSTM(FEATURES, HIDDEN, batch_first=True, num_layers=2, bidirectional=True)),
-    lambda: LastStep(nn.GRU(FEATURES, HIDDEN, batch_first=True, num_layers=2)),
-    lambda: LastStep(nn.RNN(FEATURES, HIDDEN, batch_first=True, bidirectional=True)),
+    lambda: LastStepClassifier(nn.LSTM(FEATURES, HIDDEN, batch_first=True, num_layers=2, bidirectional=True)),
+    lambda: LastStepClassifier(nn.GRU(FEATURES, HIDDEN, batch_first=True, num_layers=2)),
+    lambda: LastStepClassifier(nn.RNN(FEATURES, HIDDEN, batch_first=True, bidirectional=True)),
     CellLoop,
 ], ids=["lstm 2 layers bidirectional", "gru 2 layers", "rnn bidirectional", "lstm cell loop"])
 def test_measured_support_equals_structural_timestamps(model):
@@ -134,3 +123,18 @@ def test_a_packed_sequence_is_refused_by_name():
     packed = nn.utils.rnn.pack_padded_sequence(torch.randn(STEPS, 2, FEATURES), [STEPS, 3])
     with pytest.raises(GradpathError, match="PackedSequence"):
         rnn(packed)
+
+
+def test_the_chapters_table_and_figure_of_paths_through_time(tmp_path):
+    table = recurrent_paths_table(sequence=(6, 3), hidden=4)
+    assert set(table.design) == {"Elman RNN (tanh)", "GRU", "LSTM"}
+    for design, rows in table.groupby("design"):
+        after = rows["steps after it"]
+        assert sorted(after) == list(range(6))
+        assert (rows["longest path"] == after + 2).all()
+        if design.startswith("Elman"):
+            assert (rows["shortest path"] == after + 2).all() and (rows.paths == 1).all()
+        else:  # a gated carry or the hidden Linear at every later step
+            assert (rows["shortest path"] == 2).all() and (rows.paths == 2 ** after).all()
+    time_paths_figure(table, tmp_path)
+    assert (tmp_path / "recurrent_paths.png").stat().st_size > 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 import torch
+from torch import nn
 
 from ..models.cost import count_flops, count_params
 from ..models.reference import REFERENCE_NETS, VisionTransformer, reference_net
@@ -69,4 +70,39 @@ def class_token_table(reports: dict[str, GradientPathReport] | None = None) -> p
         rows.append({"head reads": head, "patch embedding: shortest path": patch.shortest,
                      "patch embedding: longest path": patch.longest,
                      **{METRIC_NAMES[m]: report.network[m] for m in ("longest_shortest_path", "longest_path")}})
+    return pd.DataFrame(rows)
+
+
+RECURRENT_DESIGNS = {"Elman RNN (tanh)": nn.RNN, "GRU": nn.GRU, "LSTM": nn.LSTM}
+SEQUENCE = (16, 8)  # (time steps, features) of the recurrent classifiers' input
+
+
+class LastStepClassifier(nn.Module):
+    """A sequence classifier: a recurrent module `rnn` (batch first) and a Linear head on the
+    output of its last time step."""
+
+    def __init__(self, rnn: nn.RNNBase, classes: int = 3):
+        super().__init__()
+        self.rnn = rnn
+        self.head = nn.Linear(rnn.hidden_size * (2 if rnn.bidirectional else 1), classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.rnn(x)
+        return self.head(out[:, -1])
+
+
+def recurrent_paths_table(sequence: tuple[int, int] = SEQUENCE, hidden: int = 32) -> pd.DataFrame:
+    """Gradient paths through time: for each design of `RECURRENT_DESIGNS` (one layer, `hidden`
+    units, in a `LastStepClassifier` on `sequence`) and each time step, the shortest and longest
+    gradient path from the loss to that step's input gates (the input Linear `rnn.ih_l0` at that
+    step) and the number of paths, beside how many steps lie between it and the last one."""
+    steps, features = sequence
+    rows = []
+    for design, kind in RECURRENT_DESIGNS.items():
+        report = analyze_model(LastStepClassifier(kind(features, hidden, batch_first=True)), sequence)
+        for g in report.groups:
+            if g.position.name == "rnn.ih_l0":
+                rows.append({"design": design, "step": g.start, "steps after it": steps - 1 - g.start,
+                             "shortest path": min(g.timestamps), "longest path": max(g.timestamps),
+                             "paths": g.n_paths})
     return pd.DataFrame(rows)

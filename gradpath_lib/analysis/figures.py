@@ -131,6 +131,31 @@ def path_lengths_figure(reports: Mapping[str, GradientPathReport], out_dir: str 
     return _save(fig, out_dir, name)
 
 
+def time_paths_figure(table: pd.DataFrame, out_dir: str | Path | None = None, name: str = "recurrent_paths") -> Any:
+    """Against the steps between a time step and the last one: the shortest gradient path to that
+    step's input gates (left) and the number of paths (right, log scale), one marker per recurrent
+    design (`designs.recurrent_paths_table`; hollow markers, so designs that coincide both show)."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, (short, count) = plt.subplots(1, 2, figsize=(8, 3.2))
+    for (design, rows), marker, size in zip(table.groupby("design", sort=False), "osD^v", (4, 7, 10, 5, 5)):
+        style = dict(marker=marker, markersize=size, markerfacecolor="none", linewidth=1, label=design)
+        short.plot(rows["steps after it"], rows["shortest path"], **style)
+        count.plot(rows["steps after it"], rows["paths"], **style)
+    short.set_ylabel("shortest gradient path (weighted layers)")
+    count.set_ylabel("gradient paths")
+    count.set_yscale("log", base=2)
+    short.yaxis.set_major_locator(MaxNLocator(integer=True))
+    for ax in (short, count):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("time steps after the input's step")
+        ax.grid(alpha=0.3)
+    short.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, out_dir, name)
+
+
 def path_length_shares(spectrum: pd.DataFrame) -> pd.Series:
     """Per timestamp: the share of a layer's gradient norm arriving through paths of that length,
     averaged over every channel group that receives gradient (each counts once, so the large
