@@ -1,7 +1,9 @@
-"""Weighted layers called functionally on a weighted module's own weight (`analysis.layer_calls`):
-BEiT's `F.linear(x, qkv.weight, bias)`, an output layer `F.linear(h, wte.weight)` tied to the token
-embedding, a grouped `F.conv2d` on a conv's weight. Each is a position of that module, in the traced
-graph and in the measured and autograd checks alike."""
+"""Weighted layers called functionally on a weight Parameter (`analysis.layer_calls`): BEiT's
+`F.linear(x, qkv.weight, bias)`, an output layer `F.linear(h, wte.weight)` tied to the token
+embedding, a grouped `F.conv2d` on a conv's weight, and bare Parameters: `x @ W`, Hugging Face
+GPT-2's `Conv1D` (`torch.addmm(bias, x, weight)`), `F.conv2d` on a module's own `weight`. Each is a
+position of the layer owning the weight, in the traced graph and in the measured and autograd
+checks alike."""
 
 from __future__ import annotations
 
@@ -113,3 +115,62 @@ class InputBias(nn.Module):
 def test_a_functional_layer_with_a_bias_from_the_input_is_refused_by_name():
     with pytest.raises(GradpathError, match="F.linear with a bias computed from the input"):
         analyze_model(InputBias(), (4,))
+
+
+class Conv1D(nn.Module):
+    """Hugging Face GPT-2's Conv1D: a Linear whose (in, out) weight is a bare Parameter, run by addmm."""
+
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__()
+        self.weight = nn.Parameter(0.3 * torch.randn(c_in, c_out))
+        self.bias = nn.Parameter(torch.zeros(c_out))
+
+    def forward(self, x):
+        return torch.addmm(self.bias, x.reshape(-1, x.shape[-1]), self.weight).reshape(*x.shape[:-1], -1)
+
+
+class BareParameters(nn.Module):
+    """Tokens through an MLP of two Conv1D, a residual `x @ W` used twice (tied), and a head;
+    `conv` holds a bare `weight` that F.conv2d runs on the input image."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Module()
+        self.conv.weight = nn.Parameter(0.3 * torch.randn(C, 3, 2, 2))
+        self.fc, self.proj = Conv1D(C, 2 * C), Conv1D(2 * C, C)
+        self.mix = nn.Parameter(0.3 * torch.randn(C, C))
+        self.head = nn.Linear(C, 3)
+
+    def forward(self, x):
+        tokens = F.conv2d(x, self.conv.weight, stride=2).flatten(2).transpose(1, 2)
+        h = tokens + self.proj(F.gelu(self.fc(tokens)))
+        h = h + torch.tanh(torch.tanh(h @ self.mix) @ self.mix)
+        return self.head(h.mean(1))
+
+
+def test_bare_parameters_multiplied_by_are_positions_named_by_their_layer():
+    model = BareParameters()
+    report = analyze_model(model, SHAPE)
+    rows = report.parameters.set_index("module")
+    assert list(rows.index) == ["conv", "fc", "proj", "mix", "head"]
+    assert rows.loc["mix", "positions"] == 2  # one Parameter, two products: tied
+    assert rows.loc["fc", "timestamps"] == (3, 5) and rows.loc["proj", "timestamps"] == (2, 4)
+    # the head along the residual stream (2), through both products or the MLP (4), through the MLP and both (6)
+    assert rows.loc["conv", "timestamps"] == (2, 4, 6)
+    assert_structure_is_measured(model, SHAPE, report=report)
+
+
+class LeftParameter(nn.Module):
+    def __init__(self, shape: tuple[int, ...]):
+        super().__init__()
+        self.a, self.w, self.head = nn.Linear(4, 4), nn.Parameter(torch.randn(*shape)), nn.Linear(4, 3)
+
+    def forward(self, x):
+        y = self.a(x)
+        return self.head((self.w @ y if self.w.ndim == 2 else y @ self.w).mean(1))
+
+
+@pytest.mark.parametrize("shape, names", [((5, 5), "Parameter 'w' on the left"), ((2, 4, 4), "3-d Parameter 'w'")])
+def test_products_by_a_parameter_that_are_no_linear_are_refused_by_name(shape, names):
+    with pytest.raises(GradpathError, match=names):
+        analyze_model(LeftParameter(shape), (5, 4))

@@ -42,15 +42,16 @@ class Blur(nn.Module):
         return F.conv2d(x, self.filt, padding=1, groups=self.groups)
 
 
-class ParameterConv(nn.Module):
-    """F.conv2d on a trained weight held as a bare parameter: a weighted layer the analysis cannot name."""
+class ComputedWeightConv(nn.Module):
+    """F.conv2d on a weight computed in forward from a Parameter: a weighted layer the analysis
+    cannot name by a Parameter it multiplies by."""
 
     def __init__(self):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(C, C, 1, 1))
 
     def forward(self, x):
-        return F.conv2d(x, self.weight)
+        return F.conv2d(x, 2 * self.weight)
 
 
 class FunctionalBatchNorm(nn.BatchNorm2d):
@@ -221,7 +222,7 @@ class DataIndexed(nn.Module):
 @pytest.mark.parametrize("model, names", [
     (DataIndexed(), "indexing with a tensor computed from the input"),
     (Op(lambda y: torch.roll(y, 1)), "torch.roll without dims"),
-    (Op(ParameterConv()), "F.conv2d on a weight tensor"),
+    (Op(ComputedWeightConv()), "F.conv2d on a weight tensor that is no Parameter"),
     (Op(lambda y: torch.einsum("nchw", y).permute(2, 0, 1, 3)), "einsum without explicit output subscripts"),
     (Op(lambda y: y.unflatten(1, (2, 2)).repeat(1, 1, 2, 1, 1).flatten(1, 2)), "repeating along one of several"),
 ])

@@ -1,6 +1,6 @@
 """Token inputs: nn.Embedding as a weighted layer that ends every path, position embeddings from
-constants, weights tied between the output layer and the token embedding, and the errors for
-lookups the analysis cannot name."""
+constants, weights tied between the output layer and the token embedding, F.embedding on a bare
+Parameter, and the errors for lookups the analysis cannot name."""
 
 from __future__ import annotations
 
@@ -90,12 +90,20 @@ class TableLookup(nn.Module):
         return self.head(rows.mean(1))
 
 
-@pytest.mark.parametrize("functional", [False, True])
-def test_a_table_lookup_outside_an_embedding_module_is_refused_naming_nn_embedding(functional):
-    model = TableLookup(functional)
+def test_indexing_a_parameter_with_the_ids_is_refused_naming_nn_embedding():
+    model = TableLookup(functional=False)
     model.vocab = nn.Embedding(10, 1)  # gives the input's id range; unused by forward
     with pytest.raises(GradpathError, match="nn.Embedding"):
         analyze_model(model, (SEQ,), torch.long)
+
+
+def test_f_embedding_on_a_bare_parameter_is_an_embedding_named_by_the_parameter():
+    model = TableLookup(functional=True)
+    model.vocab = nn.Embedding(10, 1)
+    report = analyze_model(model, (SEQ,), torch.long)
+    table = report.parameters.set_index("module").loc["table"]
+    assert (table.shortest, table.longest) == (2, 2)
+    assert_structure_is_measured(model, (SEQ,), report=report, tokens=True)
 
 
 def test_integer_input_without_an_embedding_and_float_input_to_one_are_explained():

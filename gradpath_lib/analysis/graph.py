@@ -6,8 +6,10 @@ gradients) gives every tensor's shape, and a `ChannelMap` per tensor records
 which producer channels it carries. Weighted layers are the modules in `WEIGHTED_MODULES`
 (convolutions, linear layers and embeddings, their subclasses included: fx keeps them whole);
 each call of one is a *position* (a module called at two places shares its weights but has two
-positions; so do modules whose weight is one tied Parameter); a parameter used as a tensor
-elsewhere (LayerScale, a position table, `x @ self.weight`) is a constant, not a position. An integer input is token ids: it
+positions; so do modules whose weight is one tied Parameter), and so is each product `x @ W`
+(also `torch.addmm(bias, x, W)`) by a bare 2-d Parameter W and each `F.linear` / `F.conv*d` /
+`F.embedding` on a Parameter (`layer_calls.weight_owners` names them); a parameter used as a
+tensor elsewhere (LayerScale, a position table) is a constant, not a position. An integer input is token ids: it
 carries no gradient, and an `nn.Embedding` reading it (or position ids computed from constants)
 is a weighted layer with nothing upstream; indexing a plain parameter with it is refused. So is any
 weighted layer reading constants alone (a Fourier position encoding projected by a conv). A Linear
@@ -226,10 +228,22 @@ class LayerGraph:
 
 
 class _Constant:
-    """A tensor that does not depend on the input (a buffer, a parameter used as a tensor)."""
+    """A tensor that does not depend on the input (a buffer, a parameter used as a tensor);
+    `trained` when it is or is computed from a Parameter that takes gradient."""
 
-    def __init__(self, value: torch.Tensor):
-        self.value = value
+    def __init__(self, value: torch.Tensor, trained: bool = False):
+        self.value, self.trained = value, trained
+
+
+def _trained(value: Any) -> bool:
+    """Whether `value` (a traced value, or a tuple, list or dict of them) holds a trained constant."""
+    if isinstance(value, _Constant):
+        return value.trained
+    if isinstance(value, (tuple, list)):
+        return any(_trained(v) for v in value)
+    if isinstance(value, dict):
+        return any(_trained(v) for v in value.values())
+    return False
 
 
 def _unsupported(node: fx.Node, what: str) -> GradpathError:
@@ -347,13 +361,14 @@ class _ChannelTracer(fx.Interpreter):
                 return replace(detach(broadcast(fresh(INPUT, 1), result.shape[1])), loose=True)
             return fresh(INPUT, result.shape[1])
         if n.op == "get_attr":
-            return _Constant(result)
+            return _Constant(result, isinstance(result, nn.Parameter) and result.requires_grad)
         if n.op == "call_module":
             return self._module(n, self.module.get_submodule(n.target), result)
         target = n.target if n.op == "call_function" else str(n.target)
         if (not _flatten_maps(self._operands(n)) or target in FACTORIES
                 or target in CAST_LIKE and isinstance(self._value(n.args[0]), _Constant)):
-            return _Constant(result)  # from constants (buffers, parameters) alone, shaped or cast like a traced tensor
+            # from constants (buffers, parameters) alone, shaped or cast like a traced tensor
+            return _Constant(result, _trained(self._operands(n)))
         if target == operator.getitem:
             return self._getitem(n, result)
         if target is getattr and isinstance(self._value(n.args[0]), tuple):
@@ -375,6 +390,8 @@ class _ChannelTracer(fx.Interpreter):
         if target in PERMUTES or target in TRANSPOSES:
             return self._permute(n, result)
         if target in MATMULS:
+            if (layer := self._parameter_product(n, n.args[0], n.args[1])) is not None:
+                return self._weighted(n, layer, result, self.owners[id(layer.weight)])
             return self._matmul(n, result)
         if target in ADDED_PRODUCTS:
             return self._added_product(n, result)
@@ -455,8 +472,8 @@ class _ChannelTracer(fx.Interpreter):
         if target in FUNCTIONAL_LAYERS and (layer := self._functional_layer(n, target)) is not None:
             return self._weighted(n, layer, result, self.owners[id(layer.weight)])
         if target in FUNCTIONAL_WEIGHTED:
-            raise _unsupported(n, f"F.{name} on a weight tensor that is no nn.Linear / nn.Conv*d / nn.Embedding's "
-                                  "own weight: the analysis names a weighted layer by the module holding its weight")
+            raise _unsupported(n, f"F.{name} on a weight tensor that is no Parameter of the model (one computed in "
+                                  "forward): the analysis names a weighted layer by the Parameter it multiplies by")
         raise _unsupported(n, f"the {n.op.replace('_', ' ')} {name!r}")
 
     def _im2col(self, n: fx.Node, result: torch.Tensor) -> ChannelMap:
@@ -476,9 +493,10 @@ class _ChannelTracer(fx.Interpreter):
         return mix_groups(m, m.channels // result.shape[1], 1)
 
     def _fixed_weight(self, n: fx.Node) -> torch.Tensor | None:
-        """The weight of a functional conv when it is a constant that takes no gradient (a buffer)."""
+        """The weight of a functional conv when it is a constant that takes no gradient (a buffer),
+        and is not computed from a Parameter that does."""
         weight = self._value(n.args[1] if len(n.args) > 1 else n.kwargs.get("weight"))
-        if isinstance(weight, _Constant) and not weight.value.requires_grad:
+        if isinstance(weight, _Constant) and not weight.trained and not weight.value.requires_grad:
             return weight.value
         return None
 
@@ -522,9 +540,9 @@ class _ChannelTracer(fx.Interpreter):
         raise _unsupported(n, f"the module {n.target!r} of type {type(module).__name__}")
 
     def _functional_layer(self, n: fx.Node, target: Any) -> nn.Module | None:
-        """For `F.linear` / `F.conv*d` / `F.embedding` on a weighted module's own weight (`layer_calls`):
+        """For `F.linear` / `F.conv*d` / `F.embedding` on a Parameter of the model (`layer_calls`):
         a module of the function's kind, on the meta device, holding that weight, so that the call
-        is a position of the weight's module. None for any other weight."""
+        is a position of the weight's layer. None for a weight computed from the model's."""
         weight = self._value(functional_weight(n.args, n.kwargs))
         if not (isinstance(weight, _Constant) and id(weight.value) in self.owners):
             return None
@@ -543,10 +561,30 @@ class _ChannelTracer(fx.Interpreter):
         view.weight = w
         return view
 
-    def _weighted(self, n: fx.Node, module: nn.Module, result: torch.Tensor, name: str | None = None) -> ChannelMap:
-        """A call of the weighted layer `module` (named `name`, by default the node's target)."""
+    def _parameter_product(self, n: fx.Node, a: Any, b: Any) -> nn.Module | None:
+        """For a @ W with W a 2-D Parameter of the model (`layer_calls.weight_argument`): an
+        nn.Linear on the meta device holding W, so that the product is a position of W's layer.
+        None when neither operand is a Parameter; refused with the Parameter on the left."""
+        left, right = self._value(a), self._value(b)
+        if isinstance(left, _Constant) and id(left.value) in self.owners and isinstance(right, ChannelMap):
+            raise _unsupported(n, f"a product with the Parameter {self.owners[id(left.value)]!r} on the left "
+                                  "(the analysis reads W as a Linear in x @ W: write x @ W, or use nn.Linear)")
+        if not (isinstance(right, _Constant) and id(right.value) in self.owners and isinstance(left, ChannelMap)):
+            return None
+        w = right.value
+        if w.ndim != 2:
+            raise _unsupported(n, f"a product with the {w.ndim}-d Parameter {self.owners[id(w)]!r} (a 2-d one is a Linear)")
+        view = nn.Linear(w.shape[0], w.shape[1], bias=False, device="meta")
+        view.weight = w  # (in, out), not a Linear's (out, in): it only names the layer
+        return view
+
+    def _weighted(self, n: fx.Node, module: nn.Module, result: torch.Tensor, name: str | None = None,
+                  inp: Any = None) -> ChannelMap:
+        """A call of the weighted layer `module` (named `name`, by default the node's target) on the
+        node's argument `inp` (by default its first)."""
         name = name or n.target
-        value = self._value(n.args[0])
+        inp = n.args[0] if inp is None else inp
+        value = self._value(inp)
         if isinstance(module, EMBEDDINGS):  # reads integer ids: a forward dependency without gradient
             if isinstance(value, ChannelMap) and consumed_ranges(value):
                 raise _unsupported(n, f"Embedding {name!r} reading a tensor that carries gradient")
@@ -554,7 +592,9 @@ class _ChannelTracer(fx.Interpreter):
         elif isinstance(value, _Constant):  # a layer reading constants (a position encoding): nothing upstream
             axis = result.ndim - 1 if isinstance(module, nn.Linear) else 1
         else:
-            m = self._input_map(n)
+            if not isinstance(value, ChannelMap):
+                raise _unsupported(n, f"{n.target} applied to something other than a traced tensor")
+            m = value
             axis = result.ndim - 1 if isinstance(module, nn.Linear) else 1
             # a uniform map (after a LayerNorm) may lie along any dim: it keeps its own if the layer's features do not
             along = (not m.loose and m.channels > 1 and len(m.layout) == 1 and m.axis != axis
@@ -562,13 +602,13 @@ class _ChannelTracer(fx.Interpreter):
             if len(m.layout) > 1 and not is_uniform(m) and axis in {d for d, _ in m.layout}:
                 return self._weighted_copies(n, name, module, m, result, axis)
             if m.layout != ((axis, m.channels),) and (not is_uniform(m) or along):
-                return self._weighted_along(n, name, module, m, result)
+                return self._weighted_along(n, name, module, m, result, inp)
         pos = self._position(name, module, result, axis)
         groups, blocks = getattr(module, "groups", 1), None
         if groups > 1 and isinstance(value, ChannelMap):  # group g of the input feeds group g of the output
             size, out = value.channels // groups, pos.out_channels // groups
             blocks = [(g * size, (g + 1) * size, g * out, (g + 1) * out) for g in range(groups)]
-        self._consume(pos.id, n.args[0], n, pos.out_channels, blocks)
+        self._consume(pos.id, inp, n, pos.out_channels, blocks)
         return fresh(pos.id, pos.out_channels, axis)
 
     def _position(self, name: str, module: nn.Module, result: torch.Tensor, axis: int, copies: int = 1) -> Position:
@@ -617,7 +657,7 @@ class _ChannelTracer(fx.Interpreter):
         return laid_out(output, m.layout[:-1] + ((axis, c_out),))
 
     def _weighted_along(self, n: fx.Node, layer: str, module: nn.Module, m: ChannelMap,
-                        result: torch.Tensor) -> ChannelMap:
+                        result: torch.Tensor, inp: Any) -> ChannelMap:
         """A weighted layer whose features lie along a dim that holds no channels (an MLP-Mixer's
         token-mixing Linear; ECA's Conv1d sliding along the channels): it acts on each channel on
         its own (the Linear) or on a window of neighbouring ones (the Conv1d), and its output
@@ -638,7 +678,7 @@ class _ChannelTracer(fx.Interpreter):
         else:
             raise _unsupported(n, f"{name} {layer!r} reading channels from dim {dim}")
         pos = self._position(layer, module, result, dim)
-        self._consume(pos.id, n.args[0], n, pos.out_channels, blocks)
+        self._consume(pos.id, inp, n, pos.out_channels, blocks)
         return fresh(pos.id, pos.out_channels, dim)
 
     def _channelwise(self, n: fx.Node, result: torch.Tensor) -> ChannelMap:
@@ -1098,8 +1138,11 @@ class _ChannelTracer(fx.Interpreter):
         if len(n.args) < 3:
             raise _unsupported(n, f"{n.target} with its tensors given by keyword")
         added, a, b = n.args[:3]
-        product = self._product(n, (self._value(a), self.shapes.get(a)), (self._value(b), self.shapes.get(b)),
-                                tuple(result.shape))
+        if (layer := self._parameter_product(n, a, b)) is not None:  # Hugging Face's Conv1D: addmm(bias, x, W)
+            product = self._weighted(n, layer, result, self.owners[id(layer.weight)], inp=a)
+        else:
+            product = self._product(n, (self._value(a), self.shapes.get(a)), (self._value(b), self.shapes.get(b)),
+                                    tuple(result.shape))
         return self._elementwise(n, torch.add, result, [(self._value(added), self.shapes.get(added)),
                                                         (product, tuple(result.shape))])
 

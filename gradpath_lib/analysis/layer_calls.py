@@ -1,10 +1,12 @@
 """Every call of a weighted layer while a model runs, named as the traced graph names its positions.
 
-A weighted layer is called as a module (an `nn.Linear`'s forward), or functionally on a weighted
-module's own weight outside that module's forward: BEiT and EVA-02 run `F.linear(x, qkv.weight,
-bias)` with a bias of their own, and a language model's output layer is often `F.linear(x,
-embedding.weight)`. Both are positions of that module, counted in call order: (module name, call).
-Module calls are seen by hooks, functional ones by a `TorchFunctionMode`.
+A weighted layer is called as a module (an `nn.Linear`'s forward), or functionally on a weight
+Parameter outside the forward of a module holding it: BEiT and EVA-02 run `F.linear(x, qkv.weight,
+bias)` with a bias of their own, a language model's output layer is often `F.linear(x,
+embedding.weight)`, and custom layers keep a bare `nn.Parameter` and multiply by it (`x @ self.W`,
+Hugging Face's GPT-2 `Conv1D`: `torch.addmm(bias, x, weight)`). All are positions of the layer that
+owns the weight (`weight_owners`), counted in call order: (name, call). Module calls are seen by
+hooks, functional ones by a `TorchFunctionMode`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .op_tables import FUNCTIONAL_LAYERS, WEIGHTED_MODULES
+from .op_tables import FUNCTIONAL_LAYERS, PARAMETER_PRODUCTS, WEIGHTED_MODULES
 
 Position = tuple[str, int]  # (module name, call index)
 InputFn = Callable[[Any], Any]  # the input a layer reads -> the input it reads instead
@@ -26,12 +28,19 @@ OutputFn = Callable[[Position, torch.Tensor], torch.Tensor | None]  # None, or t
 
 
 def weight_owners(model: nn.Module) -> dict[int, str]:
-    """id of each weighted module's own weight Parameter -> the name of the first module holding it."""
+    """id of each weight Parameter -> the name of the weighted layer it makes: a weighted module's
+    own weight is named by the first module holding it; any other Parameter of two or more dims
+    (used by `F.linear` / `F.conv*d` / `F.embedding`, or as the right operand of a matmul) by the
+    module holding it when it is that module's `weight`, else by its own qualified name."""
     owners: dict[int, str] = {}
     for name, module in model.named_modules():
         weight = getattr(module, "weight", None)
         if isinstance(module, WEIGHTED_MODULES) and isinstance(weight, nn.Parameter):
             owners.setdefault(id(weight), name)
+    for name, param in model.named_parameters():
+        if param.ndim >= 2 and id(param) not in owners:
+            module, _, attribute = name.rpartition(".")
+            owners[id(param)] = module if attribute == "weight" and module else name
     return owners
 
 
@@ -40,22 +49,34 @@ def functional_weight(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     return args[1] if len(args) > 1 else kwargs.get("weight")
 
 
+def weight_argument(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, int] | None:
+    """(the weight, the index of the input it multiplies) of a call of `FUNCTIONAL_LAYERS` or of a
+    product by a Parameter (`PARAMETER_PRODUCTS`, the weight on the right), else None."""
+    if func in FUNCTIONAL_LAYERS:
+        return functional_weight(args, kwargs), 0
+    if func in PARAMETER_PRODUCTS and not kwargs:
+        weight, inp = PARAMETER_PRODUCTS[func]
+        if len(args) > weight and isinstance(args[weight], nn.Parameter) and args[weight].ndim == 2:
+            return args[weight], inp
+    return None
+
+
 class _FunctionalCalls(TorchFunctionMode):
-    """Hands each functional call on a weighted module's weight, made outside the forward of every
-    module holding that weight, to `call`."""
+    """Hands each functional call on a weight (`weight_argument`), made outside the forward of every
+    module holding that weight, to `call` with the index of the argument it reads as its input."""
 
     def __init__(self, owners: dict[int, str], inside: Counter[int],
-                 call: Callable[[str, Any, tuple, dict], Any]) -> None:
+                 call: Callable[[str, Any, tuple, dict, int], Any]) -> None:
         super().__init__()
         self.owners, self.inside, self.call = owners, inside, call
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
-        if func in FUNCTIONAL_LAYERS and args:
-            weight = id(functional_weight(args, kwargs))
+        if args and (found := weight_argument(func, args, kwargs)) is not None:
+            weight, inp = id(found[0]), found[1]
             name = self.owners.get(weight)
             if name is not None and not self.inside[weight]:
-                return self.call(name, func, args, kwargs)
+                return self.call(name, func, args, kwargs, inp)
         return func(*args, **kwargs)
 
 
@@ -72,9 +93,10 @@ def weighted_calls(model: nn.Module, on_output: OutputFn, on_input: InputFn | No
         calls[name] += 1
         return instead
 
-    def functional(name: str, func: Any, args: tuple, kwargs: dict) -> Any:
-        x = on_input(args[0]) if on_input else args[0]
-        output = func(x, *args[1:], **kwargs)
+    def functional(name: str, func: Any, args: tuple, kwargs: dict, inp: int) -> Any:
+        if on_input:
+            args = (*args[:inp], on_input(args[inp]), *args[inp + 1:])
+        output = func(*args, **kwargs)
         instead = done(name, output)
         return output if instead is None else instead
 

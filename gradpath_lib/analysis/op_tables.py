@@ -81,7 +81,7 @@ ALONG_DIM = {torch.softmax: (1, None), F.softmax: (1, None), torch.log_softmax: 
              F.log_softmax: (1, None), F.softmin: (1, None), "softmax": (1, None),
              "log_softmax": (1, None), F.normalize: (2, 1)}
 SOFTMAX_MODULES = (nn.Softmax, nn.LogSoftmax, nn.Softmin)
-MATMULS = {operator.matmul, torch.matmul, torch.bmm, "matmul", "bmm"}
+MATMULS = {operator.matmul, torch.matmul, torch.bmm, torch.mm, "matmul", "bmm", "mm"}
 ADDED_PRODUCTS = {torch.baddbmm, torch.addmm, "baddbmm", "addmm"}  # input + a @ b
 RESHAPES = {torch.flatten, "flatten", "view", "reshape", torch.reshape, "view_as", "reshape_as", torch.unsqueeze,
             "unsqueeze", torch.squeeze, "squeeze", torch.unflatten, "unflatten"}
@@ -105,10 +105,16 @@ CHANNEL_SHUFFLES = {torch.channel_shuffle, torch.native_channel_shuffle}
 PIXEL_SHUFFLES = {torch.pixel_shuffle: True, torch.pixel_unshuffle: False}  # -> True for shuffle, False for unshuffle
 FUNCTIONAL_WEIGHTED = {F.linear, F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d,
                        F.bilinear, F.embedding, F.embedding_bag}  # refused with a hint: weights outside modules
-FUNCTIONAL_LAYERS = {F.linear, F.conv1d, F.conv2d, F.conv3d, F.embedding}  # positions when on a weighted module's weight
+FUNCTIONAL_LAYERS = {F.linear, F.conv1d, F.conv2d, F.conv3d, F.embedding}  # positions when on a model's weight
+# a @ W with W a 2-D Parameter of the model: a Linear (position), as (weight index, input index) in the arguments
+PARAMETER_PRODUCTS = {
+    torch.matmul: (1, 0), torch.Tensor.matmul: (1, 0), torch.Tensor.__matmul__: (1, 0), torch.mm: (1, 0),
+    torch.Tensor.mm: (1, 0), torch.addmm: (2, 1), torch.Tensor.addmm: (2, 1),
+}
 FIXED_FILTERS = {F.conv1d, F.conv2d, F.conv3d}  # with a weight that takes no gradient: weightless channel mixing
 SUPPORTED = (
-    "weighted layers (Conv1d/2d/3d, ConvTranspose, Linear, Embedding, and their subclasses; grouped "
+    "weighted layers (Conv1d/2d/3d, ConvTranspose, Linear, Embedding, and their subclasses; x @ W and "
+    "addmm(b, x, W) with W a 2-d Parameter, and F.linear / F.conv*d / F.embedding on a Parameter; grouped "
     "convs group by group; a Linear along a dim without channels, as a token-mixing MLP; a Conv1d sliding "
     "along the channels, as ECA; a layer reading constants, as a position encoding; a Linear or conv "
     "reading channels told apart along the tokens or the batch, with a copy of its outputs per distinct "
