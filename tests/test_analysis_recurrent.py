@@ -86,6 +86,8 @@ def test_unrolling_replaces_nested_modules_in_a_copy():
     unrolled = unroll_modules(model)
     assert isinstance(unrolled.rnn, UnrolledRecurrent) and isinstance(model.rnn, nn.LSTM)
     assert {name for name, _ in unrolled.rnn.named_children()} == {"ih_l0", "hh_l0"}
+    # what a model's forward may read of its recurrent module
+    assert (unrolled.rnn.input_size, unrolled.rnn.hidden_size, unrolled.rnn.bidirectional) == (FEATURES, HIDDEN, False)
 
 
 @pytest.mark.parametrize("kind", [nn.RNN, nn.LSTM, nn.GRU], ids=lambda k: k.__name__)

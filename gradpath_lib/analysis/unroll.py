@@ -162,8 +162,8 @@ class UnrolledRecurrent(nn.Module):
     def __init__(self, rnn: nn.RNNBase):
         super().__init__()
         self.mode, self.num_layers, self.batch_first = rnn.mode, rnn.num_layers, rnn.batch_first
-        self.suffixes = ("", "_reverse") if rnn.bidirectional else ("",)
-        self.hidden_size, self.proj_size = rnn.hidden_size, rnn.proj_size
+        self.bidirectional, self.suffixes = rnn.bidirectional, ("", "_reverse") if rnn.bidirectional else ("",)
+        self.input_size, self.hidden_size, self.proj_size = rnn.input_size, rnn.hidden_size, rnn.proj_size
         self.dropout, self.training = rnn.dropout, rnn.training
         for layer in range(rnn.num_layers):
             for suffix in self.suffixes:
@@ -231,7 +231,7 @@ class UnrolledCell(nn.Module):
 
     def __init__(self, cell: nn.RNNCellBase):
         super().__init__()
-        self.mode, self.hidden_size = _cell_mode(cell), cell.hidden_size
+        self.mode, self.input_size, self.hidden_size = _cell_mode(cell), cell.input_size, cell.hidden_size
         self.ih = linear_copy(cell.weight_ih, cell.bias_ih if cell.bias else None)
         self.hh = linear_copy(cell.weight_hh, cell.bias_hh if cell.bias else None)
 
