@@ -174,3 +174,56 @@ class LeftParameter(nn.Module):
 def test_products_by_a_parameter_that_are_no_linear_are_refused_by_name(shape, names):
     with pytest.raises(GradpathError, match=names):
         analyze_model(LeftParameter(shape), (5, 4))
+
+
+class EinsumLayers(nn.Module):
+    """Tokens through einsum layers on bare Parameters: '...d,de->...e', 'bnd,de->bne', W first in
+    the list form 'de,bnd->bne', and one used twice (tied); `table` read as x @ W.T ('bnd,ed->bne')
+    is no step, as in a product (a table of positions, as BoTNet's relative logits)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, C, 2, stride=2)
+        self.up, self.down = nn.Parameter(0.3 * torch.randn(C, 2 * C)), nn.Parameter(0.3 * torch.randn(2 * C, C))
+        self.mix, self.table = nn.Parameter(0.3 * torch.randn(C, C)), nn.Parameter(0.3 * torch.randn(5, C))
+        self.head = nn.Linear(C, 3)
+
+    def forward(self, x):
+        h = self.stem(x).flatten(2).transpose(1, 2)
+        h = h + torch.einsum("bnd,de->bne", F.gelu(torch.einsum("...d,de->...e", h, self.up)), self.down)
+        h = h * torch.einsum("bnd,ed->bne", h, self.table).softmax(-1).mean(-1, keepdim=True)
+        mixed = torch.tanh(torch.einsum("de,bnd->bne", self.mix, h))
+        h = h + torch.tanh(torch.einsum("de,bnd->bne", [self.mix, mixed]))
+        return self.head(h.mean(1))
+
+
+def test_einsum_by_a_parameter_is_a_linear_position():
+    model = EinsumLayers()
+    report = analyze_model(model, SHAPE)
+    rows = report.parameters.set_index("module")
+    assert list(rows.index) == ["stem", "up", "down", "mix", "head"]
+    assert rows.loc["mix", "positions"] == 2
+    assert rows.loc["up", "timestamps"] == (3, 5) and rows.loc["down", "timestamps"] == (2, 4)
+    assert rows.loc["stem", "timestamps"] == (2, 4, 6)
+    assert_structure_is_measured(model, SHAPE, report=report)
+
+
+class EinsumParameter(nn.Module):
+    def __init__(self, equation: str, shape: tuple[int, ...]):
+        super().__init__()
+        self.equation, self.w = equation, nn.Parameter(torch.randn(*shape))
+        self.a, self.head = nn.Linear(4, 4), nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.head(torch.einsum(self.equation, self.a(x), self.w).reshape(x.shape[0], -1, 4).mean(1))
+
+
+@pytest.mark.parametrize("equation, shape", [
+    ("bnd,de->ben", (4, 4)),  # the new letter is not last
+    ("bnd,ed->ebn", (4, 4)),  # nor as x @ W.T
+    ("bnd,nd->bn", (5, 4)),  # a letter of x in W kept: a weight per token
+    ("bnd,hde->bnhe", (2, 4, 2)),  # a 3-d Parameter
+])
+def test_einsums_by_a_parameter_that_are_no_linear_are_refused_by_name(equation, shape):
+    with pytest.raises(GradpathError, match="einsum with the Parameter 'w' that is no Linear"):
+        analyze_model(EinsumParameter(equation, shape), (5, 4))

@@ -132,6 +132,10 @@ OPS = {
     "nn.RMSNorm over a row, then a channel slice": (nn.Sequential(nn.RMSNorm(8), Channels(2, 3)), [(2, 3)]),
     "einsum keeping channels": (lambda y: torch.einsum("nchw->nhwc", y).permute(0, 3, 1, 2)[:, 1:2], [(1, 2)]),
     "einsum summing channels": (lambda y: torch.einsum("nchw,c->nhw", y, torch.ones(C)).unsqueeze(1), ALL),
+    "einsum with an implicit output ('chnw')": (lambda y: torch.einsum("nchw", y).permute(2, 0, 1, 3)[:, 1:2], [(1, 2)]),
+    "einsum with '...'": (lambda y: torch.einsum("n...hw->nhw...", y).permute(0, 3, 1, 2)[:, 2:], [(2, 4)]),
+    "einsum with '...' broadcast": (
+        lambda y: torch.einsum("...chw,...c->...chw", y, torch.ones(1, C))[:, :1], [(0, 1)]),
     "F.batch_norm in a norm's forward": (nn.Sequential(FunctionalBatchNorm(C), Channels(1, 3)), [(1, 3)]),
     "F.instance_norm": (lambda y: F.instance_norm(y)[:, :2], [(0, 2)]),
     "softmax over the outer dim of split channels": (
@@ -223,7 +227,6 @@ class DataIndexed(nn.Module):
     (DataIndexed(), "indexing with a tensor computed from the input"),
     (Op(lambda y: torch.roll(y, 1)), "torch.roll without dims"),
     (Op(ComputedWeightConv()), "F.conv2d on a weight tensor that is no Parameter"),
-    (Op(lambda y: torch.einsum("nchw", y).permute(2, 0, 1, 3)), "einsum without explicit output subscripts"),
     (Op(lambda y: y.unflatten(1, (2, 2)).repeat(1, 1, 2, 1, 1).flatten(1, 2)), "repeating along one of several"),
 ])
 def test_what_it_cannot_follow_is_named(model, names):

@@ -7,8 +7,8 @@ which producer channels it carries. Weighted layers are the modules in `WEIGHTED
 (convolutions, linear layers and embeddings, their subclasses included: fx keeps them whole);
 each call of one is a *position* (a module called at two places shares its weights but has two
 positions; so do modules whose weight is one tied Parameter), and so is each product `x @ W`
-(also `torch.addmm(bias, x, W)`) by a bare 2-d Parameter W and each `F.linear` / `F.conv*d` /
-`F.embedding` on a Parameter (`layer_calls.weight_owners` names them); a parameter used as a
+(also `torch.addmm(bias, x, W)` and an einsum that is x @ W) by a bare 2-d Parameter W and each
+`F.linear` / `F.conv*d` / `F.embedding` on a Parameter (`layer_calls.weight_owners` names them); a parameter used as a
 tensor elsewhere (LayerScale, a position table) is a constant, not a position. An integer input is token ids: it
 carries no gradient, and an `nn.Embedding` reading it (or position ids computed from constants)
 is a weighted layer with nothing upstream; indexing a plain parameter with it is refused. So is any
@@ -170,7 +170,7 @@ from .op_tables import (
     UNBINDS,
     WEIGHTED_MODULES,
 )
-from .layer_calls import functional_weight, weight_owners, weighted_calls
+from .layer_calls import einsum_form, einsum_subscripts, functional_weight, weight_owners, weighted_calls
 from .tracing import symbolic_trace
 from .unroll import unfused_attention, unroll_modules
 
@@ -1168,16 +1168,19 @@ class _ChannelTracer(fx.Interpreter):
         return self._combined(n, parts, out)
 
     def _einsum(self, n: fx.Node, result: torch.Tensor) -> ChannelMap:
-        """torch.einsum with explicit output subscripts: channels on a summed-out letter mix (within
-        the other channel dims); channels on a kept letter move to that letter's output dim."""
+        """torch.einsum: channels on a summed-out letter mix (within the other channel dims);
+        channels on a kept letter move to that letter's output dim. A 2-d Parameter of the model
+        times one traced operand is a Linear (`_einsum_layer`)."""
         equation, *operands = n.args
         if len(operands) == 1 and isinstance(operands[0], (tuple, list)):
             operands = list(operands[0])
-        inputs, arrow, output = equation.replace(" ", "").partition("->")
-        if not arrow or "..." in equation:
-            raise _unsupported(n, "einsum without explicit output subscripts ('->'), or with '...'")
+        ndims = [len(self.shapes[a]) if a in self.shapes else self._value(a).ndim for a in operands]
+        inputs, output = einsum_subscripts(equation, ndims)
+        if (found := self._einsum_layer(n, inputs, output, operands)) is not None:
+            layer, x = found
+            return self._weighted(n, layer, result, self.owners[id(layer.weight)], inp=x)
         parts = []
-        for sub, arg in zip(inputs.split(","), operands):
+        for sub, arg in zip(inputs, operands):
             m = self._value(arg)
             if not isinstance(m, ChannelMap):
                 continue
@@ -1186,6 +1189,28 @@ class _ChannelTracer(fx.Interpreter):
                 m, layout = summed_over(m, k), layout[:k] + layout[k + 1:]
             parts.append((m, tuple((output.index(sub[d]), size) for d, size in layout)))
         return self._combined(n, parts, tuple(result.shape))
+
+    def _einsum_layer(self, n: fx.Node, inputs: list[str], output: str,
+                      operands: list[Any]) -> tuple[nn.Module, Any] | None:
+        """For einsum(x, W) read as x @ W (`layer_calls.einsum_form`) with W a Parameter of the
+        model: an nn.Linear on the meta device holding W, and x. None without a Parameter times a
+        traced operand, or for x @ W.T (no step, as in a product); refused for any other form."""
+        values = [self._value(a) for a in operands]
+        owned = [k for k, v in enumerate(values) if isinstance(v, _Constant) and id(v.value) in self.owners]
+        if not owned or not any(isinstance(v, ChannelMap) for v in values):
+            return None
+        x, w = (1 - owned[0], owned[0]) if len(operands) == 2 else (None, owned[0])
+        form = einsum_form(inputs[x], inputs[w]) if x is not None and isinstance(values[x], ChannelMap) else None
+        if form is None or output != form:
+            raise _unsupported(n, f"an einsum with the Parameter {self.owners[id(values[w].value)]!r} that is no "
+                                  "Linear (the analysis reads einsum(x, W) with a 2-d W as x @ W: '...d,de->...e', "
+                                  "'bnd,de->bne'; or use nn.Linear)")
+        if inputs[w][0] != inputs[x][-1]:
+            return None
+        weight = values[w].value
+        view = nn.Linear(*weight.shape, bias=False, device="meta")
+        view.weight = weight  # (in, out), not a Linear's (out, in): it only names the layer
+        return view, operands[x]
 
     def _combined(self, n: fx.Node, parts: list[tuple[ChannelMap, tuple]], out: tuple[int, ...]) -> ChannelMap:
         """The elementwise merge of product operands (map, layout in the output) after contraction."""

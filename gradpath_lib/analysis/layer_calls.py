@@ -4,7 +4,8 @@ A weighted layer is called as a module (an `nn.Linear`'s forward), or functional
 Parameter outside the forward of a module holding it: BEiT and EVA-02 run `F.linear(x, qkv.weight,
 bias)` with a bias of their own, a language model's output layer is often `F.linear(x,
 embedding.weight)`, and custom layers keep a bare `nn.Parameter` and multiply by it (`x @ self.W`,
-Hugging Face's GPT-2 `Conv1D`: `torch.addmm(bias, x, weight)`). All are positions of the layer that
+`torch.einsum("...d,de->...e", x, self.W)`, Hugging Face's GPT-2 `Conv1D`: `torch.addmm(bias, x,
+weight)`). All are positions of the layer that
 owns the weight (`weight_owners`), counted in call order: (name, call). Module calls are seen by
 hooks, functional ones by a `TorchFunctionMode`.
 """
@@ -49,15 +50,49 @@ def functional_weight(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     return args[1] if len(args) > 1 else kwargs.get("weight")
 
 
+def einsum_subscripts(equation: str, ndims: list[int]) -> tuple[list[str], str]:
+    """The subscripts of each operand and of the output of einsum `equation` on operands of
+    `ndims` dims, with '...' spelled out in letters of its own (aligned from the right, as they
+    broadcast) and an implicit output made explicit (the '...' dims, then the letters used once,
+    sorted: torch's rule)."""
+    inputs, arrow, output = equation.replace(" ", "").partition("->")
+    subs = inputs.split(",")
+    if not arrow:
+        letters = "".join(subs).replace("...", "")
+        output = ("..." if "..." in inputs else "") + "".join(sorted(c for c in set(letters) if letters.count(c) == 1))
+    spare = [c for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz" if c not in equation]
+    spans = [ndim - len(sub.replace("...", "")) if "..." in sub else 0 for sub, ndim in zip(subs, ndims)]
+    ellipsis = "".join(spare[:max(spans, default=0)])
+    subs = [sub.replace("...", ellipsis[len(ellipsis) - span:]) for sub, span in zip(subs, spans)]
+    return subs, output.replace("...", ellipsis)
+
+
+def einsum_form(x: str, w: str) -> str | None:
+    """The output subscripts of einsum(x, W) as a product x @ W or x @ W.T (W's subscripts `w` two
+    letters, one of them x's last, replaced by W's other), else None."""
+    if len(w) != 2 or w[0] == w[1] or not x or x[-1] not in w or set(w) - {x[-1]} & set(x):
+        return None
+    return x[:-1] + w.replace(x[-1], "")
+
+
 def weight_argument(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, int] | None:
     """(the weight, the index of the input it multiplies) of a call of `FUNCTIONAL_LAYERS` or of a
-    product by a Parameter (`PARAMETER_PRODUCTS`, the weight on the right), else None."""
+    product by a Parameter (`PARAMETER_PRODUCTS`, the weight on the right; an einsum of two
+    operands read as x @ W, W a 2-d Parameter), else None."""
     if func in FUNCTIONAL_LAYERS:
         return functional_weight(args, kwargs), 0
     if func in PARAMETER_PRODUCTS and not kwargs:
         weight, inp = PARAMETER_PRODUCTS[func]
         if len(args) > weight and isinstance(args[weight], nn.Parameter) and args[weight].ndim == 2:
             return args[weight], inp
+    if func is torch.einsum and not kwargs and len(args) == 3:  # einsum(equation, x, W) or (equation, W, x)
+        for weight, inp in ((2, 1), (1, 2)):
+            w, x = args[weight], args[inp]
+            if isinstance(w, nn.Parameter) and w.ndim == 2 and not isinstance(x, nn.Parameter):
+                subs, output = einsum_subscripts(args[0], [a.ndim for a in args[1:]])
+                x_sub, w_sub = subs[inp - 1], subs[weight - 1]
+                if einsum_form(x_sub, w_sub) == output and w_sub[0] == x_sub[-1]:
+                    return w, inp
     return None
 
 
@@ -72,6 +107,8 @@ class _FunctionalCalls(TorchFunctionMode):
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
+        if func is torch.einsum and len(args) == 2 and isinstance(args[1], (tuple, list)):
+            args = (args[0], *args[1])  # einsum(equation, [operands]) as einsum(equation, *operands)
         if args and (found := weight_argument(func, args, kwargs)) is not None:
             weight, inp = id(found[0]), found[1]
             name = self.owners.get(weight)

@@ -113,8 +113,9 @@ PARAMETER_PRODUCTS = {
 }
 FIXED_FILTERS = {F.conv1d, F.conv2d, F.conv3d}  # with a weight that takes no gradient: weightless channel mixing
 SUPPORTED = (
-    "weighted layers (Conv1d/2d/3d, ConvTranspose, Linear, Embedding, and their subclasses; x @ W and "
-    "addmm(b, x, W) with W a 2-d Parameter, and F.linear / F.conv*d / F.embedding on a Parameter; grouped "
+    "weighted layers (Conv1d/2d/3d, ConvTranspose, Linear, Embedding, and their subclasses; x @ W, "
+    "addmm(b, x, W) and an einsum that is x @ W ('...d,de->...e'), with W a 2-d Parameter, and "
+    "F.linear / F.conv*d / F.embedding on a Parameter; grouped "
     "convs group by group; a Linear along a dim without channels, as a token-mixing MLP; a Conv1d sliding "
     "along the channels, as ECA; a layer reading constants, as a position encoding; a Linear or conv "
     "reading channels told apart along the tokens or the batch, with a copy of its outputs per distinct "
