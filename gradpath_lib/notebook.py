@@ -22,7 +22,7 @@ import torch
 
 from . import __version__
 from .errors import GradpathError, check_choice
-from .experiments import Chapter, chapter, default_seeds
+from .experiments import Chapter, chapter, default_seeds, no_runs
 from .run_pool import MISSING, RunOutcome, ensure_runs
 from .runs import resolve_device
 from .scales import check_scale
@@ -36,6 +36,8 @@ SCALE_NOTES = {
              "rerun, large enough to answer the paper's qualitative questions."),
     "paper": "Paper scale: the paper's ImageNet / MS COCO settings.",
 }
+UNTRAINED_NOTE = ("Nothing on this page is trained: it shows exact facts of the networks and data at the "
+                  "`{scale}` scale's sizes{smoke}, and no accuracy.")
 FIGURE_DPI = 150  # sharp enough for the book, small enough for git
 
 
@@ -144,15 +146,19 @@ def _check_jobs(jobs: Any) -> int:
 
 
 def banner(ctx: Setup) -> str:
-    """Markdown: chapter, scale (with the smoke warning), this machine and code, seeds, training."""
+    """Markdown: chapter, scale (with the smoke warning, or for a chapter that trains nothing
+    `UNTRAINED_NOTE`), this machine and code, seeds, training."""
     here = device_name(resolve_device(ctx.device))
     when = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     training = ("on: missing runs are trained here" if ctx.allow_train
                 else "off: only recorded runs are shown")
+    untrained = ctx.chapter.runs is no_runs and not ctx.chapter.reads_all_results
+    smoke = " (tiny networks, generated images)" if ctx.scale == "smoke" else ""
+    note = UNTRAINED_NOTE.format(scale=ctx.scale, smoke=smoke) if untrained else SCALE_NOTES[ctx.scale]
     return "\n".join([
         f"> **{ctx.chapter.title}** · scale `{ctx.scale}` · seeds {ctx.seeds} · training {training}",
         ">",
-        f"> {SCALE_NOTES[ctx.scale]}",
+        f"> {note}",
         ">",
         f"> Rendered {when} on {here} with gradpath {__version__} (commit `{git_commit()[:12]}`), "
         f"torch {torch.__version__}.",

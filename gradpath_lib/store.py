@@ -157,7 +157,8 @@ def device_name(device: torch.device) -> str:
     """A human-readable name of the device a run used."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    return f"cpu ({platform.processor() or platform.machine()}, {threads} thread{'s' * (threads != 1)})"
 
 
 def provenance(device: torch.device, dataset_sha256: str | None) -> dict[str, Any]:

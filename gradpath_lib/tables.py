@@ -24,6 +24,7 @@ from .verdicts import judge
 
 MISSING = "missing"
 NOT_AVAILABLE = "—"  # shown where a value does not exist (missing, diverged or one seed)
+VERDICT_COLUMNS = ["claim", "kind", "paper", "ours", "ours / paper", "verdict", "why", "n"]  # of verdict_frame
 RUN_COLUMNS = ("label", "model", "seed", "status", "params", "flops", "converged", "diverged_at_step",
                "wall_time_s", "device_name", "run_id")
 
@@ -136,7 +137,9 @@ def missing_runs(frame: pd.DataFrame) -> pd.DataFrame:
 
 def verdict_frame(claims: Sequence[Claim], frame: pd.DataFrame) -> pd.DataFrame:
     """One row per claim: the claim, where its paper value comes from, the paper's value,
-    ours (the measured difference), the verdict of `gradpath_lib.verdicts` and its reason."""
+    ours (the measured difference), ours / paper (its size as a multiple of the paper's
+    difference, where the paper gives one: the verdict judges the sign only), the verdict of
+    `gradpath_lib.verdicts` and its reason."""
     rows = []
     for claim in claims:
         subject = _values(frame, claim.subject, claim.metric)
@@ -151,11 +154,20 @@ def verdict_frame(claims: Sequence[Claim], frame: pd.DataFrame) -> pd.DataFrame:
             "kind": claim.kind,
             "paper": claim.paper,
             "ours": _difference_text(verdict.diff, verdict.margin, claim.relative),
+            "ours / paper": _size_ratio(verdict.diff, claim.paper_delta),
             "verdict": verdict.verdict,
             "why": verdict.reason,
             "n": f"{verdict.n_subject} vs {verdict.n_baseline}",
         })
-    return pd.DataFrame(rows, columns=["claim", "kind", "paper", "ours", "verdict", "why", "n"])
+    return pd.DataFrame(rows, columns=VERDICT_COLUMNS)
+
+
+def _size_ratio(diff: float, paper_delta: float | None) -> float:
+    """Our difference as a multiple of the paper's (1: as large; negative: the other way), rounded
+    to two decimals; NaN where the paper gives no number or ours is missing."""
+    if not paper_delta or not math.isfinite(diff):
+        return math.nan
+    return round(diff / paper_delta, 2)
 
 
 def _values(frame: pd.DataFrame, label: str, metric: str) -> list[float]:

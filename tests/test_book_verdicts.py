@@ -106,3 +106,13 @@ def test_verdict_frame_judges_claims_from_records() -> None:
     verdicts = verdict_frame(paper.claims("table2")[:3], frame)
     assert verdicts["verdict"].tolist() == [REPRODUCED, REPRODUCED, REPRODUCED]
     assert verdicts["ours"].iloc[0] == "-20.0%"
+    # the size beside the paper's: CSPResNet-50 has 21.57 vs 22.73 M parameters (-5.1 %)
+    assert verdicts["ours / paper"].iloc[0] == round(-0.2 / (21.57 / 22.73 - 1), 2) == 3.92
+
+
+def test_ours_over_paper_is_empty_where_the_paper_gives_no_number() -> None:
+    models = (("vovnet-deep-planned-csp", 60), ("vovnet-deep-planned", 100))
+    runs = [_record(m, 0, "ok", 0.5, params=p) for m, p in models]
+    verdicts = verdict_frame(paper.claims("table4"), runs_frame(runs, metrics={"top1": "test_acc"})).set_index("claim")
+    params = verdicts.loc["vovnet-deep-planned-csp has fewer parameters than vovnet-deep-planned"]
+    assert params["ours"] == "-40.0%" and math.isnan(params["ours / paper"])

@@ -15,7 +15,7 @@ from gradpath_lib.experiments.classification import TABLE2_MODELS, TABLE3_MODELS
 from gradpath_lib.experiments.extensions import DSFB_MODELS, LWDNA_MODELS, lwdna_claims
 from gradpath_lib.experiments.detection import (TABLE3_DETECTION_MODELS, TABLE5_MODELS, TABLE6_MODELS,
                                                 TABLE7_MODELS, TABLE8_MODELS)
-from gradpath_lib.notebook import check_seeds, setup
+from gradpath_lib.notebook import banner, check_seeds, setup
 from gradpath_lib.paper import claims
 from gradpath_lib.runner import NOTEBOOKS_DIR, executed_notebook, select_chapters
 from gradpath_lib.verdicts import VERDICTS
@@ -25,7 +25,7 @@ from conftest import SMOKE_TIMEOUT_S
 pytestmark = pytest.mark.timeout(SMOKE_TIMEOUT_S)  # the shared smoke reproduction runs in the first test
 
 STANDARD_PARAMETERS = ("scale", "seeds", "device", "allow_train", "jobs", "results_dir")
-VERDICT_COLUMNS = ["claim", "kind", "paper", "ours", "verdict", "why", "n"]
+VERDICT_COLUMNS = ["claim", "kind", "paper", "ours", "ours / paper", "verdict", "why", "n"]
 DETECTION_COLUMNS = ["model", "status", "params (M)", "GFLOPs (run input)", "GFLOPs (640)", "Δparams",
                      "ΔFLOPs", "ΔFLOPs (640)", "AP box", "AP75 box", "AP mask", "AP75 mask"]
 # chapter -> {table csv: (expected first column values, columns that must be present)}
@@ -152,6 +152,15 @@ def test_banner_says_smoke_and_where(smoke_results) -> None:
     page = json.loads(executed_notebook(results, "smoke", "table2").read_text())
     text = json.dumps(page)
     assert "SMOKE NUMBERS" in text and "Numbers from:" in text and "cpu" in text
+
+
+def test_a_chapter_that_trains_nothing_has_no_smoke_numbers_warning(tmp_path: Path) -> None:
+    def note(name: str, scale: str = "smoke") -> str:
+        return banner(setup(name, scale=scale, results_dir=tmp_path))
+
+    assert "SMOKE NUMBERS" not in note("architecture") and "Nothing on this page is trained" in note("architecture")
+    assert "generated images" in note("cifar_det") and "generated images" not in note("cifar_det", "mini")
+    assert "SMOKE NUMBERS" in note("table2") and "SMOKE NUMBERS" in note("reproducing")  # it reads the records
 
 
 def test_notebook_without_records_shows_what_is_missing(tmp_path: Path, capsys) -> None:

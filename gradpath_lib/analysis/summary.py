@@ -18,7 +18,7 @@ import pandas as pd
 
 from ..errors import GradpathError
 from ..paper import CorrelationClaim, claims, correlation_claims
-from ..tables import NOT_AVAILABLE, verdict_frame
+from ..tables import NOT_AVAILABLE, VERDICT_COLUMNS, verdict_frame
 from ..verdicts import CorrelationVerdict, judge_correlation
 from .paths import analyze_model
 
@@ -26,7 +26,7 @@ STRUCTURAL_METRICS = ("longest_shortest_path", "longest_path", "aggregated_featu
                       "aggregated_features_max", "combination_size_mean")
 TABLE1_MODELS = ("plain", "resnet", "prn", "densenet", "sparsenet", "csp-resnet", "elan")
 INPUT_SHAPE = (3, 32, 32)  # CIFAR-sized classifiers
-VERDICT_COLUMNS = ["claim", "kind", "paper", "ours", "verdict", "why", "n"]  # as tables.verdict_frame
+
 
 
 def structural_table(model_names: Sequence[str] = TABLE1_MODELS, scale: str = "mini") -> pd.DataFrame:
