@@ -109,7 +109,7 @@ def api_markdown() -> str:
     """The API reference page: every public module's docstring and its public functions/classes."""
     lines = ["# API reference", "",
              "Every public function and class of `gradpath_lib`, with its signature and the first "
-             "line of its docstring (generated from the code).", ""]
+             "paragraph of its docstring (generated from the code).", ""]
     package = importlib.import_module(API_MODULES[0])
     names = sorted(m.name for m in pkgutil.walk_packages(package.__path__, f"{package.__name__}.")
                    if not any(part.startswith("_") for part in m.name.split(".")))
@@ -120,9 +120,9 @@ def api_markdown() -> str:
                    and getattr(obj, "__module__", None) == name]
         if not members:
             continue
-        lines += [f"## `{name}`", "", _first_line(module), ""]
+        lines += [f"## `{name}`", "", _summary(module), ""]
         for member_name, obj in members:
-            lines += [f"- `{member_name}{_signature(obj)}`: {_first_line(obj)}"]
+            lines += [f"- `{member_name}{_signature(obj)}`: {_summary(obj)}"]
         lines.append("")
     return "\n".join(lines)
 
@@ -134,9 +134,12 @@ def _signature(obj: object) -> str:
         return ""
 
 
-def _first_line(obj: object) -> str:
-    doc = inspect.getdoc(obj) or ""
-    return doc.strip().splitlines()[0].replace("`", "'") if doc.strip() else ""
+def _summary(obj: object) -> str:
+    """The first paragraph of `obj`'s docstring on one line (its code spans kept, a `<` outside
+    them escaped: Markdown would read `<name>` as HTML)."""
+    doc = (inspect.getdoc(obj) or "").strip()
+    parts = " ".join(doc.split("\n\n")[0].split()).split("`")
+    return "`".join(part if k % 2 else part.replace("<", "\\<") for k, part in enumerate(parts))
 
 
 def build_config(scale: str, folder: Path) -> Path:

@@ -42,6 +42,9 @@ def test_scale_is_mini_only_when_mini_pages_exist(tmp_path: Path) -> None:
 def test_api_page_lists_public_functions() -> None:
     page = api_markdown()
     assert "## `gradpath_lib.verdicts`" in page and "- `judge(" in page and "- `setup(" in page
+    # a summary over several lines of the docstring is whole, its code spans kept
+    entry = next(line for line in page.splitlines() if line.startswith("- `verdict_frame("))
+    assert entry.endswith("`gradpath_lib.verdicts` and its reason.") and "ours / paper" in entry
 
 
 def test_book_builds_at_smoke_scale_with_warnings_as_errors(smoke_results, tmp_path: Path) -> None:
