@@ -26,6 +26,7 @@ SPECTRUM_BATCH = 64  # test images per measured spectrum (held in one forward pa
 SMALL_SCALE = "smoke"  # Figs. 7 and 8 draw every layer: the smallest registry presets stay legible
 PANEL_WIDTH, ROW_HEIGHT = 4.0, 0.22  # inches per model panel and per drawn group row
 PANEL_COLUMNS = 2  # panels per row of a figure
+LABEL_SIZE = 7  # points, of the layer names on the axes
 
 
 def analyze_registry(names: tuple[str, ...] | list[str], scale: str) -> dict[str, GradientPathReport]:
@@ -74,9 +75,10 @@ def timestamps_figure(reports: Mapping[str, GradientPathReport], out_dir: str | 
         labels = group_labels(report)
         for row, stamps in enumerate(report.layers.timestamps):
             ax.scatter(stamps, [row] * len(stamps), s=18, color="tab:blue")
-        ax.set_yticks(range(len(labels)), labels, fontsize=6)
+        ax.set_yticks(range(len(labels)), labels, fontsize=LABEL_SIZE)
         ax.invert_yaxis()
         ax.set_xlabel("gradient timestamp (backward step)")
+        ax.set_ylabel("layer [channel group]", fontsize=LABEL_SIZE + 1)
         ax.set_title(name)
         ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -94,9 +96,12 @@ def sources_figure(reports: Mapping[str, GradientPathReport], out_dir: str | Pat
             for source in sources:
                 grid[row, columns.index(source)] = 1
         ax.imshow(grid.numpy(), cmap="Greys", aspect="auto", interpolation="nearest")
-        ax.set_yticks(range(len(labels)), labels, fontsize=6)
-        ax.set_xticks(range(len(columns)), columns, fontsize=6, rotation=90)
-        ax.set_title(f"{name}: sources at the first timestamp")
+        ax.set_yticks(range(len(labels)), labels, fontsize=LABEL_SIZE)
+        ax.set_xticks(range(len(columns)), columns, fontsize=LABEL_SIZE, rotation=90)
+        ax.set_ylabel("receiving group", fontsize=LABEL_SIZE + 1)
+        ax.set_xlabel("gradient source", fontsize=LABEL_SIZE + 1)
+        ax.set_title(name)
+    fig.suptitle("Gradient sources at each group's first timestamp (black: the row receives from the column)")
     fig.tight_layout()
     return _save(fig, out_dir, "fig8_gradient_sources")
 

@@ -5,7 +5,8 @@ Each node is one weighted layer (a convolution), placed by its forward depth; an
 edge, labelled with the producer's channel range when it carries only part of them (a split, a
 masked shortcut, a partial concat). In the gradient view the arrows point backwards, from the
 loss, and each node shows its gradient timestamps per channel group (`t=1,3`: the backward steps
-at which gradient reaches it), coloured by its shortest gradient path.
+at which gradient reaches it), coloured by its shortest gradient path on one scale for the whole
+figure, with its colour bar.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ X_SPACING = 1.5  # between forward depths, leaving room for the arrows
 FONT_SIZE = 5.5
 ARC_BEND = {"data": -0.3, "gradient": 0.3}  # skip arrows bend upwards in both directions
 TIMESTAMP_COLOURS = "viridis_r"  # early timestamps light, late ones dark
+COLOUR_RANGE = (0.1, 0.75)  # the part of the colour map used: its darkest end would hide the labels
 VIEWS = ("data", "gradient")
 
 
@@ -87,9 +89,25 @@ def layer_dag(module: nn.Module) -> dict[str, Any]:
     return {"names": names, "channels": channels, "producers": producers, "depth": depth, "stamps": stamps}
 
 
-def draw_dag(dag: dict[str, Any], ax: Any, view: str, caption: str) -> None:
-    """Draw one layer DAG on `ax` in the data or the gradient view."""
-    import matplotlib.pyplot as plt
+def shortest_paths(dag: dict[str, Any]) -> dict[int, int]:
+    """Each node's shortest gradient path (its first timestamp) in a `layer_dag`."""
+    return {n: min(min(t) for _, _, t in groups if t) for n, groups in dag["stamps"].items()
+            if any(t for _, _, t in groups)}
+
+
+def timestamp_colours(top: int) -> tuple[Any, Any]:
+    """(colour map, normalisation) of shortest gradient paths 1..`top`, shared by a figure's panels."""
+    import numpy as np
+    from matplotlib import colormaps
+    from matplotlib.colors import ListedColormap, Normalize
+
+    cmap = ListedColormap(colormaps[TIMESTAMP_COLOURS](np.linspace(*COLOUR_RANGE, 256)))
+    return cmap, Normalize(vmin=1, vmax=max(top, 2))
+
+
+def draw_dag(dag: dict[str, Any], ax: Any, view: str, caption: str, top: int | None = None) -> None:
+    """Draw one layer DAG on `ax` in the data or the gradient view; `top`: the longest shortest
+    path the colours span (default: this DAG's)."""
     from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
     from ..analysis.graph import LOSS
@@ -99,12 +117,10 @@ def draw_dag(dag: dict[str, Any], ax: Any, view: str, caption: str) -> None:
     for node, d in sorted(dag["depth"].items(), key=lambda item: (item[1], item[0] if item[0] >= 0 else 1e9)):
         rows[d].append(node)
     xy = {node: (X_SPACING * d, (len(nodes) - 1) / 2 - i) for d, nodes in rows.items() for i, node in enumerate(nodes)}
-    shortest = {n: min(min(t) for _, _, t in groups if t) for n, groups in dag["stamps"].items()
-                if any(t for _, _, t in groups)}
-    cmap = plt.get_cmap(TIMESTAMP_COLOURS)
-    top = max(shortest.values(), default=1)
+    shortest = shortest_paths(dag)
+    cmap, norm = timestamp_colours(top or max(shortest.values(), default=1))
     for node, (x, y) in xy.items():
-        colour = "white" if view == "data" or node not in shortest else cmap(0.15 + 0.7 * shortest[node] / top)
+        colour = "white" if view == "data" or node not in shortest else cmap(norm(shortest[node]))
         ax.add_patch(FancyBboxPatch((x - NODE_WIDTH / 2, y - NODE_HEIGHT / 2), NODE_WIDTH, NODE_HEIGHT,
                                     boxstyle="round,pad=0.02", facecolor=colour, edgecolor="black", lw=0.8))
         label = dag["names"][node] + (f"\n{dag['channels'][node]} ch" if node in dag["channels"] else "")
@@ -142,9 +158,19 @@ def architecture_figure(number: int, scale: str = "smoke") -> Any:
     title, panels = FIGURES[number]
     dags = {p.model: layer_dag(first_stage(p.model, scale)) for p in panels}
     widest = max(max(d["depth"].values()) for d in dags.values())
+    top = max((max(shortest_paths(dags[p.model]).values(), default=1) for p in panels if p.view == "gradient"),
+              default=1)
     fig, axes = plt.subplots(len(panels), 1, figsize=(max(6.0, 1.3 * widest), 2.2 * len(panels)), squeeze=False)
     for ax, panel in zip(axes[:, 0], panels):
-        draw_dag(dags[panel.model], ax, panel.view, f"{panel.caption} ({panel.model}, {panel.view} view)")
+        draw_dag(dags[panel.model], ax, panel.view, f"{panel.caption} ({panel.model}, {panel.view} view)", top)
     fig.suptitle(f"Fig. {number}: {title}", fontsize=10)
     fig.tight_layout()
+    if any(p.view == "gradient" for p in panels):
+        from matplotlib.cm import ScalarMappable
+
+        cmap, norm = timestamp_colours(top)
+        bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=list(axes[:, 0]), shrink=0.6, pad=0.01,
+                           ticks=range(1, max(top, 2) + 1))
+        bar.set_label("shortest gradient path (backward steps)", fontsize=7)
+        bar.ax.tick_params(labelsize=6)
     return fig
