@@ -11,7 +11,7 @@ the same FLOP counter as the records (FLOPs = 2 x multiply-accumulates).
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
@@ -64,6 +64,79 @@ def detection_table(frame: pd.DataFrame, costs: pd.DataFrame, ap_columns: Sequen
     table = ours[["model", "status"]].merge(_cost_text(costs), on="model", how="left").merge(
         ours.drop(columns="status"), on="model", how="left")
     return table.rename(columns={c: _ap_name(c) for c in ap_columns})
+
+
+def baseline_cost_sentence(scale: str) -> str:
+    """The costs the Δ columns are relative to, for a table without a YOLOR-v3 row: its params and
+    GFLOPs (run input and 640) at `scale`'s preset (`detection_costs`)."""
+    row = detection_costs([BASELINE], scale).iloc[0]
+    return (f"Δparams and ΔFLOPs are relative to `{BASELINE}` (not a row of this table), which at the "
+            f"`{scale}` preset has {row['params (M)']:.3g} M parameters and {row['GFLOPs (run input)']:.3g} "
+            f"GFLOPs at the run input ({row[f'GFLOPs ({PAPER_INPUT})']:.3g} at {PAPER_INPUT}×{PAPER_INPUT}).")
+
+
+def seed_spread_note(frame: pd.DataFrame, column: str = "ap_box") -> str:
+    """What an AP cell of `detection_table` is, from how many seeds of each detector have a value of
+    `column` in `frame` (`detection_frame`): mean ± standard deviation over several, or one run's value."""
+    counts = frame.groupby("label", sort=False)[column].count()
+    single = [str(label) for label, n in counts.items() if n == 1]
+    several = counts[counts > 1]
+    if several.empty and single:
+        return ("With one finished seed per detector, as here, each AP cell is that run's value: "
+                "no spread over seeds is shown.")
+    if several.empty:
+        return "No detector has a finished run, so no AP cell has a value."
+    seeds = (f"{several.min()}" if several.min() == several.max() else f"{several.min()} to {several.max()}")
+    text = f"Each AP cell is the mean ± standard deviation over the {seeds} finished seeds of its detector"
+    if single:
+        text += "; with one finished seed (" + ", ".join(f"`{m}`" for m in single) + ") it is that run's value"
+    return text + "."
+
+
+def costs_by_preset(models: Sequence[str], scales: Sequence[str] | None = None) -> dict[str, pd.DataFrame]:
+    """`detection_costs` of `models` at every scale's preset (default: all of `gradpath_lib.scales.SCALES`),
+    counted on the meta device (seconds, no training)."""
+    from .scales import SCALES
+
+    return {scale: detection_costs(models, scale) for scale in (scales or SCALES)}
+
+
+def preset_changes_table(by_preset: Mapping[str, pd.DataFrame], column: str) -> pd.DataFrame:
+    """One row per model, one column per preset: its change vs YOLOR-v3 in `column` ("params",
+    "FLOPs", ... as in `detection_costs`'s "<column> vs yolor-v3"), as a signed percentage."""
+    name = f"{column} vs {BASELINE}"
+    frames = [costs.set_index("model")[name].rename(scale) for scale, costs in by_preset.items()]
+    table = pd.concat(frames, axis=1).map(lambda v: f"{v:+.1%}")
+    table.columns = [f"Δ{column} ({scale})" for scale in table.columns]
+    return table.rename_axis("model").reset_index()
+
+
+def cheapest_by_preset(by_preset: Mapping[str, pd.DataFrame], subject: str, column: str = "params (M)") -> str:
+    """Which model has the lowest `column` (of `detection_costs`) at each preset of `by_preset`
+    (`costs_by_preset`), and whether that is `subject` at all of them, some or none."""
+    parts, cheapest_at = [], []
+    for scale, costs in by_preset.items():
+        values = costs.set_index("model")[column]
+        best = str(values.idxmin())
+        if best == subject:
+            cheapest_at.append(scale)
+            parts.append(f"{scale}: `{best}` ({values[best]:.3g})")
+        else:
+            parts.append(f"{scale}: `{best}` ({values[best]:.3g}, `{subject}` {values[subject]:.3g})")
+    text = f"The lowest {column} of these detectors, per preset: " + "; ".join(parts) + ". "
+    if len(cheapest_at) == len(by_preset):
+        return text + f"`{subject}` is the cheapest at every preset."
+    if not cheapest_at:
+        return text + f"`{subject}` is the cheapest at no preset."
+    others = [scale for scale in by_preset if scale not in cheapest_at]
+    return (text + f"So whether `{subject}` is the cheapest depends on the preset's widths and depths: it is at "
+            + join_words(cheapest_at) + ", not at " + join_words(others, "or") + ".")
+
+
+def join_words(items: Sequence[str], last: str = "and") -> str:
+    """ "a", "a and b", "a, b and c" (`last` joins the last two)."""
+    items = list(items)
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + f" {last} {items[-1]}"
 
 
 def _cost_text(costs: pd.DataFrame) -> pd.DataFrame:

@@ -209,3 +209,64 @@ def test_generation_does_not_depend_on_the_number_of_worker_processes(smoke_sour
     two = generate_cifar_det(smoke_source, SMOKE, 10, seed=5, split="val", workers=2)
     assert np.array_equal(one[0], two[0]) and one[1] == two[1]
     assert [a["id"] for a in two[1]["annotations"]] == list(range(1, len(two[1]["annotations"]) + 1))
+
+
+def test_size_range_sentence_counts_the_ranges_and_names_the_missing_ones():
+    from gradpath_lib.experiments.detection import size_range_sentence
+
+    def stats(val_large: int, train_large: int) -> "pd.DataFrame":
+        import pandas as pd
+
+        rows = [("train", "a", 5, 2, train_large), ("train", "all", 5, 2, train_large),
+                ("val", "a", 3, 1, val_large), ("val", "all", 3, 1, val_large)]
+        return pd.DataFrame(rows, columns=["split", "class", "small", "medium", "large"]).assign(all=0)
+
+    every = size_range_sentence(stats(val_large=4, train_large=6))
+    assert every == ("At this scale, train: 5 small, 2 medium and 6 large objects; val: 3 small, 1 medium and "
+                     "4 large objects: every COCO size range occurs in every split.")
+    none_in_val = size_range_sentence(stats(val_large=0, train_large=6))
+    assert "val: 3 small, 1 medium and 0 large objects. Not every size range occurs" in none_in_val
+    assert "the val split has no large objects, so APl cannot be measured" in none_in_val
+    assert "train split has no" not in none_in_val
+    none_in_train = size_range_sentence(stats(val_large=4, train_large=0))
+    assert "the train split has no large objects, so the detectors never train on such objects" in none_in_train
+    assert "APl" not in none_in_train
+
+
+def test_label_position_stays_in_the_canvas_and_off_placed_labels():
+    from gradpath_lib.data.detection_plots import label_position
+
+    canvas = (0.0, 0.0, 100.0, 100.0)
+    assert label_position((10, 30, 40, 60), (20, 5), canvas, []) == (10, 25)  # just above the box
+    assert label_position((10, 2, 40, 60), (20, 5), canvas, []) == (10, 0)  # no room above: shifted down into it
+    assert label_position((90, 30, 99, 60), (20, 5), canvas, []) == (80, 25)  # shifted left into the canvas
+    x, y = label_position((10, 30, 40, 60), (20, 5), canvas, [(0, 20, 50, 35)])  # above and inside taken
+    assert (x, y) == (10, 60)  # just below the box
+    crowded = [(0, 0, 100, 50), (0, 50, 100, 100)]  # no free place: the first candidate inside the canvas
+    assert label_position((10, 30, 40, 60), (20, 5), canvas, crowded) == (10, 25)
+
+
+def test_drawn_labels_stay_inside_their_canvas_and_do_not_overprint(smoke_train):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from gradpath_lib.data.detection_plots import plot_detection_samples
+
+    fig = plot_detection_samples(smoke_train, count=8, columns=4)
+    fig.canvas.draw()
+    checked = 0
+    for ax in fig.axes:
+        for artist in [a for a in ax.artists if hasattr(a, "placed")]:
+            (x0, y0), (x1, y1) = ax.transData.transform([(-0.5, -0.5), (63.5, 63.5)])
+            flip = fig.bbox.height
+            left, top, right, bottom = min(x0, x1), flip - max(y0, y1), max(x0, x1), flip - min(y0, y1)
+            assert len(artist.placed) == len(artist.specs)
+            for k, (a0, b0, a1, b1) in enumerate(artist.placed):
+                assert left - 1e-6 <= a0 and a1 <= right + 1e-6 and top - 1e-6 <= b0 and b1 <= bottom + 1e-6
+                for c0, d0, c1, d1 in artist.placed[:k]:
+                    assert a1 <= c0 or c1 <= a0 or b1 <= d0 or d1 <= b0, "two labels overprint"
+                checked += 1
+    assert checked == sum(len(t["labels"]) for t in smoke_train.targets[:8])
+    plt.close(fig)

@@ -12,9 +12,15 @@ import torch
 
 from gradpath_lib.detection_tables import (
     AP_COLUMNS,
+    baseline_cost_sentence,
+    cheapest_by_preset,
+    costs_by_preset,
     detection_costs,
     detection_frame,
     detection_table,
+    join_words,
+    preset_changes_table,
+    seed_spread_note,
     stated_cost_comparison,
     stated_fraction,
 )
@@ -28,8 +34,13 @@ from gradpath_lib.experiments.detection import (
     TABLE6_MODELS,
     TABLE7_MODELS,
     TABLE8_MODELS,
+    prediction_caption,
+    prediction_counts,
     prediction_figure,
+    runs_in_points,
+    show_box_ap_curves,
     show_predictions,
+    stop_gradient_path_text,
     stop_gradient_table,
 )
 from gradpath_lib.models.cost import count_flops, count_params
@@ -288,3 +299,120 @@ def test_detector_speed_is_read_from_the_records(smoke_results) -> None:
     assert row["training (s)"] == pytest.approx(train_s, abs=0.05 + 1e-9)
     assert row["wall (s)"] == pytest.approx(record["wall_time_s"], abs=0.05 + 1e-9)
     assert pd.isna(row["fraction of peak"]), "no bench of the runs' device is recorded"
+
+
+def test_seed_spread_note_says_what_an_ap_cell_is() -> None:
+    one = detection_frame(_runs(TABLE5_MODELS, [0]))
+    assert seed_spread_note(one).startswith("With one finished seed per detector, as here, each AP cell is that run's")
+    three = detection_frame(_runs(TABLE5_MODELS, [0, 1, 2]))
+    assert seed_spread_note(three) == ("Each AP cell is the mean ± standard deviation over the 3 finished seeds "
+                                       "of its detector.")
+    mixed = detection_frame(_runs(("yolor-v3",), [0, 1]) + _runs(("yolor-prn",), [0]))
+    assert seed_spread_note(mixed) == ("Each AP cell is the mean ± standard deviation over the 2 finished seeds "
+                                       "of its detector; with one finished seed (`yolor-prn`) it is that run's value.")
+    config = {"task": "detect", "model": "yolor-v3", "scale": "smoke", "seed": 0}
+    assert seed_spread_note(detection_frame([(config, None)])).startswith("No detector has a finished run")
+
+
+def test_baseline_cost_sentence_gives_the_missing_baseline_row() -> None:
+    row = detection_costs(["yolor-v3"], "smoke").iloc[0]
+    text = baseline_cost_sentence("smoke")
+    assert "relative to `yolor-v3` (not a row of this table)" in text
+    assert f"{row['params (M)']:.3g} M parameters and {row['GFLOPs (run input)']:.3g} GFLOPs" in text
+    assert f"({row['GFLOPs (640)']:.3g} at 640×640)" in text
+
+
+def _preset_costs(params: dict[str, float]) -> pd.DataFrame:
+    names = list(params)
+    values = [params[n] for n in names]
+    return pd.DataFrame({"model": names, "params (M)": values,
+                         "params vs yolor-v3": [v / params["yolor-v3"] - 1 for v in values]})
+
+
+def test_cheapest_by_preset_follows_each_presets_costs() -> None:
+    flips = {"smoke": _preset_costs({"yolor-v3": 1.0, "yolor-csp": 0.8, "yolor-elan": 0.9}),
+             "mini": _preset_costs({"yolor-v3": 1.0, "yolor-csp": 0.8, "yolor-elan": 0.7}),
+             "paper": _preset_costs({"yolor-v3": 1.0, "yolor-csp": 0.8, "yolor-elan": 0.6})}
+    text = cheapest_by_preset(flips, "yolor-elan")
+    assert "smoke: `yolor-csp` (0.8, `yolor-elan` 0.9); mini: `yolor-elan` (0.7); paper: `yolor-elan` (0.6)" in text
+    assert text.endswith("depends on the preset's widths and depths: it is at mini and paper, not at smoke.")
+    always = {scale: _preset_costs({"yolor-v3": 1.0, "yolor-elan": 0.5}) for scale in ("smoke", "mini")}
+    assert cheapest_by_preset(always, "yolor-elan").endswith("`yolor-elan` is the cheapest at every preset.")
+    assert cheapest_by_preset(always, "yolor-v3").endswith("`yolor-v3` is the cheapest at no preset.")
+    table = preset_changes_table(flips, "params").set_index("model")
+    assert list(table.columns) == ["Δparams (smoke)", "Δparams (mini)", "Δparams (paper)"]
+    assert table.loc["yolor-elan"].tolist() == ["-10.0%", "-30.0%", "-40.0%"]
+    assert join_words(["a"]) == "a" and join_words(["a", "b", "c"], "or") == "a, b or c"
+
+
+def test_costs_by_preset_counts_each_scales_preset() -> None:
+    by_preset = costs_by_preset(["yolor-v3", "yolor-csp"], ["smoke"])
+    assert list(by_preset) == ["smoke"]
+    pd.testing.assert_frame_equal(by_preset["smoke"], detection_costs(["yolor-v3", "yolor-csp"], "smoke"))
+
+
+def test_stop_gradient_path_text_is_computed_from_the_path_columns() -> None:
+    def table(identity: tuple[int, int], block: tuple[int, int]) -> pd.DataFrame:
+        rows = [("yolor-csp", 13, 55), ("yolor-csp-sg-identity", *identity), ("yolor-csp-sg-block", *block)]
+        return pd.DataFrame(rows, columns=["model", "longest shortest path", "longest path"])
+
+    text = stop_gradient_path_text(table((14, 55), (13, 39)))
+    assert ("the identity stop (`yolor-csp-sg-identity`) raises the longest shortest gradient path from 13 to 14 "
+            "and keeps the longest path at 55") in text
+    assert "the block stop (`yolor-csp-sg-block`) keeps the longest shortest gradient path at 13 and cuts the " \
+           "longest path from 55 to 39" in text
+    assert "does not make the shortest paths as long as the network is deep" in text
+    deep = stop_gradient_path_text(table((55, 55), (12, 60)))
+    assert "raises the longest shortest gradient path from 13 to 55" in deep
+    assert "cuts the longest shortest gradient path from 13 to 12 and raises the longest path from 55 to 60" in deep
+    assert "does not make" not in deep
+
+
+def test_prediction_caption_counts_the_shown_detections() -> None:
+    samples = [{"image_id": 1, "detections": [{}, {}]}, {"image_id": 2, "detections": []},
+               {"image_id": 3, "detections": [{}]}]
+    assert prediction_counts(samples) == [2, 0, 1]
+    assert prediction_caption("yolor-v3", samples, 0.3) == (
+        "**yolor-v3**: 2, 0 and 1 detections scoring ≥ 0.3 on the 3 canvases (3 in all).")
+    empty = [{"image_id": k, "detections": []} for k in (1, 2, 3)]
+    assert prediction_caption("yolor-v3", empty, 0.3) == "**yolor-v3** finds nothing scoring ≥ 0.3 on the 3 canvases."
+
+
+def test_show_predictions_draws_no_picture_for_a_detector_that_finds_nothing(tmp_path: Path, capsys) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    models = ("yolor-v3", "yolor-prn")
+    configs = [detect_config(model, "smoke", 0) for model in models]
+    empty = [{"image_id": k, "detections": []} for k in (1, 2, 3)]
+    ctx = setup("table5", scale="smoke", results_dir=tmp_path)
+    capsys.readouterr()
+    saved = show_predictions(ctx, [(c, _with_samples(c, empty)) for c in configs], models)
+    assert saved == []
+    out = capsys.readouterr().out
+    assert ("**No detection scoring ≥ 0.3 on any recorded canvas:** `yolor-v3`, `yolor-prn`. These detectors "
+            "find nothing at this scale's training, so no picture is drawn for them.") in out
+
+
+def test_box_ap_curves_are_in_points_like_the_tables(tmp_path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    history = [{"bbox_AP": None}, {"bbox_AP": 0.25}]
+    runs = [({"model": "yolor-v3", "seed": 0}, {"status": "ok", "metrics": {"history": history}}),
+            ({"model": "yolor-prn", "seed": 0}, None)]
+    scaled = runs_in_points(runs, "bbox_AP")
+    assert scaled[0][1]["metrics"]["history"] == [{"bbox_AP": None}, {"bbox_AP": 25.0}]
+    assert history[1]["bbox_AP"] == 0.25 and scaled[1][1] is None  # the records themselves are untouched
+    ctx = setup("table5", scale="smoke", results_dir=tmp_path)
+    shown = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(plt, "show", lambda: shown.append(plt.gcf()))
+        patch.setattr(plt, "close", lambda figure=None: None)
+        show_box_ap_curves(ctx, runs)
+    (line,) = shown[0].axes[0].get_lines()
+    assert list(line.get_ydata()) == [25.0]
+    assert shown[0].axes[0].get_ylabel() == "box AP (COCOeval, points: 0 to 100)"
+    matplotlib.pyplot.close("all")
