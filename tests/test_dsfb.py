@@ -131,3 +131,54 @@ def test_smoke_run_records_block_gradient_norms(tmp_path):
     history = record["metrics"]["history"]
     assert len(history) == 1 and len(history[0]["block_grad_norm"]) == 3 * 2
     assert record["params"] == count_params(create_model("resnet-dsfb", "smoke", blocks=2))
+
+
+@pytest.mark.parametrize("scale", ["smoke", "mini", "paper"])
+def test_parameter_matched_reference_has_the_closest_whole_block_depth(scale: str):
+    from gradpath_lib.experiments.extensions import param_ref_note
+    from gradpath_lib.models.dsfb import PARAM_MATCHED_BLOCKS
+    from gradpath_lib.models.registry import model_kwargs
+
+    target = count_params(create_model("resnet-dsfb", scale))
+    blocks = model_kwargs("resnet-dsfb", scale)["blocks"]
+    gaps = {b: abs(count_params(create_model("resnet-dsfb-param-ref", scale, blocks=b)) - target)
+            for b in range(1, blocks + 1)}
+    assert PARAM_MATCHED_BLOCKS[scale] == min(gaps, key=gaps.get)
+    ref = count_params(create_model("resnet-dsfb-param-ref", scale))
+    note = param_ref_note(scale)
+    assert f"{ref:,} parameters against {target:,} ({ref / target - 1:+.1%})" in note
+    assert "closest to it" in note
+    # a reference that is not the closest is said to be so (the depth-matched net has one block too many)
+    closest = min(gaps, key=gaps.get)
+    if closest != blocks:
+        assert f"although {closest} would come closer" in param_ref_note(scale, reference="resnet-dsfb-depth-ref")
+
+
+def test_printed_count_note_compares_counts_only_at_the_papers_size():
+    from gradpath_lib.experiments.extensions import printed_count_note
+
+    smoke, mini, paper = (printed_count_note(s) for s in ("smoke", "mini", "paper"))
+    assert smoke.startswith("At this scale `resnet-dsfb-double` is not the paper's CIFAR-10 ResNet56-S16U1 "
+                            "(`blocks` 3 instead of 9")
+    assert f"its {count_params(create_model('resnet-dsfb-double', 'smoke')):,} parameters do not compare" in smoke
+    assert "`num_classes` 1000 instead of 10" in paper  # the paper scale trains on ImageNet
+    double = count_params(create_model("resnet-dsfb-double", "mini"))
+    assert mini.startswith("At this scale `resnet-dsfb-double` has the paper's size: "
+                           f"{double / 1e6:.3f} M parameters against the printed 0.31 M ({double / 0.31e6 - 1:+.1%})")
+    assert "the paper's -63.5% (0.31 vs 0.85 M)" in mini
+
+
+def test_shared_basis_note_reports_positions_and_timestamps():
+    import pandas as pd
+
+    from gradpath_lib.experiments.extensions import shared_basis_note, shared_basis_paths
+
+    paths = shared_basis_paths("smoke")
+    note = shared_basis_note(paths)
+    n = paths["n_timestamps"]
+    assert note.startswith(f"Each shared basis is used at {2 * (SMOKE_BLOCKS - 1)} positions")
+    assert f"receives gradient at {n.min()} to {n.max()} timestamps" in note
+    assert f"here from {n.max()} (`stages.0.shared_bases.0`)" in note
+    same = pd.DataFrame({"module": ["a", "b"], "positions": [4, 6], "n_timestamps": [7, 7]})
+    assert "used at 4 to 6 positions" in shared_basis_note(same) and "at 7 timestamps" in shared_basis_note(same)
+    assert shared_basis_note(same.iloc[:0]) == "The network has no shared basis."

@@ -311,3 +311,69 @@ def test_taylor_versus_random_claim_is_judged_per_model():
         for model in LWDNA_MODELS:
             row = verdicts.loc[score_claim(model).text]
             assert (row["verdict"], row["n"]) == (expected, "3 vs 3"), (model, expected, row["why"])
+
+
+def test_chapter_runs_on_the_scales_classification_recipe():
+    from gradpath_lib.experiments.extensions import lwdna_recipe_note, lwdna_runs
+    from gradpath_lib.train.classify import classify_config
+
+    configs = lwdna_runs("smoke", [0])
+    baselines = [c for c in configs if c["task"] == "classify"]
+    # a baseline is the very run the other classification chapters record (same config, same run id)
+    assert baselines == [classify_config(c["model"], "smoke", 0) for c in baselines]
+    assert {str(c["recipe"]) for c in configs} == {str(baselines[0]["recipe"])}
+    epochs = baselines[0]["recipe"]["epochs"]
+    note = lwdna_recipe_note([(c, None) for c in configs])
+    assert note.startswith(f"Every run trains {epochs} epochs; an LW-DNA run spends the first epoch ")
+    assert "This is the scale's classification recipe" in note
+    shorter = [{**c, "recipe": {**c["recipe"], "epochs": 2}} if c["model"] == "elan" else c for c in configs]
+    note = lwdna_recipe_note([(c, None) for c in shorter])
+    assert note.startswith(f"The runs train 2 and {epochs} epochs") and "do not all share one recipe" in note
+    assert "elan, elan lwdna-random and elan lwdna-taylor use a recipe of this chapter's own" in note
+
+
+def lwdna_record(config: dict, top1: float, flops: int, target: int, params: int = 90, classes: int = 10) -> dict:
+    """A minimal ok record of `config` (an LW-DNA summary for an LW-DNA config)."""
+    metrics = {"test_acc": top1}
+    if config["task"] == "lwdna":
+        metrics["lwdna"] = {"target_flops": target, "baseline_params": 100, "flops_error": flops / target - 1}
+    return {"status": "ok", "run_id": f"{config['model']}-{config.get('lwdna', {}).get('score')}", "params": params,
+            "flops": flops, "dataset": {"classes": classes}, "metrics": metrics}
+
+
+def test_flops_note_states_the_tolerance_and_the_gaps_of_the_records():
+    from gradpath_lib.experiments.extensions import lwdna_flops_match, lwdna_flops_note, lwdna_runs
+
+    configs = lwdna_runs("smoke", [0])
+    flops = {("resnet", "taylor"): 953, ("resnet", "random"): 990, ("elan", "taylor"): 1000, ("elan", "random"): 970}
+    runs = [(c, lwdna_record(c, 0.5, flops.get((c["model"], c.get("lwdna", {}).get("score")), 1000), 1000))
+            for c in configs]
+    note = lwdna_flops_note(runs)
+    assert "same target, the baseline's FLOPs" in note
+    assert "more than 15% below it (the `tolerance` of these runs; the default is 2%" in note
+    assert "land between -4.7% and +0.0% from the target" in note
+    table = lwdna_flops_match(runs)
+    assert table["model"].tolist() == ["resnet lwdna-taylor", "resnet lwdna-random", "elan lwdna-taylor",
+                                       "elan lwdna-random"]
+    assert table["FLOPs vs target"].tolist() == ["-4.7%", "-1.0%", "+0.0%", "-3.0%"]
+    assert set(table["tolerance"]) == {"15%"} and set(table["params vs baseline"]) == {"-10.0%"}
+    default = [(c, None) for c in lwdna_runs("mini", [0])]
+    assert "(the `tolerance` of these runs)" in lwdna_flops_note(default)
+    assert lwdna_flops_note(default).endswith("No LW-DNA run is recorded yet.") and lwdna_flops_match(default).empty
+
+
+def test_chance_level_note_names_only_the_networks_at_chance():
+    from gradpath_lib.experiments.extensions import CHANCE_FACTOR, chance_level_note, lwdna_label, lwdna_runs
+
+    configs = lwdna_runs("smoke", [0])
+    top1 = {"elan": 0.102, "elan lwdna-taylor": 0.14}  # a uniform guess over 10 classes: 0.1
+
+    def runs(tops: dict) -> list:
+        return [(c, lwdna_record(c, tops.get(lwdna_label(c), 0.6), 1, 1)) for c in configs]
+
+    note = chance_level_note(runs(top1))
+    assert note.startswith("**At chance level:** `elan` (10.2%) and `elan lwdna-taylor` (14.0%) are below 1.5 x")
+    assert "lwdna-random" not in note and "resnet" not in note
+    assert chance_level_note(runs({})).startswith("No network is at chance level")
+    assert chance_level_note(runs({"elan": CHANCE_FACTOR * 0.1 + 0.01})).startswith("No network")
+    assert chance_level_note([(c, None) for c in configs]) == "No run is recorded yet."

@@ -204,8 +204,9 @@ class DSFBResNet(nn.Module):
 
 # smoke: seconds on a CPU; mini and paper: the paper's CIFAR-10 ResNet-56 S16U1 (CIFAR is the
 # paper's own setting). The parameter-matched plain net keeps the widths and has the number of
-# blocks per stage that brings its parameter count closest to resnet-dsfb's: at mini ResNet-20,
-# 0.272 M vs 0.274 M (the depth-matched ResNet-56 has 0.856 M); at smoke 11.4 k vs 13.4 k.
+# blocks per stage that brings its parameter count closest to resnet-dsfb's (a test checks it): at
+# mini ResNet-20, 0.272 M vs 0.274 M (the depth-matched ResNet-56 has 0.856 M); at smoke only
+# 11.4 k vs 13.4 k, since one block per stage more (the depth-matched net) has 17.5 k.
 SMOKE = {"blocks": 3, "widths": (4, 8, 16), "shared_rank": 4, "unique_rank": 1}
 PAPER_SIZE = {"blocks": PAPER_BLOCKS, "widths": PAPER_STAGE_WIDTHS,
               "shared_rank": PAPER_SHARED_RANK, "unique_rank": PAPER_UNIQUE_RANK}
@@ -239,5 +240,6 @@ register(
     "resnet-dsfb-param-ref", DSFBResNet, family="dsfb",
     presets={s: {**p, "shared_rank": None, "blocks": PARAM_MATCHED_BLOCKS[s]}
              for s, p in {"smoke": SMOKE, "mini": PAPER_SIZE, "paper": PAPER_SIZE}.items()},
-    description="plain CIFAR ResNet with as many parameters as resnet-dsfb (fewer blocks per stage)",
+    description="plain CIFAR ResNet of the same widths whose number of blocks per stage brings its parameter "
+                "count closest to resnet-dsfb's",
 )
