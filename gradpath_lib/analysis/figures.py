@@ -27,6 +27,7 @@ SMALL_SCALE = "smoke"  # Figs. 7 and 8 draw every layer: the smallest registry p
 PANEL_WIDTH, ROW_HEIGHT = 4.0, 0.22  # inches per model panel and per drawn group row
 PANEL_COLUMNS = 2  # panels per row of a figure
 LABEL_SIZE = 7  # points, of the layer names on the axes
+PEAK_RTOL = 1e-6  # shares within this relative distance of the largest count as tied for a spectrum's peak
 
 
 def analyze_registry(names: tuple[str, ...] | list[str], scale: str) -> dict[str, GradientPathReport]:
@@ -210,13 +211,31 @@ def spectrum_figure(
     return _save(fig, out_dir, name)
 
 
+def peak_lengths(shares: pd.Series, rtol: float = PEAK_RTOL) -> list[int]:
+    """The path lengths (index of `shares`) whose share is the largest, within `rtol` of it: one
+    length for a single peak, several for a tie."""
+    top = shares.max()
+    return sorted(int(t) for t, share in shares.items() if share >= top * (1 - rtol))
+
+
+def peak_text(lengths: list[int]) -> str:
+    """'3' for a single peak, 'tie: 1–8' (or 'tie: 1, 3') for several lengths tied for it."""
+    if len(lengths) == 1:
+        return str(lengths[0])
+    if lengths == list(range(lengths[0], lengths[-1] + 1)):
+        return f"tie: {lengths[0]}–{lengths[-1]}"
+    return "tie: " + ", ".join(map(str, lengths))
+
+
 def spectrum_peaks(spectra: pd.DataFrame, reports: Mapping[str, GradientPathReport]) -> pd.DataFrame:
-    """Per model of a `measured_spectra`-style table: the path length carrying the largest share,
-    the network's longest shortest path, and the share carried by paths no longer than it."""
+    """Per model of a `measured_spectra`-style table: the path length carrying the largest share
+    (`peak_text`: a tie where several carry it), the network's longest shortest path, and the
+    share carried by paths no longer than it."""
     rows = []
     for model, rows_of_model in spectra.groupby("model", sort=False):
         shares = rows_of_model.set_index("timestamp").share
         shortest = reports[model].network["longest_shortest_path"]
-        rows.append({"model": model, "peak path length": int(shares.idxmax()), "longest shortest path": shortest,
+        rows.append({"model": model, "peak path length": peak_text(peak_lengths(shares)),
+                     "longest shortest path": shortest,
                      "share up to it": float(shares[shares.index <= shortest].sum())})
     return pd.DataFrame(rows)

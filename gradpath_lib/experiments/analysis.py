@@ -1,16 +1,24 @@
 """The gradient path analysis chapters: Figs. 7-8 (timestamps and sources), Fig. 9 (stop
 gradient), Table 1 (the SparseNet view), the measured gradient spectra, and other well-known
-designs analysed the same way."""
+designs analysed the same way; and the sentences and tables these chapters compute from the
+networks and records (PRN's gradient combinations against ResNet's, the steps between Fig. 7's
+timestamps, ties in a measured spectrum's peak, why our SparseNet is larger than our DenseNet)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from ..analysis.figures import SPECTRUM_MODELS
+import pandas as pd
+
+from ..analysis.figures import SPECTRUM_MODELS, peak_lengths, peak_text
+from ..analysis.paths import GradientPathReport
 from ..analysis.summary import TABLE1_MODELS
-from . import Chapter, register_chapter
+from ..paper import references
+from ..tables import Run, runs_frame
 from ..train.spectrum import spectrum_config
-from .classification import classification_runs, no_runs
+from . import Chapter, register_chapter
+from .classification import PERCENT, classification_runs, no_runs
 
 SPECTRUM_SEEDS = 1  # the spectra are shown for one trained network per architecture
 
@@ -30,3 +38,131 @@ register_chapter(Chapter("measured_spectra", "Beyond the paper: measured gradien
                          spectrum_runs, 110))
 register_chapter(Chapter("other_designs", "Beyond the paper: gradient paths of other well-known designs",
                          no_runs, 115))
+
+
+# --- Computed sentences and tables of the analysis chapters ---------------------------------
+
+
+
+def distinct_combinations(report: GradientPathReport) -> dict[str, int]:
+    """How varied the gradient combinations of a network's channels are: `distinct`, the number of
+    different combinations summed over weighted-layer positions (a position whose channel groups
+    all receive the same (timestamp, source) pairs counts 1), and `split_layers`, the positions
+    whose channel groups receive different ones."""
+    per_position: dict[int, set[frozenset[tuple[int, str]]]] = {}
+    for group in report.groups:
+        per_position.setdefault(group.position.id, set()).add(group.combination)
+    return {"distinct": sum(len(c) for c in per_position.values()),
+            "split_layers": sum(len(c) > 1 for c in per_position.values())}
+
+
+def combination_comparison(reports: Mapping[str, GradientPathReport], subject: str = "prn",
+                           baseline: str = "resnet") -> str:
+    """Markdown computed from the reports: `subject`'s mean gradient-combination size per filter
+    against `baseline`'s, what that metric counts, and the diversity the paper means (how many
+    layers give their channel groups different combinations)."""
+    size = {m: reports[m].network["combination_size_mean"] for m in (subject, baseline)}
+    spread = {m: distinct_combinations(reports[m]) for m in (subject, baseline)}
+    if size[subject] < size[baseline]:
+        relation = "smaller than"
+    elif size[subject] > size[baseline]:
+        relation = "larger than"
+    else:
+        relation = "equal to"
+    text = (f"`{subject}`'s mean gradient-combination size per filter is {size[subject]:.3f}, {relation} "
+            f"`{baseline}`'s {size[baseline]:.3f}. That metric counts the (timestamp, source) pairs each output "
+            "channel receives, averaged over all channels: it is a measure of how many gradients reach a "
+            "filter, not of how different the filters' gradients are. ")
+    if size[subject] < size[baseline]:
+        text += ("A shortcut that reaches only part of a layer's channels, as PRN's masked one does, leaves the "
+                 "other channels without the pairs it would bring them, so the mean falls. ")
+    split = spread[subject]["split_layers"]
+    text += (f"What the paper calls richer is how the combinations differ between channels: in `{subject}`, "
+             f"{split} weighted layer{'' if split == 1 else 's'} give{'s its' if split == 1 else ' their'} channel "
+             f"groups different combinations ({spread[subject]['distinct']} distinct combinations in all), against "
+             f"{spread[baseline]['split_layers']} in `{baseline}` ({spread[baseline]['distinct']}).")
+    if spread[subject]["split_layers"] <= spread[baseline]["split_layers"]:
+        text += f" At this size `{subject}` is not more varied than `{baseline}` by that count either."
+    return text
+
+
+def timestamp_steps(report: GradientPathReport) -> list[int]:
+    """The distinct gaps between consecutive gradient timestamps of the network's channel groups."""
+    return sorted({b - a for stamps in report.layers.timestamps for a, b in zip(stamps, stamps[1:])})
+
+
+def timestamps_reading(reports: Mapping[str, GradientPathReport]) -> str:
+    """Markdown computed from the reports of Fig. 7: per network, the most timestamps any layer has
+    and the steps between a layer's consecutive timestamps, with why the steps of 2 arise."""
+    parts = []
+    for name, report in reports.items():
+        steps = timestamp_steps(report)
+        most = max(len(stamps) for stamps in report.layers.timestamps)
+        step_text = ("a single timestamp per layer" if not steps else
+                     f"steps of {', '.join(map(str, steps))} between consecutive timestamps")
+        parts.append(f"`{name}`: up to {most} timestamps per layer, {step_text}")
+    text = "Per network: " + "; ".join(parts) + "."
+    if any(2 in timestamp_steps(r) and 1 not in timestamp_steps(r) for r in reports.values()):
+        text += (" A step of 2 is a dense layer's doing: it is two convolutions (a 1×1, then a 3×3), so a path "
+                 "that crosses one more dense layer is two weighted layers longer, and the concatenations give "
+                 "every second length, not every length.")
+    return text
+
+
+def spectrum_ties_note(spectra: pd.DataFrame) -> str:
+    """A sentence naming the networks whose spectrum has no single peak (or saying that each has one)."""
+    tied = {model: peak_lengths(rows.set_index("timestamp").share)
+            for model, rows in spectra.groupby("model", sort=False)}
+    tied = {m: lengths for m, lengths in tied.items() if len(lengths) > 1}
+    if not tied:
+        return "Every network's spectrum has a single peak."
+    parts = []
+    for model, lengths in tied.items():
+        share = float(spectra.loc[(spectra.model == model) & (spectra.timestamp == lengths[0]), "share"].iloc[0])
+        parts.append(f"`{model}` (lengths {peak_text(lengths).removeprefix('tie: ')} carry {share:.3g} each)")
+    return ("No single peak: " + "; ".join(parts) + ". Where a network has one path length per layer and "
+            "one layer per length, as a plain network does, every length carries the same share.")
+
+
+def spectrum_runs_table(runs: list[Run]) -> pd.DataFrame:
+    """One row per spectrum run, with the trained network's test top-1 in percent like every other page."""
+    frame = runs_frame(runs, metrics={"top-1 (%)": "target_test_acc"})
+    frame["top-1 (%)"] = (frame["top-1 (%)"] * PERCENT).round(1)
+    return frame
+
+
+def sparsenet_sizing_note(scale: str, dense: str = "densenet", sparse: str = "sparsenet") -> str:
+    """Markdown computed from the registry: our `sparse` and `dense` networks' parameters at
+    `scale`, the growth rates and layers per block behind them, how much of the earlier outputs a
+    sparse layer aggregates, and why this sizing differs from the SparseNet README's 40-layer pair."""
+    from ..models.blocks import aggregated_inputs
+    from ..models.cost import count_params
+    from ..models.dense_nets import DENSENET, SPARSENET
+    from ..models.registry import create_model
+
+    params = {m: count_params(create_model(m, scale)) for m in (dense, sparse)}
+    growth = {dense: DENSENET[scale]["growth"], sparse: SPARSENET[scale]["growth"]}
+    layers = tuple(DENSENET[scale]["layers"])
+    kept = [len(aggregated_inputs(n, "sparse")) / len(aggregated_inputs(n, "dense"))
+            for block in layers for n in range(1, block + 1)]
+    printed = {r.paper_model: r.value for r in references("table1") if r.metric == "params_m"}
+    relation = "more" if params[sparse] > params[dense] else "fewer"
+    reads = (f"with so few layers per block the sparse rule (n-1, n-2, n-4, …) reaches every earlier output, so "
+             f"`{sparse}` aggregates exactly as `{dense}` does" if min(kept) == 1 else
+             f"a sparse layer here reads {sum(kept) / len(kept):.0%} of the earlier outputs a dense layer reads, "
+             "on average")
+    bc_pair = (f"; the README's own BC pair goes the same way, SparseNet-BC-100-24 at "
+               f"{printed['SparseNet-BC-100-24']:g} M against DenseNet-BC-100-12 at {printed['DenseNet-BC-100-12']:g} M"
+               if params[sparse] > params[dense] else "")
+    ratio = growth[sparse] / growth[dense]
+    return (
+        f"At this scale our `{sparse}` has {params[sparse]:,} parameters, {relation} than `{dense}`'s "
+        f"{params[dense]:,} ({params[sparse] / params[dense] - 1:+.1%}). Both are built from DenseNet-BC layers "
+        f"(a 1×1 convolution to 4 × growth channels, then a 3×3 to growth) with {', '.join(map(str, layers))} "
+        f"layers per block, and `{sparse}` has {ratio:g} times the growth ({growth[sparse]} against "
+        f"{growth[dense]}; the README's SparseNet-40-24 has twice DenseNet-40-12's). Sparse aggregation narrows "
+        f"only the inputs of the 1×1 convolutions and of the transitions ({reads}), while the larger growth "
+        f"multiplies every 1×1's output by {ratio:g} and every 3×3 by {ratio ** 2:g}. The README's 40-layer nets "
+        "are not BC nets: they have 12 layers per block and a 3×3 on the aggregated input, so there the narrower "
+        "inputs shrink every convolution. Our sizing thus differs from the README's, and the parameter claim is "
+        f"judged on ours{bc_pair}.")

@@ -2,7 +2,9 @@
 tables they show; plus the architecture chapter (Figs. 2-6, no training).
 
 Every table puts ours (mean ± std over seeds) beside the paper's printed numbers where there are
-any, and `tables.verdict_frame` judges the paper's claims from the same runs.
+any, and `tables.verdict_frame` judges the paper's claims from the same runs. The sentences a
+chapter reads its tables with are computed here too (`table2_cost_reading`,
+`stop_gradient_reading`, `convergence_reading`, `seed_spread_note`), so that they hold at every scale.
 """
 
 from __future__ import annotations
@@ -98,3 +100,154 @@ register_chapter(Chapter("table2", "Table 2: CSPNet applied to popular backbones
                          classification_runs(TABLE2_MODELS), 50))
 register_chapter(Chapter("table4", "Table 4: deep VoVNet and gradient path planning",
                          classification_runs(TABLE4_MODELS), 70))
+
+
+def seed_spread_note(frame: pd.DataFrame, what: str = "cell", by: str = "label") -> str:
+    """A sentence saying what a 'mean ± std over seeds' `what` of a table holds, computed from the
+    runs frame: how many seeds with a value (status `ok`, where the frame has a status) each row
+    group (`by`) has, and that one seed shows a single value."""
+    if "status" in frame.columns:
+        frame = frame[frame["status"] == "ok"]
+    seeds = frame.groupby(by, sort=False)["seed"].nunique()
+    if seeds.empty:
+        return f"No run has a value, so no {what} has one."
+    fewest, most = int(seeds.min()), int(seeds.max())
+    if most == 1:
+        return (f"Each network has one seed here, so each {what} is that run's value and no spread is shown "
+                "(a mean ± standard deviation needs two seeds or more).")
+    count = f"{fewest}" if fewest == most else f"{fewest} to {most}"
+    note = f"Each {what} is the mean ± sample standard deviation over the seeds of its network ({count} here)"
+    if fewest == 1:
+        note += "; a network with one seed shows its single value"
+    return note + "."
+
+
+CSP_PAIRS = (("resnet", "csp-resnet"), ("resnext", "csp-resnext"), ("darknet", "csp-darknet"),
+             ("densenet", "csp-densenet"))  # Table 2's (base, CSP variant) pairs
+COST_METRICS = (("params", "params_m", "params"), ("flops", "bflops", "FLOPs"))  # (ours, paper metric, word)
+
+
+def relative_cost_changes(frame: pd.DataFrame, pairs: Sequence[tuple[str, str]] = CSP_PAIRS) -> pd.DataFrame:
+    """Per (base, CSP variant) pair of Table 2: our relative change of params and FLOPs (variant vs
+    base, from the runs frame; NaN where a side is not recorded) beside the paper's (from the
+    CSPNet README numbers of `paper.references("table2")`; PeleeNet stands for densenet)."""
+    printed = {(r.ours, r.metric): r.value for r in references("table2")}
+    rows = []
+    for base, variant in pairs:
+        row: dict[str, Any] = {"base": base, "variant": variant}
+        for ours, metric, _ in COST_METRICS:
+            values = {m: frame.loc[frame["label"] == m, ours].dropna() for m in (base, variant)}
+            row[ours] = (values[variant].mean() / values[base].mean() - 1
+                         if all(len(v) for v in values.values()) else float("nan"))
+            row[f"paper {ours}"] = printed[(variant, metric)] / printed[(base, metric)] - 1
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _compare_change(ours: float, paper: float) -> str:
+    """How our relative change compares with the paper's, in words."""
+    if ours < 0 <= paper:
+        return "a cut where the paper's rises"
+    if ours >= 0 > paper:
+        return "a rise where the paper cuts"
+    if ours >= 0:
+        return "a larger rise than the paper's" if ours > paper else "a smaller rise than the paper's"
+    return "a larger cut than the paper's" if ours < paper else "a smaller cut than the paper's"
+
+
+def _names(models: Sequence[str]) -> str:
+    quoted = [f"`{m}`" for m in models]
+    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " and " + quoted[-1]
+
+
+def table2_cost_reading(frame: pd.DataFrame) -> str:
+    """Markdown computed from the runs: per family, CSP's change of params and FLOPs here beside the
+    paper's, whether ours is the larger or smaller cut, which families CSP makes cheaper or dearer,
+    and which FLOPs cut is largest and smallest."""
+    changes = relative_cost_changes(frame)
+    known = changes.dropna(subset=[m for m, _, _ in COST_METRICS])
+    if known.empty:
+        return "No family has both networks recorded, so there is no cost change to compare."
+    lines = ["CSP's cost change at this scale (variant against base), beside the paper's ImageNet change:", ""]
+    rows = known.to_dict("records")
+    for row in rows:
+        parts = [f"{word} {row[m]:+.1%} (paper {row['paper ' + m]:+.1%}, {_compare_change(row[m], row['paper ' + m])})"
+                 for m, _, word in COST_METRICS]
+        lines.append(f"- `{row['base']}` → `{row['variant']}`: " + "; ".join(parts))
+    cheaper = [r["base"] for r in rows if r["params"] < 0 and r["flops"] < 0]
+    dearer = [r["base"] for r in rows if r["params"] >= 0 and r["flops"] >= 0]
+    mixed = [r["base"] for r in rows if r["base"] not in cheaper + dearer]
+    summary = []
+    if cheaper:
+        summary.append(f"CSP makes {_names(cheaper)} cheaper in both parameters and FLOPs")
+    if dearer:
+        summary.append(f"it makes {_names(dearer)} dearer in both")
+    if mixed:
+        summary.append(f"it cuts one of the two costs of {_names(mixed)} and raises the other")
+    cuts = known[known["flops"] < 0].sort_values("flops")
+    if len(cuts) > 1:
+        summary.append(f"the largest FLOPs cut is `{cuts['base'].iloc[0]}`'s ({cuts['flops'].iloc[0]:+.1%}), "
+                       f"the smallest `{cuts['base'].iloc[-1]}`'s ({cuts['flops'].iloc[-1]:+.1%})")
+    missing = changes.loc[~changes.index.isin(known.index), "base"].tolist()
+    if missing:
+        summary.append(f"{_names(missing)} {'is' if len(missing) == 1 else 'are'} not recorded")
+    text = "; ".join(summary)
+    return "\n".join(lines) + "\n\n" + text[0].upper() + text[1:] + "."
+
+
+def _same(a: Any, b: Any) -> str:
+    return "the same as" if a == b else "unlike"
+
+
+def stop_gradient_reading(lengths: pd.DataFrame, scale: str, base: str = "resnet-deep",
+                          identity: str = "resnet-sg-identity", block: str = "resnet-sg-block",
+                          plain: str = "plain-deep") -> str:
+    """Markdown computed from the networks: what each stop gradient does to the path lengths of
+    `lengths` (a `path_lengths` table), and the per-layer shortest paths of `block` at `scale`,
+    which its weighted shortcut projections lengthen."""
+    from ..analysis.figures import layer_path_lengths
+    from ..analysis.paths import analyze_model
+    from ..models.registry import create_model
+
+    table = lengths.set_index("model")
+    short, long = "longest shortest path", "longest path"
+    ident, blk, bas, pln = (table.loc[m] for m in (identity, block, base, plain))
+    per_layer = layer_path_lengths(analyze_model(create_model(block, scale)))
+    single = int((per_layer["shortest"] == per_layer["longest"]).sum())
+    identity_text = (
+        f"Stopping the identity gradient leaves `{identity}` a longest shortest path of {ident[short]} and a "
+        f"longest path of {ident[long]}, {_same((ident[short], ident[long]), (pln[short], pln[long]))} "
+        f"`{plain}` ({pln[short]} and {pln[long]})")
+    if ident[short] == ident[long]:
+        identity_text += ": its longest shortest path is its longest path, as in a plain network"
+    block_text = (
+        f"Stopping the block's gradient keeps `{block}`'s longest shortest path at {blk[short]}, "
+        f"{_same(blk[short], bas[short])} `{base}`'s {bas[short]}, and its longest path is {blk[long]} "
+        f"against `{base}`'s {bas[long]}; {single} of its {len(per_layer)} weighted layers have a single "
+        f"path length. The shortest paths of its layers run from {int(per_layer['shortest'].min())} to "
+        f"{int(per_layer['shortest'].max())} weighted layers: a layer's gradient crosses the rest of its own "
+        "block, then the shortcut chain, on which only the weighted shortcut projections (at the stage "
+        "transitions) count, then the classifier")
+    return identity_text + ". " + block_text + "."
+
+
+def convergence_reading(frame: pd.DataFrame, deep: str = "vovnet-deep") -> str:
+    """Markdown computed from the runs: what the `converged` metric of the convergence claims is,
+    how many seeds of each network converged, and whether the paper's premise (`deep` does not
+    converge) holds in these runs."""
+    recorded = frame.dropna(subset=["converged"])
+    counts = recorded.groupby("label", sort=False)["converged"].agg(["sum", "count"])
+    per_model = "; ".join(f"`{m}` {int(row['sum'])} of {int(row['count'])}" for m, row in counts.iterrows())
+    text = ("The convergence claims are judged on `converged`: 1 for a run that finished without a NaN or "
+            "infinite loss, 0 for one that diverged (or failed), averaged over a network's seeds; \"ours\" is the "
+            "planned network's fraction minus the deep one's, so +0 means that both converged equally often. "
+            f"Seeds that converged: {per_model or 'none recorded'}.")
+    if deep not in counts.index:
+        return text + f" `{deep}` is not recorded, so the paper's premise cannot be checked."
+    diverged = int(counts.at[deep, "count"] - counts.at[deep, "sum"])
+    if diverged == 0:
+        return text + (f" Every run of `{deep}` converged, so the paper's premise, that the deep VoVNet "
+                       "does not converge, does not hold in these runs: there is no failure for planning to fix, "
+                       "and the convergence claims cannot be reproduced here.")
+    return text + (f" {diverged} of {int(counts.at[deep, 'count'])} runs of `{deep}` diverged, as the paper "
+                   "reports for the deep VoVNet.")
