@@ -325,6 +325,10 @@ CORRELATION_CLAIMS: tuple[CorrelationClaim, ...] = (
     CorrelationClaim("table1-combination-vs-accuracy", "table1",
                      "the gradient combination size tracks accuracy", "combination_size_mean", TRACKS,
                      "richer gradient combinations make networks learn better", MAIN_PAPER),
+    CorrelationClaim("table1-combination-diversity-vs-accuracy", "table1",
+                     "the diversity of gradient combinations (distinct ones per layer) tracks accuracy",
+                     "distinct_combinations_mean", TRACKS,
+                     "richer gradient combinations make networks learn better", MAIN_PAPER),
 )
 
 

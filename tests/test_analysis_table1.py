@@ -69,7 +69,7 @@ def test_too_few_networks_or_seeds_or_an_undefined_rho_is_inconclusive():
 def test_correlation_claims_name_structural_metrics_and_valid_directions():
     table1_claims = correlation_claims("table1")
     assert {c.metric for c in table1_claims} <= set(STRUCTURAL_METRICS)
-    assert [c.direction for c in table1_claims] == [DOES_NOT_TRACK, DOES_NOT_TRACK, TRACKS]
+    assert [c.direction for c in table1_claims] == [DOES_NOT_TRACK, DOES_NOT_TRACK, TRACKS, TRACKS]
     with pytest.raises(GradpathError, match="correlation claim direction"):
         CorrelationClaim("x", "table1", "x", "longest_path", "follows", "x", "x")
     with pytest.raises(GradpathError, match="correlation claim direction"):

@@ -11,7 +11,6 @@ import pytest
 from gradpath_lib.analysis.figures import analyze_registry, peak_lengths, spectrum_peaks
 from gradpath_lib.experiments.analysis import (
     combination_comparison,
-    distinct_combinations,
     sparsenet_sizing_note,
     spectrum_runs_table,
     spectrum_ties_note,
@@ -116,13 +115,12 @@ def test_convergence_reading_says_whether_the_deep_vovnet_diverged() -> None:
 
 
 def test_prn_splits_combinations_that_resnet_does_not(smoke_reports) -> None:
-    assert distinct_combinations(smoke_reports["resnet"])["split_layers"] == 0
-    prn = distinct_combinations(smoke_reports["prn"])
-    assert prn["split_layers"] >= 1 and prn["distinct"] > len({g.position.id for g in smoke_reports["prn"].groups})
+    resnet, prn = smoke_reports["resnet"].network, smoke_reports["prn"].network
+    assert resnet["split_combination_layers"] == 0 and resnet["distinct_combinations_mean"] == 1
+    assert prn["split_combination_layers"] >= 1 and prn["distinct_combinations_mean"] > 1
     text = combination_comparison(smoke_reports)
-    smaller = (smoke_reports["prn"].network["combination_size_mean"]
-               < smoke_reports["resnet"].network["combination_size_mean"])
-    assert ("smaller than" in text) == smaller and f"{prn['split_layers']} weighted layer" in text
+    smaller = prn["combination_size_mean"] < resnet["combination_size_mean"]
+    assert ("smaller than" in text) == smaller and f"{prn['split_combination_layers']} weighted layer" in text
 
 
 def test_dense_timestamps_are_two_apart(smoke_reports) -> None:

@@ -30,6 +30,7 @@ METRIC_NAMES = {  # summary.STRUCTURAL_METRICS, as the table heads them
     "longest_shortest_path": "longest shortest path", "longest_path": "longest path",
     "aggregated_features_mean": "aggregated features (mean)", "aggregated_features_max": "(max)",
     "combination_size_mean": "gradient combinations (mean)",
+    "distinct_combinations_mean": "distinct combinations per layer (mean)",
 }
 
 

@@ -136,10 +136,17 @@ class GradientPathReport:
 
         `longest_shortest_path` is taken over layers (each position's shortest path over the
         union of its groups' timestamps); `combination_size_mean` is per group, averaged over
-        filters (every output channel counts once)."""
+        filters (every output channel counts once): how many gradients reach a filter.
+        `distinct_combinations_mean` is how varied they are: the number of different
+        combinations among a position's channel groups, averaged over positions (1 when every
+        channel of every layer receives the same ones, as in a ResNet; more where a layer's
+        channels are reached by different paths, as PRN's masked shortcut does), and
+        `split_combination_layers` counts the positions with more than one."""
         per_position: dict[int, set[int]] = {}
+        combinations: dict[int, set[frozenset]] = {}
         for g in self.groups:
             per_position.setdefault(g.position.id, set()).update(g.timestamps)
+            combinations.setdefault(g.position.id, set()).add(g.combination)
         reached = [stamps for stamps in per_position.values() if stamps]
         channels = sum(g.stop - g.start for g in self.groups)
         aggregated = list(self.graph.aggregated.values())
@@ -153,6 +160,8 @@ class GradientPathReport:
             "aggregated_features_max": max(aggregated),
             # every output channel (one filter) counts once: the mean over the network's filters
             "combination_size_mean": sum((g.stop - g.start) * len(g.combination) for g in self.groups) / channels,
+            "distinct_combinations_mean": sum(map(len, combinations.values())) / len(combinations),
+            "split_combination_layers": sum(len(c) > 1 for c in combinations.values()),
         }
 
 

@@ -23,7 +23,7 @@ from ..verdicts import CorrelationVerdict, judge_correlation
 from .paths import analyze_model
 
 STRUCTURAL_METRICS = ("longest_shortest_path", "longest_path", "aggregated_features_mean",
-                      "aggregated_features_max", "combination_size_mean")
+                      "aggregated_features_max", "combination_size_mean", "distinct_combinations_mean")
 TABLE1_MODELS = ("plain", "resnet", "prn", "densenet", "sparsenet", "csp-resnet", "elan")
 INPUT_SHAPE = (3, 32, 32)  # CIFAR-sized classifiers
 

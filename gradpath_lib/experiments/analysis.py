@@ -44,25 +44,14 @@ register_chapter(Chapter("other_designs", "Beyond the paper: gradient paths of o
 
 
 
-def distinct_combinations(report: GradientPathReport) -> dict[str, int]:
-    """How varied the gradient combinations of a network's channels are: `distinct`, the number of
-    different combinations summed over weighted-layer positions (a position whose channel groups
-    all receive the same (timestamp, source) pairs counts 1), and `split_layers`, the positions
-    whose channel groups receive different ones."""
-    per_position: dict[int, set[frozenset[tuple[int, str]]]] = {}
-    for group in report.groups:
-        per_position.setdefault(group.position.id, set()).add(group.combination)
-    return {"distinct": sum(len(c) for c in per_position.values()),
-            "split_layers": sum(len(c) > 1 for c in per_position.values())}
-
-
 def combination_comparison(reports: Mapping[str, GradientPathReport], subject: str = "prn",
                            baseline: str = "resnet") -> str:
     """Markdown computed from the reports: `subject`'s mean gradient-combination size per filter
     against `baseline`'s, what that metric counts, and the diversity the paper means (how many
     layers give their channel groups different combinations)."""
     size = {m: reports[m].network["combination_size_mean"] for m in (subject, baseline)}
-    spread = {m: distinct_combinations(reports[m]) for m in (subject, baseline)}
+    split = {m: reports[m].network["split_combination_layers"] for m in (subject, baseline)}
+    distinct = {m: reports[m].network["distinct_combinations_mean"] for m in (subject, baseline)}
     if size[subject] < size[baseline]:
         relation = "smaller than"
     elif size[subject] > size[baseline]:
@@ -76,12 +65,12 @@ def combination_comparison(reports: Mapping[str, GradientPathReport], subject: s
     if size[subject] < size[baseline]:
         text += ("A shortcut that reaches only part of a layer's channels, as PRN's masked one does, leaves the "
                  "other channels without the pairs it would bring them, so the mean falls. ")
-    split = spread[subject]["split_layers"]
+    n = split[subject]
     text += (f"What the paper calls richer is how the combinations differ between channels: in `{subject}`, "
-             f"{split} weighted layer{'' if split == 1 else 's'} give{'s its' if split == 1 else ' their'} channel "
-             f"groups different combinations ({spread[subject]['distinct']} distinct combinations in all), against "
-             f"{spread[baseline]['split_layers']} in `{baseline}` ({spread[baseline]['distinct']}).")
-    if spread[subject]["split_layers"] <= spread[baseline]["split_layers"]:
+             f"{n} weighted layer{'' if n == 1 else 's'} give{'s its' if n == 1 else ' their'} channel "
+             f"groups different combinations ({distinct[subject]:.3g} distinct combinations per layer on average), "
+             f"against {split[baseline]} in `{baseline}` ({distinct[baseline]:.3g}).")
+    if split[subject] <= split[baseline]:
         text += f" At this size `{subject}` is not more varied than `{baseline}` by that count either."
     return text
 
