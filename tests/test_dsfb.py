@@ -161,7 +161,7 @@ def test_printed_count_note_compares_counts_only_at_the_papers_size():
     assert smoke.startswith("At this scale `resnet-dsfb-double` is not the paper's CIFAR-10 ResNet56-S16U1 "
                             "(`blocks` 3 instead of 9")
     assert f"its {count_params(create_model('resnet-dsfb-double', 'smoke')):,} parameters do not compare" in smoke
-    assert "`num_classes` 1000 instead of 10" in paper  # the paper scale trains on ImageNet
+    assert paper == mini  # the paper scale is the paper's CIFAR-10 network too
     double = count_params(create_model("resnet-dsfb-double", "mini"))
     assert mini.startswith("At this scale `resnet-dsfb-double` has the paper's size: "
                            f"{double / 1e6:.3f} M parameters against the printed 0.31 M ({double / 0.31e6 - 1:+.1%})")
@@ -182,3 +182,15 @@ def test_shared_basis_note_reports_positions_and_timestamps():
     same = pd.DataFrame({"module": ["a", "b"], "positions": [4, 6], "n_timestamps": [7, 7]})
     assert "used at 4 to 6 positions" in shared_basis_note(same) and "at 7 timestamps" in shared_basis_note(same)
     assert shared_basis_note(same.iloc[:0]) == "The network has no shared basis."
+
+
+def test_the_paper_scale_trains_the_dsfb_papers_cifar10_setting() -> None:
+    from gradpath_lib.experiments import chapter
+    from gradpath_lib.experiments.extensions import DSFB_PAPER_RECIPE
+    from gradpath_lib.models.registry import model_kwargs
+
+    configs = chapter("dsfb").runs("paper", [0])
+    assert {c["data"] for c in configs} == {"cifar10"}
+    assert all(c["recipe"][k] == v for c in configs for k, v in DSFB_PAPER_RECIPE.items())
+    assert {model_kwargs(c["model"], "paper")["num_classes"] for c in configs} == {10}
+    assert {c["data"] for c in chapter("dsfb").runs("mini", [0])} == {"cifar10"}  # mini: the scale's own recipe

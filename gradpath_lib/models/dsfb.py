@@ -203,7 +203,7 @@ class DSFBResNet(nn.Module):
 
 
 # smoke: seconds on a CPU; mini and paper: the paper's CIFAR-10 ResNet-56 S16U1 (CIFAR is the
-# paper's own setting). The parameter-matched plain net keeps the widths and has the number of
+# paper's own setting, at the paper scale too: `experiments.extensions.dsfb_runs`). The parameter-matched plain net keeps the widths and has the number of
 # blocks per stage that brings its parameter count closest to resnet-dsfb's (a test checks it): at
 # mini ResNet-20, 0.272 M vs 0.274 M (the depth-matched ResNet-56 has 0.856 M); at smoke only
 # 11.4 k vs 13.4 k, since one block per stage more (the depth-matched net) has 17.5 k.
@@ -211,35 +211,37 @@ SMOKE = {"blocks": 3, "widths": (4, 8, 16), "shared_rank": 4, "unique_rank": 1}
 PAPER_SIZE = {"blocks": PAPER_BLOCKS, "widths": PAPER_STAGE_WIDTHS,
               "shared_rank": PAPER_SHARED_RANK, "unique_rank": PAPER_UNIQUE_RANK}
 PARAM_MATCHED_BLOCKS = {"smoke": 2, "mini": 3, "paper": 3}
+# at the paper scale too the network is the paper's CIFAR-10 one (10 classes, not ImageNet's 1000)
+PRESETS = {"smoke": SMOKE, "mini": PAPER_SIZE, "paper": {**PAPER_SIZE, "num_classes": 10}}
 
 register(
     "resnet-dsfb", DSFBResNet, family="dsfb",
-    presets={"smoke": SMOKE, "mini": PAPER_SIZE, "paper": PAPER_SIZE},
+    presets=PRESETS,
     description="CIFAR ResNet with deeply shared filter bases per stage, orthogonality penalty lambda=10",
 )
 register(
     "resnet-dsfb-double", DSFBResNet, family="dsfb",
     presets={s: {**p, "bases_per_stage": 2}
-             for s, p in {"smoke": SMOKE, "mini": PAPER_SIZE, "paper": PAPER_SIZE}.items()},
+             for s, p in PRESETS.items()},
     description="resnet-dsfb with two shared bases per stage, one per conv of a block (the official "
                 "double-shared network the paper prints)",
 )
 register(
     "resnet-dsfb-noreg", DSFBResNet, family="dsfb",
     presets={s: {**p, "orthogonality_lambda": 0.0}
-             for s, p in {"smoke": SMOKE, "mini": PAPER_SIZE, "paper": PAPER_SIZE}.items()},
+             for s, p in PRESETS.items()},
     description="resnet-dsfb without the orthogonality penalty (ablation)",
 )
 register(
     "resnet-dsfb-depth-ref", DSFBResNet, family="dsfb",
     presets={s: {**p, "shared_rank": None}
-             for s, p in {"smoke": SMOKE, "mini": PAPER_SIZE, "paper": PAPER_SIZE}.items()},
+             for s, p in PRESETS.items()},
     description="plain CIFAR ResNet of the same depth and widths as resnet-dsfb (ResNet-56 at mini)",
 )
 register(
     "resnet-dsfb-param-ref", DSFBResNet, family="dsfb",
     presets={s: {**p, "shared_rank": None, "blocks": PARAM_MATCHED_BLOCKS[s]}
-             for s, p in {"smoke": SMOKE, "mini": PAPER_SIZE, "paper": PAPER_SIZE}.items()},
+             for s, p in PRESETS.items()},
     description="plain CIFAR ResNet of the same widths whose number of blocks per stage brings its parameter "
                 "count closest to resnet-dsfb's",
 )
