@@ -180,9 +180,9 @@ def _values(frame: pd.DataFrame, label: str, metric: str) -> list[float]:
 def _difference_text(diff: float, margin: float, relative: bool) -> str:
     if not math.isfinite(diff):
         return NOT_AVAILABLE
-    text = f"{diff:+.1%}" if relative else f"{diff:+.3g}"
+    text = f"{diff:+.1%}" if relative else f"{diff:+.2f}"  # points (top-1, AP) to two decimals
     if margin and math.isfinite(margin):
-        text += f" (margin {margin:.1%})" if relative else f" (margin {margin:.3g})"
+        text += f" (margin {margin:.1%})" if relative else f" (margin {margin:.2f})"
     return text
 
 

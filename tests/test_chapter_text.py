@@ -106,7 +106,7 @@ def test_stop_gradient_reading_follows_the_path_lengths() -> None:
 def test_convergence_reading_says_whether_the_deep_vovnet_diverged() -> None:
     converged = classification_frame([run("vovnet-deep"), run("vovnet-deep-planned")])
     text = convergence_reading(converged)
-    assert "+0 means" in text and "`vovnet-deep` 1 of 1" in text and "does not hold" in text
+    assert "+0.00 means" in text and "`vovnet-deep` 1 of 1" in text and "does not hold" in text
     diverged = classification_frame([run("vovnet-deep", 0, "diverged", acc=None), run("vovnet-deep", 1),
                                       run("vovnet-deep-planned")])
     text = convergence_reading(diverged)

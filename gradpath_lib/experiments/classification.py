@@ -240,7 +240,7 @@ def convergence_reading(frame: pd.DataFrame, deep: str = "vovnet-deep") -> str:
     per_model = "; ".join(f"`{m}` {int(row['sum'])} of {int(row['count'])}" for m, row in counts.iterrows())
     text = ("The convergence claims are judged on `converged`: 1 for a run that finished without a NaN or "
             "infinite loss, 0 for one that diverged (or failed), averaged over a network's seeds; \"ours\" is the "
-            "planned network's fraction minus the deep one's, so +0 means that both converged equally often. "
+            "planned network's fraction minus the deep one's, so +0.00 means that both converged equally often. "
             f"Seeds that converged: {per_model or 'none recorded'}.")
     if deep not in counts.index:
         return text + f" `{deep}` is not recorded, so the paper's premise cannot be checked."
