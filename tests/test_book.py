@@ -62,3 +62,16 @@ def test_book_builds_at_smoke_scale_with_warnings_as_errors(smoke_results, tmp_p
     assert "reproduced" in table2 and "CSPResNet-50" in table2
     scale_out = (html / "book" / "scale_out.html").read_text()  # the generated fragment it includes
     assert "official ΔFLOPs" in scale_out and "−22.9%" in scale_out
+
+
+def test_architecture_figures_colour_one_scale_with_a_colour_bar() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from gradpath_lib.figures.architecture import architecture_figure, first_stage, layer_dag, shortest_paths
+
+    figure = architecture_figure(4, "smoke")
+    bars = [ax for ax in figure.axes if ax.get_label() == "<colorbar>"]
+    assert len(bars) == 1 and bars[0].get_ylabel() == "shortest gradient path (backward steps)"
+    top = max(max(shortest_paths(layer_dag(first_stage(m, "smoke"))).values()) for m in ("resnet", "csp-resnet"))
+    assert top > 2 and bars[0].get_ylim() == (1, top)  # both panels on the CSP panel's longer range

@@ -132,14 +132,18 @@ def draw_dag(dag: dict[str, Any], ax: Any, view: str, caption: str, top: int | N
     edges = [(p, c, lo, hi) for c, ps in dag["producers"].items() for p, lo, hi in ps] + \
             [(n, LOSS, 0, dag["channels"][n]) for n in last]
     for producer, consumer, lo, hi in edges:
-        start, end = xy[producer], xy[consumer]
+        (px, py), (cx, cy) = xy[producer], xy[consumer]
+        skips = abs(px - cx) > X_SPACING  # arcs over the layers it skips, from the top of one box to the other's
+        if skips:
+            start, end = (px, py + NODE_HEIGHT / 2), (cx, cy + NODE_HEIGHT / 2)
+        else:  # from the producer's right side to the consumer's left side: no line over a label
+            start, end = (px + NODE_WIDTH / 2, py), (cx - NODE_WIDTH / 2, cy)
         if view == "gradient":
             start, end = end, start
-        skips = abs(start[0] - end[0]) > X_SPACING  # arcs over the layers it skips
-        ax.add_patch(FancyArrowPatch(start, end, arrowstyle="-|>", mutation_scale=6, lw=0.6, shrinkA=18, shrinkB=18,
+        ax.add_patch(FancyArrowPatch(start, end, arrowstyle="-|>", mutation_scale=6, lw=0.6, shrinkA=1, shrinkB=1,
                                      color="0.3", connectionstyle=f"arc3,rad={ARC_BEND[view] if skips else 0.0}"))
         if producer in dag["channels"] and (lo, hi) != (0, dag["channels"][producer]):
-            lift = 0.45 if skips else 0.08
+            lift = 0.45 if skips else NODE_HEIGHT / 2 + 0.1  # above the boxes: the gap between them is narrow
             ax.text((start[0] + end[0]) / 2, (start[1] + end[1]) / 2 + lift, f"[{lo}:{hi})", fontsize=FONT_SIZE,
                     color="tab:red", ha="center")
     xs = [x for x, _ in xy.values()]
