@@ -148,6 +148,8 @@ def build_config(scale: str, folder: Path) -> Path:
 
     config = yaml.safe_load((REPO_ROOT / "_config.yml").read_text())
     config.setdefault("html", {})["announcement"] = ANNOUNCEMENTS[scale]
+    extensions = config.get("sphinx", {}).get("local_extensions", {})  # relative to the repository, not to `folder`
+    config.get("sphinx", {})["local_extensions"] = {name: str(REPO_ROOT / path) for name, path in extensions.items()}
     path = folder / "_config.yml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path

@@ -58,6 +58,7 @@ def test_book_builds_at_smoke_scale_with_warnings_as_errors(smoke_results, tmp_p
         assert page.exists(), page
     intro = (html / "book" / "intro.html").read_text()
     assert ANNOUNCEMENTS["smoke"].split(":")[0] in intro  # every page says the numbers are smoke numbers
+    assert "Krizhevsky, 2009" in intro and "Kang and Kim, 2021" in intro  # author-year bibliography labels
     table2 = (html / "book" / "chapters" / "table2.html").read_text()
     assert "reproduced" in table2 and "CSPResNet-50" in table2
     scale_out = (html / "book" / "scale_out.html").read_text()  # the generated fragment it includes
