@@ -36,8 +36,8 @@ SCALE_NOTES = {
              "rerun, large enough to answer the paper's qualitative questions."),
     "paper": "Paper scale: the paper's ImageNet / MS COCO settings.",
 }
-UNTRAINED_NOTE = ("Nothing on this page is trained: it shows exact facts of the networks and data at the "
-                  "`{scale}` scale's sizes{smoke}, and no accuracy.")
+UNTRAINED_NOTE = ("Nothing on this page is trained: what it shows is computed exactly from the networks and "
+                  "data themselves, at the sizes the page gives, and involves no accuracy.")
 FIGURE_DPI = 150  # sharp enough for the book, small enough for git
 
 
@@ -153,8 +153,7 @@ def banner(ctx: Setup) -> str:
     training = ("on: missing runs are trained here" if ctx.allow_train
                 else "off: only recorded runs are shown")
     untrained = ctx.chapter.runs is no_runs and not ctx.chapter.reads_all_results
-    smoke = " (tiny networks, generated images)" if ctx.scale == "smoke" else ""
-    note = UNTRAINED_NOTE.format(scale=ctx.scale, smoke=smoke) if untrained else SCALE_NOTES[ctx.scale]
+    note = UNTRAINED_NOTE if untrained else SCALE_NOTES[ctx.scale]
     return "\n".join([
         f"> **{ctx.chapter.title}** · scale `{ctx.scale}` · seeds {ctx.seeds} · training {training}",
         ">",

@@ -20,7 +20,7 @@ from .errors import GradpathError
 from .paper import Claim
 from .scales import check_scale
 from .store import atomic_write_bytes
-from .verdicts import judge
+from .verdicts import INCONCLUSIVE, judge
 
 MISSING = "missing"
 NOT_AVAILABLE = "—"  # shown where a value does not exist (missing, diverged or one seed)
@@ -138,7 +138,8 @@ def missing_runs(frame: pd.DataFrame) -> pd.DataFrame:
 def verdict_frame(claims: Sequence[Claim], frame: pd.DataFrame) -> pd.DataFrame:
     """One row per claim: the claim, where its paper value comes from, the paper's value,
     ours (the measured difference), ours / paper (its size as a multiple of the paper's
-    difference, where the paper gives one: the verdict judges the sign only), the verdict of
+    difference, where the paper gives one and the verdict is not inconclusive: the verdict judges
+    the sign only, and an inconclusive difference is seed noise), the verdict of
     `gradpath_lib.verdicts` and its reason."""
     rows = []
     for claim in claims:
@@ -154,7 +155,7 @@ def verdict_frame(claims: Sequence[Claim], frame: pd.DataFrame) -> pd.DataFrame:
             "kind": claim.kind,
             "paper": claim.paper,
             "ours": _difference_text(verdict.diff, verdict.margin, claim.relative),
-            "ours / paper": _size_ratio(verdict.diff, claim.paper_delta),
+            "ours / paper": math.nan if verdict.verdict == INCONCLUSIVE else _size_ratio(verdict.diff, claim.paper_delta),
             "verdict": verdict.verdict,
             "why": verdict.reason,
             "n": f"{verdict.n_subject} vs {verdict.n_baseline}",
@@ -181,6 +182,8 @@ def _difference_text(diff: float, margin: float, relative: bool) -> str:
     if not math.isfinite(diff):
         return NOT_AVAILABLE
     text = f"{diff:+.1%}" if relative else f"{diff:+.2f}"  # points (top-1, AP) to two decimals
+    if text in ("-0.00", "-0.0%"):  # a difference that rounds to zero has no sign
+        text = "+" + text[1:]
     if margin and math.isfinite(margin):
         text += f" (margin {margin:.1%})" if relative else f" (margin {margin:.2f})"
     return text

@@ -69,10 +69,13 @@ def test_architecture_figures_colour_one_scale_with_a_colour_bar() -> None:
     import matplotlib
 
     matplotlib.use("Agg")
-    from gradpath_lib.figures.architecture import architecture_figure, first_stage, layer_dag, shortest_paths
+    from gradpath_lib.figures.architecture import FIGURES, architecture_figure, first_stage, layer_dag, shortest_paths
 
-    figure = architecture_figure(4, "smoke")
-    bars = [ax for ax in figure.axes if ax.get_label() == "<colorbar>"]
-    assert len(bars) == 1 and bars[0].get_ylabel() == "shortest gradient path (backward steps)"
-    top = max(max(shortest_paths(layer_dag(first_stage(m, "smoke"))).values()) for m in ("resnet", "csp-resnet"))
-    assert top > 2 and bars[0].get_ylim() == (1, top)  # both panels on the CSP panel's longer range
+    def bar(number: int):
+        bars = [ax for ax in architecture_figure(number, "smoke").axes if ax.get_label() == "<colorbar>"]
+        assert len(bars) == 1 and bars[0].get_ylabel() == "shortest gradient path (backward steps)"
+        return bars[0]
+
+    models = {p.model for _, panels in FIGURES.values() for p in panels if p.view == "gradient"}
+    top = max(max(shortest_paths(layer_dag(first_stage(m, "smoke"))).values()) for m in models)
+    assert top > 2 and bar(3).get_ylim() == bar(4).get_ylim() == (1, top)  # one scale for the page's figures

@@ -110,6 +110,14 @@ def test_verdict_frame_judges_claims_from_records() -> None:
     assert verdicts["ours / paper"].iloc[0] == round(-0.2 / (21.57 / 22.73 - 1), 2) == 3.92
 
 
+def test_ours_over_paper_is_empty_where_the_verdict_is_inconclusive() -> None:
+    runs = [_record("csp-resnet", 0, "ok", 0.80, params=80), _record("resnet", 0, "ok", 0.70, params=100)]
+    verdicts = verdict_frame(paper.claims("table2")[:3], runs_frame(runs, metrics={"top1": "test_acc"}))
+    cost, accuracy = verdicts.iloc[0], verdicts.iloc[2]  # params (exact), top-1 (one seed: noise)
+    assert cost["verdict"] == REPRODUCED and cost["ours / paper"] == 3.92
+    assert accuracy["verdict"] == INCONCLUSIVE and math.isnan(accuracy["ours / paper"])
+
+
 def test_ours_over_paper_is_empty_where_the_paper_gives_no_number() -> None:
     models = (("vovnet-deep-planned-csp", 60), ("vovnet-deep-planned", 100))
     runs = [_record(m, 0, "ok", 0.5, params=p) for m, p in models]

@@ -5,12 +5,13 @@ Each node is one weighted layer (a convolution), placed by its forward depth; an
 edge, labelled with the producer's channel range when it carries only part of them (a split, a
 masked shortcut, a partial concat). In the gradient view the arrows point backwards, from the
 loss, and each node shows its gradient timestamps per channel group (`t=1,3`: the backward steps
-at which gradient reaches it), coloured by its shortest gradient path on one scale for the whole
-figure, with its colour bar.
+at which gradient reaches it), coloured by its shortest gradient path on one scale for all the
+figures of a scale (`colour_top`), with its colour bar.
 """
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,7 @@ FONT_SIZE = 5.5
 ARC_BEND = {"data": -0.3, "gradient": 0.3}  # skip arrows bend upwards in both directions
 TIMESTAMP_COLOURS = "viridis_r"  # early timestamps light, late ones dark
 COLOUR_RANGE = (0.1, 0.75)  # the part of the colour map used: its darkest end would hide the labels
+DARK_BELOW = 1.2  # a node colour whose r + g + b is below this gets a white label
 VIEWS = ("data", "gradient")
 
 
@@ -95,6 +97,14 @@ def shortest_paths(dag: dict[str, Any]) -> dict[int, int]:
             if any(t for _, _, t in groups)}
 
 
+@functools.lru_cache(maxsize=None)
+def colour_top(scale: str) -> int:
+    """The longest shortest gradient path over every gradient panel of `FIGURES` at `scale`: the top
+    of the colour scale all the figures share, so that a colour means one length on the page."""
+    models = {p.model for _, panels in FIGURES.values() for p in panels if p.view == "gradient"}
+    return max(max(shortest_paths(layer_dag(first_stage(m, scale))).values(), default=1) for m in sorted(models))
+
+
 def timestamp_colours(top: int) -> tuple[Any, Any]:
     """(colour map, normalisation) of shortest gradient paths 1..`top`, shared by a figure's panels."""
     import numpy as np
@@ -127,7 +137,8 @@ def draw_dag(dag: dict[str, Any], ax: Any, view: str, caption: str, top: int | N
         if view == "gradient" and node in dag["stamps"]:
             label += "\n" + "\n".join(f"{lo}:{hi} t={','.join(map(str, t)) or '-'}"
                                       for lo, hi, t in dag["stamps"][node])
-        ax.text(x, y, label, ha="center", va="center", fontsize=FONT_SIZE)
+        dark = colour != "white" and sum(colour[:3]) < DARK_BELOW  # a light label on the darkest nodes
+        ax.text(x, y, label, ha="center", va="center", fontsize=FONT_SIZE, color="white" if dark else "black")
     last = [n for n in dag["names"] if n >= 0 and not any(n == p for ps in dag["producers"].values() for p, _, _ in ps)]
     edges = [(p, c, lo, hi) for c, ps in dag["producers"].items() for p, lo, hi in ps] + \
             [(n, LOSS, 0, dag["channels"][n]) for n in last]
@@ -162,8 +173,7 @@ def architecture_figure(number: int, scale: str = "smoke") -> Any:
     title, panels = FIGURES[number]
     dags = {p.model: layer_dag(first_stage(p.model, scale)) for p in panels}
     widest = max(max(d["depth"].values()) for d in dags.values())
-    top = max((max(shortest_paths(dags[p.model]).values(), default=1) for p in panels if p.view == "gradient"),
-              default=1)
+    top = colour_top(scale)
     fig, axes = plt.subplots(len(panels), 1, figsize=(max(6.0, 1.3 * widest), 2.2 * len(panels)), squeeze=False)
     for ax, panel in zip(axes[:, 0], panels):
         draw_dag(dags[panel.model], ax, panel.view, f"{panel.caption} ({panel.model}, {panel.view} view)", top)
