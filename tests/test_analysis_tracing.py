@@ -172,3 +172,25 @@ def test_what_the_model_caches_while_traced_is_put_back():
     assert all(isinstance(v, torch.Tensor) for v in model.cache.values())  # no proxy of the trace left
     assert not model.training
     assert isinstance(model(torch.randn(1, 3, 4, 4)), torch.Tensor)
+
+
+class MadeInForward(nn.Module):
+    """Makes an activation module as it runs (DistilBERT's `nn.ReLU()(x)`), or a Linear, whose
+    weights would be new at each call."""
+
+    def __init__(self, make: type[nn.Module]):
+        super().__init__()
+        self.make, self.a, self.head = make, conv(3, C), nn.Linear(C, 3)
+
+    def forward(self, x):
+        y = self.a(x).mean((2, 3))
+        return self.head(self.make()(y) if self.make is nn.ReLU else self.make(C, C)(y))
+
+
+def test_a_module_made_in_forward_is_traced_through_when_it_holds_no_weights():
+    model = MadeInForward(nn.ReLU)
+    report = analyze_model(model, (3, 8, 8))
+    assert report.network["n_weighted_layers"] == 2
+    assert_structure_is_measured(model, (3, 8, 8), report=report)
+    with pytest.raises(GradpathError, match="a Linear with parameters or buffers made in forward"):
+        analyze_model(MadeInForward(nn.Linear), (3, 8, 8))

@@ -40,13 +40,27 @@ _COMPOSITES = (nn.Transformer, nn.TransformerEncoder, nn.TransformerDecoder, nn.
                nn.TransformerDecoderLayer)
 
 
+_MADE_IN_FORWARD = "<made in forward>"  # the qualified name of a module that is no submodule of the model
+
+
 class _Tracer(fx.Tracer):
-    """fx's tracer, with the weighted modules kept whole and torch.nn's Transformer modules traced through."""
+    """fx's tracer, with the weighted modules kept whole, torch.nn's Transformer modules traced
+    through, and so is a module without parameters or buffers that `forward` makes as it runs
+    (DistilBERT's `nn.ReLU()(x)`): it is no submodule, so fx could not name it."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        if isinstance(m, _COMPOSITES):
+        if isinstance(m, _COMPOSITES) or module_qualified_name == _MADE_IN_FORWARD:
             return False
         return isinstance(m, WEIGHTED_MODULES) or super().is_leaf_module(m, module_qualified_name)
+
+    def path_of_module(self, mod: nn.Module) -> str:
+        try:
+            return super().path_of_module(mod)
+        except NameError:
+            if next(mod.parameters(), None) is not None or next(mod.buffers(), None) is not None:
+                raise NameError(f"a {type(mod).__name__} with parameters or buffers made in forward, "
+                                "not a submodule of the model (its weights would be new at each call)") from None
+            return _MADE_IN_FORWARD
 
 
 class _ValueProxy(fx.Proxy):
