@@ -629,3 +629,37 @@ def test_grid_sample_keeps_each_channel_and_mixes_the_grid_into_all():
     assert groups(report, "features") == [(0, 2, (3,)), (2, 4, (2,))]
     assert groups(report, "where") == [(0, 2, (2, 3))]  # the grid moves every channel
     assert_structure_is_measured(SpatialTransformer(), SHAPE, report)
+
+
+class BiasedAttention(nn.Module):
+    """T5's attention: scaled_dot_product_attention with a float mask, a relative position bias
+    read from an Embedding by constant bucket ids (its own path into the logits), or a causal one
+    built from constants (no path)."""
+
+    def __init__(self, learned: bool, tokens: int = 6, heads: int = 2):
+        super().__init__()
+        self.learned, self.tokens, self.heads = learned, tokens, heads
+        self.stem, self.qkv, self.head = nn.Linear(3, 2 * C), nn.Linear(2 * C, 6 * C), nn.Linear(2 * C, 3)
+        self.bias = nn.Embedding(2 * tokens - 1, heads)
+        self.register_buffer("buckets", torch.arange(tokens)[None, :] - torch.arange(tokens)[:, None] + tokens - 1)
+
+    def forward(self, x):
+        h = self.stem(x)
+        q, k, v = self.qkv(h).unflatten(-1, (3, self.heads, C)).permute(2, 0, 3, 1, 4)
+        if self.learned:
+            mask = self.bias(self.buckets).permute(2, 0, 1).unsqueeze(0)
+        else:
+            mask = torch.full((self.tokens, self.tokens), float("-inf")).triu(1)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).flatten(2)
+        return self.head((h + y).mean(1))
+
+
+@pytest.mark.parametrize("learned", [True, False])
+def test_a_float_attention_mask_from_weights_is_a_path_into_the_logits(learned):
+    model = BiasedAttention(learned)
+    report = analyze_model(model, (6, 3))
+    rows = report.parameters.set_index("module")
+    assert ("bias" in rows.index) == learned
+    if learned:
+        assert rows.loc["bias", "timestamps"] == rows.loc["qkv", "timestamps"] == (2,)  # through the logits, like q, k
+    assert_structure_is_measured(model, (6, 3), report=report)

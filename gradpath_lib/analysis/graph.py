@@ -1122,7 +1122,9 @@ class _ChannelTracer(fx.Interpreter):
                              tuple(result.shape))
 
     def _attention(self, n: fx.Node, result: torch.Tensor) -> ChannelMap:
-        """scaled_dot_product_attention(q, k, v) = softmax(q @ k^T) @ v (the softmax mixes the keys)."""
+        """scaled_dot_product_attention(q, k, v, attn_mask) = softmax(q @ k^T + attn_mask) @ v (the
+        softmax mixes the keys); a float mask computed from the model's weights (T5's relative
+        position bias) is a path of its own into the logits, a constant one (causal) none."""
         (q, k, v), shapes = (self._value(a) for a in n.args[:3]), [self.shapes.get(a) for a in n.args[:3]]
         if isinstance(k, ChannelMap):
             ndim = len(shapes[1])
@@ -1130,7 +1132,12 @@ class _ChannelTracer(fx.Interpreter):
             k = laid_out(k, tuple((swap.get(d, d), size) for d, size in k.layout))
         k_t = shapes[1][:-2] + (shapes[1][-1], shapes[1][-2])
         weights_shape = tuple(shapes[0][:-1]) + (shapes[1][-2],)
-        weights = _mixed(self._product(n, (q, shapes[0]), (k, k_t), weights_shape), {len(weights_shape) - 1})
+        logits = self._product(n, (q, shapes[0]), (k, k_t), weights_shape)
+        mask_arg = n.args[3] if len(n.args) > 3 else n.kwargs.get("attn_mask")
+        if isinstance(mask := self._value(mask_arg), ChannelMap):
+            logits = self._elementwise(n, torch.add, torch.empty(weights_shape, device="meta"),
+                                       [(logits, weights_shape), (mask, tuple(self.shapes[mask_arg]))])
+        weights = _mixed(logits, {len(weights_shape) - 1})
         return self._product(n, (weights, weights_shape), (v, shapes[2]), tuple(result.shape))
 
     def _added_product(self, n: fx.Node, result: torch.Tensor) -> Any:
