@@ -663,3 +663,29 @@ def test_a_float_attention_mask_from_weights_is_a_path_into_the_logits(learned):
     if learned:
         assert rows.loc["bias", "timestamps"] == rows.loc["qkv", "timestamps"] == (2,)  # through the logits, like q, k
     assert_structure_is_measured(model, (6, 3), report=report)
+
+
+class OneEntrySoftmax(nn.Module):
+    """A softmax over a dim of size 1 (MobileViT's attention over the one patch of a 2 x 2 map at
+    a small input) is 1 whatever its input: `gate` and attention's `q` and `k` get no gradient."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.gate, self.head = nn.Conv2d(3, C, 1), nn.Conv2d(3, 1, 1), nn.Linear(C, 3)
+        self.q, self.k, self.v = nn.Linear(C, C), nn.Linear(C, C), nn.Linear(C, C)
+
+    def forward(self, x):
+        y = self.a(x) * F.softmax(self.gate(x), dim=1)
+        tokens = y.flatten(2).transpose(1, 2)  # (N, 64, C)
+        pooled = tokens.mean(1, keepdim=True)  # one key
+        z = F.scaled_dot_product_attention(self.q(tokens), self.k(pooled), self.v(pooled))
+        return self.head((tokens + z).mean(1))
+
+
+def test_a_softmax_over_one_entry_passes_no_gradient():
+    model = OneEntrySoftmax()
+    report = analyze_model(model, SHAPE)
+    rows = report.parameters.set_index("module")
+    assert rows.loc["gate", "timestamps"] == rows.loc["q", "timestamps"] == rows.loc["k", "timestamps"] == ()
+    assert rows.loc["v", "timestamps"] == (2,) and rows.loc["a", "timestamps"] == (2, 3)
+    assert_structure_is_measured(model, SHAPE, report=report)

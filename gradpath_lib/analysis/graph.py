@@ -399,7 +399,7 @@ class _ChannelTracer(fx.Interpreter):
             return self._einsum(n, result)
         if target in ALONG_DIM:
             index, default = ALONG_DIM[target]
-            return self._mixed_along(n, _dim_arg(n, index, default), result)
+            return self._normalized_along(n, _dim_arg(n, index, default), result)
         if target is F.layer_norm or target is F.rms_norm:
             return self._layer_norm(n, n.args[1] if len(n.args) > 1 else n.kwargs["normalized_shape"], result)
         if target is F.group_norm:
@@ -521,7 +521,7 @@ class _ChannelTracer(fx.Interpreter):
         if isinstance(module, nn.GroupNorm):
             return self._group_norm(n, module.num_groups, result)
         if isinstance(module, SOFTMAX_MODULES):
-            return self._mixed_along(n, module.dim, result)
+            return self._normalized_along(n, module.dim, result)
         if isinstance(module, (nn.Flatten, nn.Unflatten)):
             return self._reshape(n, result)
         if isinstance(module, (nn.LocalResponseNorm, nn.CrossMapLRN2d)):
@@ -1098,6 +1098,13 @@ class _ChannelTracer(fx.Interpreter):
         """The input through an op that mixes each sample along `dims` (softmax, normalizations)."""
         return _mixed(self._input_map(n), dims)
 
+    def _normalized_along(self, n: fx.Node, dim: Any, result: torch.Tensor) -> ChannelMap:
+        """The input through softmax / log_softmax / normalize along `dim`: mixed along it, or, along a
+        dim of size 1, a constant (a softmax over one entry is 1), which passes no gradient."""
+        if isinstance(dim, int) and result.shape[dim] == 1:
+            return detach(self._input_map(n))
+        return self._mixed_along(n, dim, result)
+
     def _mixed_along(self, n: fx.Node, dim: Any, result: torch.Tensor) -> ChannelMap:
         """The input through an op that mixes it along `dim` (softmax, normalize)."""
         if not isinstance(dim, int):
@@ -1137,7 +1144,8 @@ class _ChannelTracer(fx.Interpreter):
         if isinstance(mask := self._value(mask_arg), ChannelMap):
             logits = self._elementwise(n, torch.add, torch.empty(weights_shape, device="meta"),
                                        [(logits, weights_shape), (mask, tuple(self.shapes[mask_arg]))])
-        weights = _mixed(logits, {len(weights_shape) - 1})
+        # the softmax over the keys; over one key it is 1 whatever the logits: no gradient reaches q and k
+        weights = _mixed(logits, {len(weights_shape) - 1}) if weights_shape[-1] > 1 else detach(logits)
         return self._product(n, (weights, weights_shape), (v, shapes[2]), tuple(result.shape))
 
     def _added_product(self, n: fx.Node, result: torch.Tensor) -> Any:
