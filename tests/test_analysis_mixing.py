@@ -580,10 +580,12 @@ class PickedTokens(nn.Module):
     """Tokens through ops that pick or add entries: baddbmm's scores plus a bias (as Hugging Face's
     GPT-2 attention writes them), topk over the tokens and gather by its indices (each channel
     keeps its own), and topk over one projection's channels (which then mix). Half of each goes
-    through one more Linear, so a channel's paths show whether it was kept apart."""
+    through one more Linear, so a channel's paths show whether it was kept apart. `keywords`: the
+    scores as BLOOM writes them, `bias.baddbmm(batch1=q, batch2=k^T, beta=1, alpha=scale)`."""
 
-    def __init__(self, d: int = 8):
+    def __init__(self, d: int = 8, keywords: bool = False):
         super().__init__()
+        self.keywords = keywords
         self.q, self.k, self.v, self.w, self.gate = (nn.Linear(d, d) for _ in range(5))
         self.deep, self.deep_gate = nn.Linear(d // 2, d // 2), nn.Linear(2, 2)
         self.out = nn.Linear(d + 4, 3)
@@ -591,7 +593,9 @@ class PickedTokens(nn.Module):
     def forward(self, x):  # (N, D, T): the input's channels are on dim 1
         x = x.transpose(1, 2)
         q, k, v = self.q(x), self.k(x), self.v(x)
-        scores = torch.baddbmm(torch.zeros(x.shape[0], x.shape[1], x.shape[1]), q, k.transpose(1, 2))
+        bias = torch.zeros(x.shape[0], x.shape[1], x.shape[1])
+        scores = (bias.baddbmm(batch1=q, batch2=k.transpose(1, 2), beta=1.0, alpha=0.5) if self.keywords
+                  else torch.baddbmm(bias, q, k.transpose(1, 2)))
         attended = scores.softmax(-1) @ v
         best, index = self.w(x).topk(2, dim=1)  # the two best tokens of each channel
         both = best + torch.gather(attended, 1, index)
@@ -601,12 +605,13 @@ class PickedTokens(nn.Module):
         return self.out(torch.cat([mixed, gated], -1)).mean(1)
 
 
-def test_picked_entries_keep_their_channels_unless_picked_along_them():
-    report = analyze_model(PickedTokens(), (8, 6))
+@pytest.mark.parametrize("keywords", [False, True])
+def test_picked_entries_keep_their_channels_unless_picked_along_them(keywords):
+    report = analyze_model(PickedTokens(keywords=keywords), (8, 6))
     kept_apart = [(0, 4, (3,)), (4, 8, (2,))]
     assert groups(report, "w") == kept_apart and groups(report, "v") == kept_apart
     assert groups(report, "q") == groups(report, "k") == groups(report, "gate") == [(0, 8, (2, 3))]
-    assert_structure_is_measured(PickedTokens(), (8, 6), report)
+    assert_structure_is_measured(PickedTokens(keywords=keywords), (8, 6), report)
 
 
 class SpatialTransformer(nn.Module):

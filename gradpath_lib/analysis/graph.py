@@ -1149,10 +1149,13 @@ class _ChannelTracer(fx.Interpreter):
         return self._product(n, (weights, weights_shape), (v, shapes[2]), tuple(result.shape))
 
     def _added_product(self, n: fx.Node, result: torch.Tensor) -> Any:
-        """baddbmm / addmm(input, a, b) = input + a @ b (times factors), input broadcast."""
-        if len(n.args) < 3:
-            raise _unsupported(n, f"{n.target} with its tensors given by keyword")
-        added, a, b = n.args[:3]
+        """baddbmm / addmm(input, a, b) = input + a @ b (times factors), input broadcast; the
+        tensors by position or by keyword (BLOOM's `alibi.baddbmm(batch1=q, batch2=k)`)."""
+        names = ("input", *(("batch1", "batch2") if n.target in (torch.baddbmm, "baddbmm") else ("mat1", "mat2")))
+        tensors = [*n.args[:3], *(n.kwargs.get(name) for name in names[len(n.args[:3]):])]
+        if any(t is None for t in tensors):
+            raise _unsupported(n, f"{n.target} without its three tensors ({', '.join(names)})")
+        added, a, b = tensors
         if (layer := self._parameter_product(n, a, b)) is not None:  # Hugging Face's Conv1D: addmm(bias, x, W)
             product = self._weighted(n, layer, result, self.owners[id(layer.weight)], inp=a)
         else:
