@@ -29,7 +29,7 @@ AP_COLUMNS = {
     for kind, iou_type in (("box", "bbox"), ("mask", "segm"))
     for name in ("AP", "AP50", "AP75", "APs", "APm", "APl")
 }
-AP_FORMAT = "{:.1f}"
+AP_FORMAT = "{:.2f}"  # two decimals: small AP differences (as at the smoke scale) stay visible
 STATED_PERCENT = re.compile(r"\s*([+-]?\d+(?:\.\d+)?)\s*%")  # "-26 % computation" -> -26
 
 

@@ -3,6 +3,7 @@ must follow from the records and the networks, whatever the numbers are."""
 
 from __future__ import annotations
 
+import re
 from types import SimpleNamespace
 
 import pandas as pd
@@ -10,7 +11,11 @@ import pytest
 
 from gradpath_lib.analysis.figures import analyze_registry, peak_lengths, spectrum_peaks
 from gradpath_lib.experiments.analysis import (
+    SPECTRUM_RUN_TIME,
     combination_comparison,
+    correlation_rule_text,
+    first_step_paths_text,
+    sparse_aggregation_text,
     sparsenet_sizing_note,
     spectrum_runs_table,
     spectrum_ties_note,
@@ -19,6 +24,7 @@ from gradpath_lib.experiments.analysis import (
 )
 from gradpath_lib.experiments.classification import (
     TABLE3_MODELS,
+    _count_of,
     classification_frame,
     convergence_reading,
     path_lengths,
@@ -96,6 +102,8 @@ def test_stop_gradient_reading_follows_the_path_lengths() -> None:
     assert f"`resnet-sg-block`'s longest shortest path at {block['longest shortest path']}" in text
     assert f"its longest path is {block['longest path']}" in text
     assert "weighted shortcut projections" in text
+    assert re.search(r"; (all \d+ of its weighted layers have|\d+ of its \d+ weighted layers have|none of its) ", text)
+    assert not re.search(r"; (\d+) of its \1 weighted", text)  # never "22 of its 22"
     changed = lengths.copy()
     changed.loc[changed.model == "plain-deep", "longest path"] += 1
     assert "unlike `plain-deep`" in stop_gradient_reading(changed, "smoke")
@@ -103,14 +111,23 @@ def test_stop_gradient_reading_follows_the_path_lengths() -> None:
     assert ("the same as `plain-deep`" in text) == plain
 
 
+def test_count_of_says_all_none_or_how_many() -> None:
+    assert _count_of(22, 22, "weighted layer") == "all 22 of its weighted layers"
+    assert _count_of(5, 22, "weighted layer") == "5 of its 22 weighted layers"
+    assert _count_of(0, 22, "weighted layer") == "none of its 22 weighted layers"
+    assert _count_of(1, 1, "weighted layer") == "its only weighted layer"
+
+
 def test_convergence_reading_says_whether_the_deep_vovnet_diverged() -> None:
     converged = classification_frame([run("vovnet-deep"), run("vovnet-deep-planned")])
     text = convergence_reading(converged)
     assert "+0.00 means" in text and "`vovnet-deep` 1 of 1" in text and "does not hold" in text
+    assert "more seeds cannot change that" in text
     diverged = classification_frame([run("vovnet-deep", 0, "diverged", acc=None), run("vovnet-deep", 1),
                                       run("vovnet-deep-planned")])
     text = convergence_reading(diverged)
     assert "`vovnet-deep` 1 of 2" in text and "1 of 2 runs of `vovnet-deep` diverged" in text
+    assert "more seeds cannot" not in text
     assert "not recorded" in convergence_reading(classification_frame([run("vovnet")]))
 
 
@@ -121,6 +138,7 @@ def test_prn_splits_combinations_that_resnet_does_not(smoke_reports) -> None:
     text = combination_comparison(smoke_reports)
     smaller = prn["combination_size_mean"] < resnet["combination_size_mean"]
     assert ("smaller than" in text) == smaller and f"{prn['split_combination_layers']} weighted layer" in text
+    assert "against none in `resnet` (1 distinct combination per layer)." in text
 
 
 def test_dense_timestamps_are_two_apart(smoke_reports) -> None:
@@ -142,10 +160,47 @@ def test_a_flat_spectrum_is_reported_as_a_tie() -> None:
 
 
 def test_spectrum_runs_show_top1_in_percent() -> None:
-    assert spectrum_runs_table([run("resnet", acc=0.7578)])["top-1 (%)"].tolist() == [75.8]
+    table = spectrum_runs_table([run("resnet", acc=0.7578, params=19954, flops=6472320)])
+    assert table["top-1 (%)"].tolist() == [75.8]
+    assert table.columns.tolist() == ["model", "seed", "status", "params", "MFLOPs", "top-1 (%)", SPECTRUM_RUN_TIME]
+    assert table.loc[0, "params"] == "19,954" and table.loc[0, "MFLOPs"] == "6.47"
+    assert table.loc[0, SPECTRUM_RUN_TIME] == 1.0
+    missing = spectrum_runs_table([(run("prn")[0], None)])
+    assert missing.loc[0, "params"] == "—" and missing.loc[0, "status"] == "missing"
 
 
-@pytest.mark.parametrize("scale, aggregation", [("smoke", "aggregates exactly as"), ("mini", "of the earlier outputs")])
+def test_first_step_paths_text_says_one_path_plainly() -> None:
+    recurrent = pd.DataFrame([("Elman RNN (tanh)", 0, 17, 17, 1), ("Elman RNN (tanh)", 1, 16, 16, 1),
+                              ("GRU", 0, 2, 17, 32768), ("tied", 0, 3, 3, 4)],
+                             columns=["design", "step", "shortest path", "longest path", "paths"])
+    assert first_step_paths_text(recurrent).splitlines() == [
+        "- Elman RNN (tanh): the first step's input reaches the loss by one path of 17 weighted layers.",
+        "- GRU: the first step's input reaches the loss by 32,768 paths of 2 to 17 weighted layers.",
+        "- tied: the first step's input reaches the loss by 4 paths, each of 3 weighted layers."]
+
+
+def test_sparse_aggregation_counts_the_transitions_too() -> None:
+    few = sparse_aggregation_text((2, 2, 2))  # every layer reads all; a transition 2 of 3 (outputs 1, 2)
+    assert "every sparse layer still reads every earlier output" in few
+    assert "a transition reads 2 of the 3 outputs a dense one reads" in few and "exactly as" not in few
+    assert "aggregates exactly as `densenet` does" in sparse_aggregation_text((1, 1))  # 2 of 2 everywhere
+    mixed = sparse_aggregation_text((6, 12))  # layer shares below 1; transitions 3 of 7 and 4 of 13
+    assert "a sparse layer here reads" in mixed and f"a transition reads {(3 / 7 + 4 / 13) / 2:.0%}" in mixed
+
+
+def test_correlation_rule_text_follows_the_verdict_rule() -> None:
+    from gradpath_lib.verdicts import DOES_NOT_TRACK, NOT_REPRODUCED, TRACKS, judge_correlation
+
+    text = correlation_rule_text()
+    assert "**not reproduced** when rho < 0.5 and the correlation is not significantly positive" in text
+    assert "**inconclusive** when rho >= 0.5 but p >= 0.05" in text and "fewer than 5 networks" in text
+    # a weak positive, non-significant rho is "not reproduced" for tracks, as the text says
+    assert judge_correlation(0.3, 0.2, TRACKS, n_models=7, seeds=3).verdict == NOT_REPRODUCED
+    assert judge_correlation(0.6, 0.01, DOES_NOT_TRACK, n_models=7, seeds=3).verdict == NOT_REPRODUCED
+
+
+@pytest.mark.parametrize("scale, aggregation", [("smoke", "a transition reads 2 of the 3"),
+                                                ("mini", "of the earlier outputs")])
 def test_sparsenet_sizing_note_counts_our_parameters(scale: str, aggregation: str) -> None:
     text = sparsenet_sizing_note(scale)
     dense, sparse = (count_params(create_model(m, scale)) for m in ("densenet", "sparsenet"))

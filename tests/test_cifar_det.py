@@ -231,6 +231,10 @@ def test_size_range_sentence_counts_the_ranges_and_names_the_missing_ones():
     none_in_train = size_range_sentence(stats(val_large=4, train_large=0))
     assert "the train split has no large objects, so the detectors never train on such objects" in none_in_train
     assert "APl" not in none_in_train
+    neither = size_range_sentence(stats(val_large=0, train_large=0))
+    assert neither.endswith("Not every size range occurs: neither split has large objects, so the detectors never "
+                            "train on such objects and APl cannot be measured (the detection tables show — for it).")
+    assert neither.count("no large") == 0
 
 
 def test_label_position_stays_in_the_canvas_and_off_placed_labels():

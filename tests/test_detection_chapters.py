@@ -133,7 +133,7 @@ def test_detection_table_shows_costs_and_mean_std_over_seeds() -> None:
     table = detection_table(frame, costs, MAIN_APS)
     assert table["model"].tolist() == list(TABLE5_MODELS)
     assert table["status"].tolist() == ["2 ok", "2 ok"]
-    assert table.loc[1, "AP box"] == "30.5 ± 0.7"
+    assert table.loc[1, "AP box"] == "30.50 ± 0.71"  # two decimals keep small differences visible
     assert table.loc[0, "ΔFLOPs"] == "+0.0%" and table.loc[1, "Δparams"] == "{:+.1%}".format(
         costs.loc[1, "params vs yolor-v3"])
     assert {"AP50 box", "AP75 mask", "params (M)", "GFLOPs (640)"} <= set(table.columns)
@@ -362,6 +362,7 @@ def test_stop_gradient_path_text_is_computed_from_the_path_columns() -> None:
     assert "the block stop (`yolor-csp-sg-block`) keeps the longest shortest gradient path at 13 and cuts the " \
            "longest path from 55 to 39" in text
     assert "does not make the shortest paths as long as the network is deep" in text
+    assert text.count("14") == 1  # each length is stated once
     deep = stop_gradient_path_text(table((55, 55), (12, 60)))
     assert "raises the longest shortest gradient path from 13 to 55" in deep
     assert "cuts the longest shortest gradient path from 13 to 12 and raises the longest path from 55 to 60" in deep

@@ -91,6 +91,9 @@ def test_notebook_has_standard_parameters_and_a_registered_chapter(path: Path) -
     assert set(STANDARD_PARAMETERS) <= set(names)
     assert path.stem in {c.name for c in chapters()}, f"{path.name} has no registered chapter"
     assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# ")
+    title = nb.cells[0].source.splitlines()[0].removeprefix("# ")
+    registered = {c.name: c.title for c in chapters()}[path.stem]
+    assert registered == title, f"{path.name}: its H1 {title!r} is not its chapter's title {registered!r}"
 
 
 def test_every_chapter_notebook_executes(smoke_results) -> None:

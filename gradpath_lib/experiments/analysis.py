@@ -18,7 +18,7 @@ from ..paper import references
 from ..tables import Run, runs_frame
 from ..train.spectrum import spectrum_config
 from . import Chapter, register_chapter
-from .classification import PERCENT, classification_runs, no_runs
+from .classification import FORMATS, PERCENT, classification_runs, no_runs
 
 SPECTRUM_SEEDS = 1  # the spectra are shown for one trained network per architecture
 
@@ -66,13 +66,39 @@ def combination_comparison(reports: Mapping[str, GradientPathReport], subject: s
         text += ("A shortcut that reaches only part of a layer's channels, as PRN's masked one does, leaves the "
                  "other channels without the pairs it would bring them, so the mean falls. ")
     n = split[subject]
+    layers = ("no weighted layer gives its" if n == 0 else
+              f"{n} weighted layer{'' if n == 1 else 's'} give{'s its' if n == 1 else ' their'}")
     text += (f"What the paper calls richer is how the combinations differ between channels: in `{subject}`, "
-             f"{n} weighted layer{'' if n == 1 else 's'} give{'s its' if n == 1 else ' their'} channel "
-             f"groups different combinations ({distinct[subject]:.3g} distinct combinations per layer on average), "
-             f"against {split[baseline]} in `{baseline}` ({distinct[baseline]:.3g}).")
+             f"{layers} channel groups different combinations ({_distinct_text(distinct[subject])}), against "
+             f"{'none' if split[baseline] == 0 else split[baseline]} in `{baseline}` "
+             f"({_distinct_text(distinct[baseline])}).")
     if split[subject] <= split[baseline]:
         text += f" At this size `{subject}` is not more varied than `{baseline}` by that count either."
     return text
+
+
+def correlation_rule_text() -> str:
+    """Markdown stating the correlation rule exactly as `gradpath_lib.verdicts.judge_correlation`
+    applies it, with the module's thresholds."""
+    from ..verdicts import MIN_MODELS, MIN_SEEDS, SIGNIFICANCE, STRONG_RHO
+
+    p, r = f"{SIGNIFICANCE:g}", f"{STRONG_RHO:g}"
+    return (f"*Tracks* is **reproduced** when rho > 0 and p < {p} (a significant positive correlation); "
+            f"**not reproduced** when rho < {r} and the correlation is not significantly positive (rho <= 0, or "
+            f"p >= {p}); and **inconclusive** when rho >= {r} but p >= {p} (a strong trend too few networks "
+            "confirm). *Does not track* is **reproduced** when "
+            f"|rho| < {r}, whatever p; **not reproduced** when |rho| >= {r} and p < {p}; and **inconclusive** "
+            f"when |rho| >= {r} but p >= {p}. Before either rule, a claim is **inconclusive** when rho is "
+            f"undefined, when fewer than {MIN_MODELS} networks have an accuracy, or when a network's accuracy "
+            f"rests on fewer than {MIN_SEEDS} seeds. With a handful of networks, |rho| < {r} says that no strong "
+            "association shows, not that there is none.")
+
+
+def _distinct_text(mean: float) -> str:
+    """'1 distinct combination per layer', or the mean count of distinct combinations per layer."""
+    if mean == 1:
+        return "1 distinct combination per layer"
+    return f"{mean:.3g} distinct combinations per layer on average"
 
 
 def timestamp_steps(report: GradientPathReport) -> list[int]:
@@ -113,18 +139,74 @@ def spectrum_ties_note(spectra: pd.DataFrame) -> str:
             "one layer per length, as a plain network does, every length carries the same share.")
 
 
+SPECTRUM_RUN_TIME = "spectrum run (s)"  # the spectrum run's own wall time, not the target's training
+
+
 def spectrum_runs_table(runs: list[Run]) -> pd.DataFrame:
-    """One row per spectrum run, with the trained network's test top-1 in percent like every other page."""
+    """One row per spectrum run: model, seed, status, the network's params and MFLOPs (as text, like
+    the classification tables), the trained network's test top-1 in percent like every other page,
+    and the spectrum run's own wall time (`SPECTRUM_RUN_TIME`, seconds)."""
     frame = runs_frame(runs, metrics={"top-1 (%)": "target_test_acc"})
-    frame["top-1 (%)"] = (frame["top-1 (%)"] * PERCENT).round(1)
-    return frame
+    table = frame[["model", "seed", "status"]].copy()
+    table["params"] = [_formatted(FORMATS["params"], v) for v in frame["params"]]
+    table["MFLOPs"] = [_formatted(FORMATS["mflops"], v / 1e6) for v in frame["flops"]]
+    table["top-1 (%)"] = (frame["top-1 (%)"] * PERCENT).round(1)
+    table[SPECTRUM_RUN_TIME] = frame["wall_time_s"].round(2)
+    return table
+
+
+def _formatted(fmt: str, value: float) -> str:
+    """`fmt` applied to `value`, or "—" where there is none (a missing record)."""
+    return "—" if pd.isna(value) else fmt.format(value)
+
+
+def first_step_paths_text(recurrent: pd.DataFrame) -> str:
+    """Markdown list from `analysis.designs.recurrent_paths_table`: per design, how many gradient paths
+    take the first step's input to the loss and how many weighted layers they cross ("one path of 17
+    weighted layers", "32,768 paths of 2 to 17 weighted layers")."""
+    lines = []
+    for design, row in recurrent[recurrent.step == 0].set_index("design").iterrows():
+        count, short, long = int(row["paths"]), int(row["shortest path"]), int(row["longest path"])
+        layers = f"{short} weighted layer{'' if short == 1 else 's'}"
+        if count == 1:
+            paths = f"one path of {layers}"
+        elif short == long:
+            paths = f"{count:,} paths, each of {layers}"
+        else:
+            paths = f"{count:,} paths of {short} to {long} weighted layers"
+        lines.append(f"- {design}: the first step's input reaches the loss by {paths}.")
+    return "\n".join(lines)
+
+
+def sparse_aggregation_text(layers: tuple[int, ...], dense: str = "densenet", sparse: str = "sparsenet") -> str:
+    """How much of the earlier outputs the sparse rule (n-1, n-2, n-4, ...) lets a layer and a
+    transition read, against the dense rule, for blocks of `layers` layers: a dense layer n of a
+    block aggregates outputs 0..n-1, and the block's transition aggregates as layer `layers` + 1 would."""
+    from ..models.blocks import aggregated_inputs
+
+    def kept(n: int) -> tuple[int, int]:
+        return len(aggregated_inputs(n, "sparse")), len(aggregated_inputs(n, "dense"))
+
+    layer_share = [s / d for block in layers for s, d in map(kept, range(1, block + 1))]
+    transitions = [kept(block + 1) for block in layers]
+    if min(layer_share) == 1:
+        text = "with so few layers per block every sparse layer still reads every earlier output, as a dense one does"
+    else:
+        text = (f"a sparse layer here reads {sum(layer_share) / len(layer_share):.0%} of the earlier outputs a dense "
+                "layer reads, on average")
+    if all(s == d for s, d in transitions):
+        return text + f", and so does every transition, so `{sparse}` aggregates exactly as `{dense}` does"
+    if len(set(transitions)) == 1:
+        s, d = transitions[0]
+        return text + f"; a transition reads {s} of the {d} outputs a dense one reads"
+    share = sum(s / d for s, d in transitions) / len(transitions)
+    return text + f"; a transition reads {share:.0%} of the outputs a dense one reads, on average"
 
 
 def sparsenet_sizing_note(scale: str, dense: str = "densenet", sparse: str = "sparsenet") -> str:
     """Markdown computed from the registry: our `sparse` and `dense` networks' parameters at
     `scale`, the growth rates and layers per block behind them, how much of the earlier outputs a
     sparse layer aggregates, and why this sizing differs from the SparseNet README's 40-layer pair."""
-    from ..models.blocks import aggregated_inputs
     from ..models.cost import count_params
     from ..models.dense_nets import DENSENET, SPARSENET
     from ..models.registry import create_model
@@ -132,14 +214,9 @@ def sparsenet_sizing_note(scale: str, dense: str = "densenet", sparse: str = "sp
     params = {m: count_params(create_model(m, scale)) for m in (dense, sparse)}
     growth = {dense: DENSENET[scale]["growth"], sparse: SPARSENET[scale]["growth"]}
     layers = tuple(DENSENET[scale]["layers"])
-    kept = [len(aggregated_inputs(n, "sparse")) / len(aggregated_inputs(n, "dense"))
-            for block in layers for n in range(1, block + 1)]
     printed = {r.paper_model: r.value for r in references("table1") if r.metric == "params_m"}
     relation = "more" if params[sparse] > params[dense] else "fewer"
-    reads = (f"with so few layers per block the sparse rule (n-1, n-2, n-4, …) reaches every earlier output, so "
-             f"`{sparse}` aggregates exactly as `{dense}` does" if min(kept) == 1 else
-             f"a sparse layer here reads {sum(kept) / len(kept):.0%} of the earlier outputs a dense layer reads, "
-             "on average")
+    reads = sparse_aggregation_text(layers, dense, sparse)
     bc_pair = (f"; the README's own BC pair goes the same way, SparseNet-BC-100-24 at "
                f"{printed['SparseNet-BC-100-24']:g} M against DenseNet-BC-100-12 at {printed['DenseNet-BC-100-12']:g} M"
                if params[sparse] > params[dense] else "")

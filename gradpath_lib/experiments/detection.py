@@ -58,7 +58,8 @@ def cifar_det_table(scale: str) -> pd.DataFrame:
 def size_range_sentence(stats: pd.DataFrame) -> str:
     """What `cifar_det_table`'s "all" rows say about COCO's size ranges: per split, how many small,
     medium and large objects there are, and which ranges are missing (a range missing from the
-    val split has no AP: the detection tables show — for it)."""
+    val split has no AP: the detection tables show — for it), in one clause when every split
+    misses the same ranges."""
     from ..data.cifar_det import AREA_RANGES
 
     ranges = list(AREA_RANGES)
@@ -68,11 +69,20 @@ def size_range_sentence(stats: pd.DataFrame) -> str:
     missing = {split: [r for r in ranges if totals.loc[split, r] == 0] for split in totals.index}
     if not any(missing.values()):
         return f"At this scale, {counts}: every COCO size range occurs in every split."
+    def measured(absent: list[str]) -> str:
+        return f"AP{''.join(r[0] for r in absent)} cannot be measured (the detection tables show — for it)"
+
+    shared = next(iter(missing.values()))
+    if shared and all(absent == shared for absent in missing.values()):  # the same ranges missing everywhere
+        nobody = "neither split has" if len(missing) == 2 else "no split has"
+        consequences = ["the detectors never train on such objects"] if "train" in missing else []
+        consequences += [measured(shared)] if "val" in missing else []
+        return (f"At this scale, {counts}. Not every size range occurs: {nobody} {join_words(shared, 'or')} objects"
+                + (", so " + join_words(consequences) if consequences else "") + ".")
     notes = []
     for split, absent in missing.items():
         if absent:
-            consequence = (f"so AP{''.join(r[0] for r in absent)} cannot be measured and the detection tables show — for it"
-                           if split == "val" else "so the detectors never train on such objects")
+            consequence = f"so {measured(absent)}" if split == "val" else "so the detectors never train on such objects"
             notes.append(f"the {split} split has no {join_words(absent, 'or')} objects, {consequence}")
     return f"At this scale, {counts}. Not every size range occurs: " + "; ".join(notes) + "."
 
@@ -96,7 +106,8 @@ def _path_change(what: str, before: int, after: int) -> str:
 
 def stop_gradient_path_text(table: pd.DataFrame) -> str:
     """What each stop does to YOLOR-CSP's gradient paths, from `stop_gradient_table`'s last two
-    columns (in layers): the identity stop and the block stop against the unmodified detector."""
+    columns (in layers): the identity stop and the block stop against the unmodified detector, and
+    whether the identity stop's shortest paths stay shorter than its depth (each length stated once)."""
     paths = table.set_index("model")[["longest shortest path", "longest path"]].astype(int)
     base = paths.loc["yolor-csp"]
     parts = []
@@ -107,10 +118,10 @@ def stop_gradient_path_text(table: pd.DataFrame) -> str:
                                     row["longest shortest path"])
                      + " and " + _path_change("the longest path", base["longest path"], row["longest path"]))
     text = "In our detectors at this preset (path lengths in layers, against `yolor-csp`): " + "; ".join(parts) + "."
-    identity = paths.loc["yolor-csp-sg-identity", "longest shortest path"]
-    if identity < base["longest path"]:
-        text += (f" So the identity stop does not make the shortest paths as long as the network is deep"
-                 f" (the length of its longest path, {base['longest path']}): its longest shortest path is {identity}.")
+    identity = paths.loc["yolor-csp-sg-identity"]
+    if identity["longest shortest path"] < identity["longest path"]:  # the lengths are stated just above
+        text += (" So the identity stop does not make the shortest paths as long as the network is deep: its longest "
+                 "shortest path stays below its longest path.")
     return text
 
 

@@ -352,6 +352,5 @@ def _range(values: Iterable[int]) -> str:
     return str(values[0]) if len(values) == 1 else f"{values[0]} to {values[-1]}"
 
 
-register_chapter(Chapter("lwdna", "LW-DNA: layer-wise differentiated widths by shrinking a widened network",
-                         lwdna_runs, 120))
-register_chapter(Chapter("dsfb", "Deeply shared filter bases and gradient paths", dsfb_runs, 130))
+register_chapter(Chapter("lwdna", "LW-DNA: layer-wise differentiated widths", lwdna_runs, 120))
+register_chapter(Chapter("dsfb", "Deeply shared filter bases", dsfb_runs, 130))
