@@ -16,6 +16,7 @@ import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from typing import Any
 
 import pandas as pd
 
@@ -81,7 +82,7 @@ def _check(name: str) -> dict:
     return {"groups_agreeing": int(result.agrees.sum()), "check_seconds": round(time.time() - start, 1)}
 
 
-def _in_process(fn, name: str) -> dict:
+def in_process(fn, name: str) -> dict:
     """`fn(name)` in a fresh process: a crash or a timeout is recorded instead of ending the run."""
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
         try:
@@ -96,17 +97,19 @@ def _in_process(fn, name: str) -> dict:
             return {"error": f"{fn.__name__[1:]}: {err}"[:160]}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("models", nargs="*", default=list(MODELS))
+def coverage_main(description: str, models: list[str], analysis: Any, check: Any, out: str) -> None:
+    """The command line of a coverage script: `analysis(name)` (and `check(name)` with --check) for
+    each model in a process of its own, one printed row per model, a CSV and a summary."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("models", nargs="*", default=models)
     parser.add_argument("--check", action="store_true", help="also run the measured check on each model")
-    parser.add_argument("--out", default="timm-coverage.csv")
+    parser.add_argument("--out", default=out)
     args = parser.parse_args()
     rows = []
     for name in args.models:
-        row = {"model": name} | _in_process(_analysis, name)
+        row = {"model": name} | in_process(analysis, name)
         if args.check and row.get("analysed"):
-            row |= _in_process(_check, name)
+            row |= in_process(check, name)
         rows.append(row)
         print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
     frame = pd.DataFrame(rows)
@@ -120,4 +123,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    coverage_main(__doc__.split("\n\n")[0], list(MODELS), _analysis, _check, "timm-coverage.csv")
