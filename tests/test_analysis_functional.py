@@ -148,18 +148,6 @@ class BareParameters(nn.Module):
         return self.head(h.mean(1))
 
 
-def test_bare_parameters_multiplied_by_are_positions_named_by_their_layer():
-    model = BareParameters()
-    report = analyze_model(model, SHAPE)
-    rows = report.parameters.set_index("module")
-    assert list(rows.index) == ["conv", "fc", "proj", "mix", "head"]
-    assert rows.loc["mix", "positions"] == 2  # one Parameter, two products: tied
-    assert rows.loc["fc", "timestamps"] == (3, 5) and rows.loc["proj", "timestamps"] == (2, 4)
-    # the head along the residual stream (2), through both products or the MLP (4), through the MLP and both (6)
-    assert rows.loc["conv", "timestamps"] == (2, 4, 6)
-    assert_structure_is_measured(model, SHAPE, report=report)
-
-
 class LeftParameter(nn.Module):
     def __init__(self, shape: tuple[int, ...]):
         super().__init__()
@@ -197,14 +185,20 @@ class EinsumLayers(nn.Module):
         return self.head(h.mean(1))
 
 
-def test_einsum_by_a_parameter_is_a_linear_position():
-    model = EinsumLayers()
+@pytest.mark.parametrize("make, names", [
+    (lambda: BareParameters(), ("conv", "fc", "proj", "mix", "head")),
+    (lambda: EinsumLayers(), ("stem", "up", "down", "mix", "head")),
+], ids=["products", "einsum"])
+def test_bare_parameters_multiplied_by_are_positions_named_by_their_layer(make, names):
+    model = make()
     report = analyze_model(model, SHAPE)
     rows = report.parameters.set_index("module")
-    assert list(rows.index) == ["stem", "up", "down", "mix", "head"]
-    assert rows.loc["mix", "positions"] == 2
-    assert rows.loc["up", "timestamps"] == (3, 5) and rows.loc["down", "timestamps"] == (2, 4)
-    assert rows.loc["stem", "timestamps"] == (2, 4, 6)
+    first, up, down, mix, _ = names
+    assert tuple(rows.index) == names
+    assert rows.loc[mix, "positions"] == 2  # one Parameter, two products: tied
+    assert rows.loc[up, "timestamps"] == (3, 5) and rows.loc[down, "timestamps"] == (2, 4)
+    # the head along the residual stream (2), through both products or the MLP (4), through the MLP and both (6)
+    assert rows.loc[first, "timestamps"] == (2, 4, 6)
     assert_structure_is_measured(model, SHAPE, report=report)
 
 
