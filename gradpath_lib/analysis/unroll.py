@@ -29,6 +29,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..errors import GradpathError
 
@@ -57,13 +58,17 @@ torch.fx.wrap("additive_mask")
 
 @contextlib.contextmanager
 def unfused_attention() -> Iterator[None]:
-    """PyTorch's Transformer layers kept off their fused fast path while open: in eval mode without
-    gradients, `nn.TransformerEncoderLayer` would read its attention's bare `in_proj_weight` and
-    run one fused kernel, past the unrolled projections."""
+    """Attention computed unfused while open. PyTorch's Transformer layers are kept off their fused
+    fast path: in eval mode without gradients, `nn.TransformerEncoderLayer` would read its
+    attention's bare `in_proj_weight` and run one fused kernel, past the unrolled projections. And
+    `scaled_dot_product_attention` runs its math kernel, whose backward is the exact derivative:
+    a fused one leaves rounding noise where the gradient is exactly zero (over a single key, the
+    softmax is 1 and passes none), which the measured spectrum would take for a path."""
     enabled = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
     try:
-        yield
+        with sdpa_kernel(SDPBackend.MATH):
+            yield
     finally:
         torch.backends.mha.set_fastpath_enabled(enabled)
 
