@@ -19,6 +19,7 @@ from .errors import GradpathError
 from .models.cost import cost_table
 from .models.yolor import BASELINE, PAPER_INPUT
 from .paper import CLAIMS, STATED_DELTA, Claim, references
+from .prose import join_words
 from .tables import Run, readable, runs_frame, summarize
 
 PRESET_MODELS = ("yolor-v3", "yolor-csp", "yolor-elan")  # the paper preset's cross-check (book/scale_out.md)
@@ -131,12 +132,6 @@ def cheapest_by_preset(by_preset: Mapping[str, pd.DataFrame], subject: str, colu
     others = [scale for scale in by_preset if scale not in cheapest_at]
     return (text + f"So whether `{subject}` is the cheapest depends on the preset's widths and depths: it is at "
             + join_words(cheapest_at) + ", not at " + join_words(others, "or") + ".")
-
-
-def join_words(items: Sequence[str], last: str = "and") -> str:
-    """ "a", "a and b", "a, b and c" (`last` joins the last two)."""
-    items = list(items)
-    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + f" {last} {items[-1]}"
 
 
 def _cost_text(costs: pd.DataFrame) -> pd.DataFrame:

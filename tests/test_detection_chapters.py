@@ -18,13 +18,13 @@ from gradpath_lib.detection_tables import (
     detection_costs,
     detection_frame,
     detection_table,
-    join_words,
     preset_changes_table,
     seed_spread_note,
     stated_cost_comparison,
     stated_fraction,
 )
 from gradpath_lib.errors import GradpathError
+from gradpath_lib.prose import join_names, join_words
 from gradpath_lib.experiments import chapter
 from gradpath_lib.experiments.detection import (
     MAIN_APS,
@@ -342,7 +342,8 @@ def test_cheapest_by_preset_follows_each_presets_costs() -> None:
     table = preset_changes_table(flips, "params").set_index("model")
     assert list(table.columns) == ["Δparams (smoke)", "Δparams (mini)", "Δparams (paper)"]
     assert table.loc["yolor-elan"].tolist() == ["-10.0%", "-30.0%", "-40.0%"]
-    assert join_words(["a"]) == "a" and join_words(["a", "b", "c"], "or") == "a, b or c"
+    assert join_words(["a"]) == "a" and join_words(["a", "b", "c"], "or") == "a, b or c" and join_words([]) == ""
+    assert join_names(["resnet", "prn"]) == "`resnet` and `prn`"
 
 
 def test_costs_by_preset_counts_each_scales_preset() -> None:

@@ -15,6 +15,7 @@ from typing import Any
 import pandas as pd
 
 from ..paper import references
+from ..prose import join_names
 from ..tables import Run, readable, runs_frame, summarize
 from . import Chapter, no_runs, register_chapter
 
@@ -155,11 +156,6 @@ def _compare_change(ours: float, paper: float) -> str:
     return "a larger cut than the paper's" if ours < paper else "a smaller cut than the paper's"
 
 
-def _names(models: Sequence[str]) -> str:
-    quoted = [f"`{m}`" for m in models]
-    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " and " + quoted[-1]
-
-
 def table2_cost_reading(frame: pd.DataFrame) -> str:
     """Markdown computed from the runs: per family, CSP's change of params and FLOPs here beside the
     paper's, whether ours is the larger or smaller cut, which families CSP makes cheaper or dearer,
@@ -179,18 +175,18 @@ def table2_cost_reading(frame: pd.DataFrame) -> str:
     mixed = [r["base"] for r in rows if r["base"] not in cheaper + dearer]
     summary = []
     if cheaper:
-        summary.append(f"CSP makes {_names(cheaper)} cheaper in both parameters and FLOPs")
+        summary.append(f"CSP makes {join_names(cheaper)} cheaper in both parameters and FLOPs")
     if dearer:
-        summary.append(f"it makes {_names(dearer)} dearer in both")
+        summary.append(f"it makes {join_names(dearer)} dearer in both")
     if mixed:
-        summary.append(f"it cuts one of the two costs of {_names(mixed)} and raises the other")
+        summary.append(f"it cuts one of the two costs of {join_names(mixed)} and raises the other")
     cuts = known[known["flops"] < 0].sort_values("flops")
     if len(cuts) > 1:
         summary.append(f"the largest FLOPs cut is `{cuts['base'].iloc[0]}`'s ({cuts['flops'].iloc[0]:+.1%}), "
                        f"the smallest `{cuts['base'].iloc[-1]}`'s ({cuts['flops'].iloc[-1]:+.1%})")
     missing = changes.loc[~changes.index.isin(known.index), "base"].tolist()
     if missing:
-        summary.append(f"{_names(missing)} {'is' if len(missing) == 1 else 'are'} not recorded")
+        summary.append(f"{join_names(missing)} {'is' if len(missing) == 1 else 'are'} not recorded")
     text = "; ".join(summary)
     return "\n".join(lines) + "\n\n" + text[0].upper() + text[1:] + "."
 
@@ -234,8 +230,8 @@ def stop_gradient_reading(lengths: pd.DataFrame, scale: str, base: str = "resnet
         f"Stopping the block's gradient keeps `{block}`'s longest shortest path at {blk[short]}, "
         f"{_same(blk[short], bas[short])} `{base}`'s {bas[short]}, and its longest path is {blk[long]} "
         f"against `{base}`'s {bas[long]}; {_count_of(single, len(per_layer), 'weighted layer')} "
-        f"{'has' if single == 1 else 'have'} a single path length. The shortest paths of its layers run from {int(per_layer['shortest'].min())} to "
-        f"{int(per_layer['shortest'].max())} weighted layers: a layer's gradient crosses the rest of its own "
+        f"{'has' if single == 1 else 'have'} a single path length. The shortest paths of its layers run "
+        f"from {int(per_layer['shortest'].min())} to {int(per_layer['shortest'].max())} weighted layers: a layer's gradient crosses the rest of its own "
         "block, then the shortcut chain, on which only the weighted shortcut projections (at the stage "
         "transitions) count, then the classifier")
     return identity_text + ". " + block_text + "."

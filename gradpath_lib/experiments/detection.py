@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from ..detection_tables import join_words
+from ..prose import join_words
 from ..tables import Run
 from . import Chapter, no_runs, register_chapter
 

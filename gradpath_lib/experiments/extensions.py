@@ -19,6 +19,7 @@ from typing import Any
 import pandas as pd
 
 from ..paper import LWDNA_PAPER, STATED, Claim, claims, references
+from ..prose import join_words
 from ..tables import Run, record_value
 from . import Chapter, register_chapter
 from .classification import classification_frame, summary_table
@@ -117,14 +118,15 @@ def lwdna_recipe_note(runs: list[Run]) -> str:
     one_recipe = len({str(sorted(config["recipe"].items())) for config, _ in runs}) == 1
     own = [config for config, _ in runs
            if config["recipe"] != classify_config(config["model"], config["scale"], config["seed"])["recipe"]]
-    text = (f"{'Every run trains' if one_recipe else 'The runs train'} {_join(map(str, epochs))} "
-            f"epoch{'s' if epochs != [1] else ''}"
-            + (f"; an LW-DNA run spends the first {'epoch' if search == [1] else _join(map(str, search)) + ' epochs'}"
-               " on the widened network and the rest on the shrunk one" if search else "") + ". ")
+    text = (f"{'Every run trains' if one_recipe else 'The runs train'} {join_words(map(str, epochs))} "
+            f"epoch{'s' if epochs != [1] else ''}")
+    first = "epoch" if search == [1] else join_words(map(str, search)) + " epochs"
+    text += (f"; an LW-DNA run spends the first {first} on the widened network and the rest on the shrunk one"
+             if search else "") + ". "
     if not one_recipe:
         text += "The runs do not all share one recipe. "
     if own:
-        text += (f"{_join(sorted({lwdna_label(c) for c in own}))} use a recipe of this chapter's own, not the "
+        text += (f"{join_words(sorted({lwdna_label(c) for c in own}))} use a recipe of this chapter's own, not the "
                  "scale's classification recipe, so their accuracy differs from the same network's on other pages.")
     else:
         text += ("This is the scale's classification recipe, so a baseline here is the same run as on the other "
@@ -159,11 +161,11 @@ def lwdna_flops_note(runs: list[Run]) -> str:
         return "No LW-DNA run is configured."
     targets = {config["lwdna"]["target"] for config, _ in lwdna}
     target = ("the baseline's FLOPs" if targets == {"baseline"}
-              else "the FLOPs targets " + _join(sorted(map(str, targets))))
+              else "the FLOPs targets " + join_words(sorted(map(str, targets))))
     tolerances = sorted({config["lwdna"]["tolerance"] for config, _ in lwdna})
     text = (f"Taylor score and random control search for the same target, {target}, with the same layer floor "
             f"and residual ties: the search stops at the first channel whose removal brings the network to or "
-            f"below the target, and a run that lands more than {_join(_percent(t) for t in tolerances)} below it "
+            f"below the target, and a run that lands more than {join_words(_percent(t) for t in tolerances)} below it "
             f"(the `tolerance` of these runs")
     text += (")" if tolerances == [FLOPS_TOLERANCE] else
              f"; the default is {_percent(FLOPS_TOLERANCE)}, which one channel of the smallest networks can exceed)")
@@ -196,11 +198,11 @@ def chance_level_note(runs: list[Run], label: Any = lwdna_label) -> str:
     if not tops:
         return "No run is recorded yet."
     low = {name: sum(v) / len(v) for name, v in tops.items() if sum(v) / len(v) < CHANCE_FACTOR * chance[name]}
-    levels = _join(_percent(c) for c in sorted(set(chance.values())))
+    levels = join_words(_percent(c) for c in sorted(set(chance.values())))
     if not low:
         return (f"No network is at chance level: every mean top-1 is above {CHANCE_FACTOR:g} x that of a uniform "
                 f"guess ({levels}).")
-    return (f"**At chance level:** {_join(f'`{n}` ({100 * v:.1f}%)' for n, v in low.items())} "
+    return (f"**At chance level:** {join_words(f'`{n}` ({100 * v:.1f}%)' for n, v in low.items())} "
             f"{'is' if len(low) == 1 else 'are'} below {CHANCE_FACTOR:g} x the top-1 of a uniform guess ({levels}): "
             f"{'this network has' if len(low) == 1 else 'these networks have'} not started to learn in this "
             "budget. An accuracy comparison (and its verdict below) between two networks at chance says nothing, "
@@ -210,12 +212,6 @@ def chance_level_note(runs: list[Run], label: Any = lwdna_label) -> str:
 def _percent(fraction: float) -> str:
     """A fraction as a percentage with at most one decimal, e.g. 0.15 -> '15%', 0.025 -> '2.5%'."""
     return f"{100 * fraction:.1f}".removesuffix(".0") + "%"
-
-
-def _join(items: Iterable[str]) -> str:
-    """'a', 'a and b', 'a, b and c'."""
-    items = list(items)
-    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1] if items else ""
 
 
 # The paper scale trains the DSFB paper's own CIFAR-10 setting, as its official train_cifar10.py
