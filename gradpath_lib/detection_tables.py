@@ -76,24 +76,6 @@ def baseline_cost_sentence(scale: str) -> str:
             f"GFLOPs at the run input ({row[f'GFLOPs ({PAPER_INPUT})']:.3g} at {PAPER_INPUT}×{PAPER_INPUT}).")
 
 
-def seed_spread_note(frame: pd.DataFrame, column: str = "ap_box") -> str:
-    """What an AP cell of `detection_table` is, from how many seeds of each detector have a value of
-    `column` in `frame` (`detection_frame`): mean ± standard deviation over several, or one run's value."""
-    counts = frame.groupby("label", sort=False)[column].count()
-    single = [str(label) for label, n in counts.items() if n == 1]
-    several = counts[counts > 1]
-    if several.empty and single:
-        return ("With one finished seed per detector, as here, each AP cell is that run's value: "
-                "no spread over seeds is shown.")
-    if several.empty:
-        return "No detector has a finished run, so no AP cell has a value."
-    seeds = (f"{several.min()}" if several.min() == several.max() else f"{several.min()} to {several.max()}")
-    text = f"Each AP cell is the mean ± standard deviation over the {seeds} finished seeds of its detector"
-    if single:
-        text += "; with one finished seed (" + ", ".join(f"`{m}`" for m in single) + ") it is that run's value"
-    return text + "."
-
-
 def costs_by_preset(models: Sequence[str], scales: Sequence[str] | None = None) -> dict[str, pd.DataFrame]:
     """`detection_costs` of `models` at every scale's preset (default: all of `gradpath_lib.scales.SCALES`),
     counted on the meta device (seconds, no training)."""

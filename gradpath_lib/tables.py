@@ -130,6 +130,29 @@ def readable(summary: pd.DataFrame, formats: Mapping[str, str], by: str = "label
     return out
 
 
+def seed_spread_note(frame: pd.DataFrame, what: str = "cell", unit: str = "network", column: str | None = None,
+                     by: str = "label") -> str:
+    """A sentence saying what a 'mean ± std over seeds' `what` of a table holds, computed from the
+    runs frame: how many seeds each row group (`by`, a `unit`) has with a value (of `column`;
+    without one, the runs with status `ok`), and that one seed shows a single value."""
+    if column is not None:
+        frame = frame.dropna(subset=[column])
+    elif "status" in frame.columns:
+        frame = frame[frame["status"] == "ok"]
+    seeds = frame.groupby(by, sort=False)["seed"].nunique()
+    if seeds.empty:
+        return f"No run has a value, so no {what} has one."
+    fewest, most = int(seeds.min()), int(seeds.max())
+    if most == 1:
+        return (f"Each {unit} has one seed here, so each {what} is that run's value and no spread is shown "
+                "(a mean ± standard deviation needs two seeds or more).")
+    count = f"{fewest}" if fewest == most else f"{fewest} to {most}"
+    note = f"Each {what} is the mean ± sample standard deviation over the seeds of its {unit} ({count} here)"
+    if fewest == 1:
+        note += f"; a {unit} with one seed shows its single value"
+    return note + "."
+
+
 def missing_runs(frame: pd.DataFrame) -> pd.DataFrame:
     """The runs of `frame` that are not recorded (label, model, seed)."""
     return frame.loc[frame["status"] == MISSING, ["label", "model", "seed"]].reset_index(drop=True)

@@ -29,11 +29,11 @@ from gradpath_lib.experiments.classification import (
     convergence_reading,
     path_lengths,
     relative_cost_changes,
-    seed_spread_note,
     stop_gradient_reading,
     table2_cost_reading,
 )
 from gradpath_lib.models.cost import count_params
+from gradpath_lib.tables import seed_spread_note
 from gradpath_lib.models.registry import create_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py

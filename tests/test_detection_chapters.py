@@ -19,12 +19,12 @@ from gradpath_lib.detection_tables import (
     detection_frame,
     detection_table,
     preset_changes_table,
-    seed_spread_note,
     stated_cost_comparison,
     stated_fraction,
 )
 from gradpath_lib.errors import GradpathError
 from gradpath_lib.prose import join_names, join_words
+from gradpath_lib.tables import seed_spread_note
 from gradpath_lib.experiments import chapter
 from gradpath_lib.experiments.detection import (
     MAIN_APS,
@@ -302,16 +302,18 @@ def test_detector_speed_is_read_from_the_records(smoke_results) -> None:
 
 
 def test_seed_spread_note_says_what_an_ap_cell_is() -> None:
+    def note(frame: pd.DataFrame) -> str:
+        return seed_spread_note(frame, what="AP cell", unit="detector", column="ap_box")
+
     one = detection_frame(_runs(TABLE5_MODELS, [0]))
-    assert seed_spread_note(one).startswith("With one finished seed per detector, as here, each AP cell is that run's")
+    assert note(one).startswith("Each detector has one seed here, so each AP cell is that run's value")
     three = detection_frame(_runs(TABLE5_MODELS, [0, 1, 2]))
-    assert seed_spread_note(three) == ("Each AP cell is the mean ± standard deviation over the 3 finished seeds "
-                                       "of its detector.")
+    assert note(three) == ("Each AP cell is the mean ± sample standard deviation over the seeds of its detector "
+                           "(3 here).")
     mixed = detection_frame(_runs(("yolor-v3",), [0, 1]) + _runs(("yolor-prn",), [0]))
-    assert seed_spread_note(mixed) == ("Each AP cell is the mean ± standard deviation over the 2 finished seeds "
-                                       "of its detector; with one finished seed (`yolor-prn`) it is that run's value.")
+    assert note(mixed).endswith("(1 to 2 here); a detector with one seed shows its single value.")
     config = {"task": "detect", "model": "yolor-v3", "scale": "smoke", "seed": 0}
-    assert seed_spread_note(detection_frame([(config, None)])).startswith("No detector has a finished run")
+    assert note(detection_frame([(config, None)])) == "No run has a value, so no AP cell has one."
 
 
 def test_baseline_cost_sentence_gives_the_missing_baseline_row() -> None:

@@ -4,7 +4,7 @@ tables they show; plus the architecture chapter (Figs. 2-6, no training).
 Every table puts ours (mean ± std over seeds) beside the paper's printed numbers where there are
 any, and `tables.verdict_frame` judges the paper's claims from the same runs. The sentences a
 chapter reads its tables with are computed here too (`table2_cost_reading`,
-`stop_gradient_reading`, `convergence_reading`, `seed_spread_note`), so that they hold at every scale.
+`stop_gradient_reading`, `convergence_reading`; `tables.seed_spread_note`), so that they hold at every scale.
 """
 
 from __future__ import annotations
@@ -101,26 +101,6 @@ register_chapter(Chapter("table2", "Table 2: CSPNet applied to popular backbones
                          classification_runs(TABLE2_MODELS), 50))
 register_chapter(Chapter("table4", "Table 4: deep VoVNet and gradient path planning",
                          classification_runs(TABLE4_MODELS), 70))
-
-
-def seed_spread_note(frame: pd.DataFrame, what: str = "cell", by: str = "label") -> str:
-    """A sentence saying what a 'mean ± std over seeds' `what` of a table holds, computed from the
-    runs frame: how many seeds with a value (status `ok`, where the frame has a status) each row
-    group (`by`) has, and that one seed shows a single value."""
-    if "status" in frame.columns:
-        frame = frame[frame["status"] == "ok"]
-    seeds = frame.groupby(by, sort=False)["seed"].nunique()
-    if seeds.empty:
-        return f"No run has a value, so no {what} has one."
-    fewest, most = int(seeds.min()), int(seeds.max())
-    if most == 1:
-        return (f"Each network has one seed here, so each {what} is that run's value and no spread is shown "
-                "(a mean ± standard deviation needs two seeds or more).")
-    count = f"{fewest}" if fewest == most else f"{fewest} to {most}"
-    note = f"Each {what} is the mean ± sample standard deviation over the seeds of its network ({count} here)"
-    if fewest == 1:
-        note += "; a network with one seed shows its single value"
-    return note + "."
 
 
 CSP_PAIRS = (("resnet", "csp-resnet"), ("resnext", "csp-resnext"), ("darknet", "csp-darknet"),
