@@ -19,7 +19,7 @@ from gradpath_lib.experiments.analysis import (
     sparsenet_sizing_note,
     spectrum_runs_table,
     spectrum_ties_note,
-    timestamp_steps,
+    timestamp_gaps,
     timestamps_reading,
 )
 from gradpath_lib.experiments.classification import (
@@ -142,8 +142,8 @@ def test_prn_splits_combinations_that_resnet_does_not(smoke_reports) -> None:
 
 
 def test_dense_timestamps_are_two_apart(smoke_reports) -> None:
-    assert timestamp_steps(smoke_reports["resnet"]) == [1]
-    assert timestamp_steps(smoke_reports["densenet"]) == [2]
+    assert timestamp_gaps(smoke_reports["resnet"]) == [1]
+    assert timestamp_gaps(smoke_reports["densenet"]) == [2]
     text = timestamps_reading(smoke_reports)
     assert "every second length" in text and "`densenet`: up to 7 timestamps" in text
 

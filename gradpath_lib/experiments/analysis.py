@@ -101,7 +101,7 @@ def _distinct_text(mean: float) -> str:
     return f"{mean:.3g} distinct combinations per layer on average"
 
 
-def timestamp_steps(report: GradientPathReport) -> list[int]:
+def timestamp_gaps(report: GradientPathReport) -> list[int]:
     """The distinct gaps between consecutive gradient timestamps of the network's channel groups."""
     return sorted({b - a for stamps in report.layers.timestamps for a, b in zip(stamps, stamps[1:])})
 
@@ -111,13 +111,13 @@ def timestamps_reading(reports: Mapping[str, GradientPathReport]) -> str:
     and the steps between a layer's consecutive timestamps, with why the steps of 2 arise."""
     parts = []
     for name, report in reports.items():
-        steps = timestamp_steps(report)
+        steps = timestamp_gaps(report)
         most = max(len(stamps) for stamps in report.layers.timestamps)
         step_text = ("a single timestamp per layer" if not steps else
                      f"steps of {', '.join(map(str, steps))} between consecutive timestamps")
         parts.append(f"`{name}`: up to {most} timestamps per layer, {step_text}")
     text = "Per network: " + "; ".join(parts) + "."
-    if any(2 in timestamp_steps(r) and 1 not in timestamp_steps(r) for r in reports.values()):
+    if any(2 in timestamp_gaps(r) and 1 not in timestamp_gaps(r) for r in reports.values()):
         text += (" A step of 2 is a dense layer's doing: it is two convolutions (a 1×1, then a 3×3), so a path "
                  "that crosses one more dense layer is two weighted layers longer, and the concatenations give "
                  "every second length, not every length.")
