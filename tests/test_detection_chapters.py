@@ -280,6 +280,24 @@ def test_box_ap_curves_draw_only_the_evaluated_epochs() -> None:
     assert figure.axes[0].get_ylabel() == "box AP"
 
 
+def test_a_detector_has_one_curve_colour_on_every_page() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from gradpath_lib.figures.curves import training_curves
+    from gradpath_lib.models.registry import model_names
+
+    record = {"status": "ok", "metrics": {"history": [{"bbox_AP": 0.1}, {"bbox_AP": 0.2}]}}
+
+    def colours(models: list[str]) -> dict[str, tuple]:
+        axes = training_curves([({"model": m}, record) for m in models], "bbox_AP").axes[0]
+        return {line.get_label(): tuple(line.get_color()) for line in axes.get_lines()}
+
+    assert colours(["yolor-v3", "yolor-csp"])["yolor-csp"] == colours(["yolor-csp", "yolov5"])["yolor-csp"]
+    every = colours(model_names("detect"))
+    assert len(set(every.values())) == len(every)  # no two detectors alike
+
+
 def test_detector_speed_is_read_from_the_records(smoke_results) -> None:
     from gradpath_lib.run_pool import recorded
     from gradpath_lib.workload import DETECTOR_SPEED_COLUMNS, detector_speed_table

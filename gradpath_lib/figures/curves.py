@@ -7,22 +7,38 @@ from typing import Any
 
 from ..tables import Run, record_value
 
+# matplotlib's tab10, then Dark2's eight: a model's colour is fixed by its place in the registry
+# (`model_colour`), so that it is the same on every page
+PALETTES = (("tab10", 10), ("Dark2", 8))
+
+
+def model_colour(model: str) -> Any:
+    """The colour of registered model `model` in every figure of curves: by its place in the
+    registry of its task (so one detector has one colour on every page)."""
+    from matplotlib import colormaps
+
+    from ..models.registry import get_entry, model_names
+
+    colours = [colormaps[name](k) for name, count in PALETTES for k in range(count)]
+    return colours[model_names(get_entry(model).task).index(model) % len(colours)]
+
 
 def training_curves(runs: Sequence[Run], metric: str = "train_loss", title: str = "", ylabel: str = "") -> Any:
-    """A matplotlib figure of `metric` per epoch (from each record's history), one colour per model;
-    epochs where the metric was not measured (None) are left out of the line."""
+    """A matplotlib figure of `metric` per epoch (from each record's history), one colour per model
+    (`model_colour`); epochs where the metric was not measured (None) are left out of the line."""
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(6.0, 3.6))
-    colours = {}
+    shown: set[str] = set()
     for config, record in runs:
         if record is None:
             continue
         history = record_value(record, "history") or []
         measured = [(n, epoch[metric]) for n, epoch in enumerate(history, 1) if epoch.get(metric) is not None]
-        label = None if config["model"] in colours else config["model"]  # one legend entry per model
-        colour = colours.setdefault(config["model"], f"C{len(colours) % 10}")
+        label = None if config["model"] in shown else config["model"]  # one legend entry per model
+        shown.add(config["model"])
+        colour = model_colour(config["model"])
         ax.plot([n for n, _ in measured], [v for _, v in measured],
                 color=colour, lw=1.2, alpha=0.8, label=label, marker="o", ms=2.5)
         if record["status"] == "diverged":
