@@ -7,20 +7,17 @@ from typing import Any
 
 from ..tables import Run, record_value
 
-# matplotlib's tab10, then Dark2's eight: a model's colour is fixed by its place in the registry
-# (`model_colour`), so that it is the same on every page
-PALETTES = (("tab10", 10), ("Dark2", 8))
+# matplotlib's tab10 ("C0".."C9"), then black and Dark2's colours least like tab10's: a model's
+# colour is fixed by its place in the registry (`model_colour`), so that it is the same on every page
+PALETTE = (*(f"C{k}" for k in range(10)), "black", "#e7298a", "#e6ab02", "#7570b3", "#a6761d", "#66a61e")
 
 
 def model_colour(model: str) -> Any:
     """The colour of registered model `model` in every figure of curves: by its place in the
     registry of its task (so one detector has one colour on every page)."""
-    from matplotlib import colormaps
-
     from ..models.registry import get_entry, model_names
 
-    colours = [colormaps[name](k) for name, count in PALETTES for k in range(count)]
-    return colours[model_names(get_entry(model).task).index(model) % len(colours)]
+    return PALETTE[model_names(get_entry(model).task).index(model) % len(PALETTE)]
 
 
 def training_curves(runs: Sequence[Run], metric: str = "train_loss", title: str = "", ylabel: str = "") -> Any:
