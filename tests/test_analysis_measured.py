@@ -208,3 +208,27 @@ def test_a_gradient_below_the_least_float64_is_measured_by_its_log():
     spectrum = measured_gradient_spectrum(model, torch.randn(2, *SHAPE, dtype=torch.float64), torch.tensor([0, 1]))
     a = spectrum[(spectrum.layer == "a") & (spectrum.timestamp == 6)].iloc[0]
     assert a.grad_norm == 0.0 and -1500 < a.log2_grad_norm < -1100  # about 1e-400: 2 ** -1330
+
+
+class SeveralOutputs(nn.Module):
+    """Returns a dict holding a tensor and a tuple, as a model output does: logits through one more
+    Linear, an auxiliary head, and an argmax (an integer output, no gradient)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.deep, self.head, self.aux = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 3), nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        logits = self.head(torch.tanh(self.deep(h)))
+        return {"logits": logits, "aux": (self.aux(h), logits.argmax(-1))}
+
+
+def test_the_check_reads_every_output_of_a_model_returning_several():
+    from gradpath_lib.analysis.measured import structure_check
+
+    model = SeveralOutputs()
+    report = analyze_model(model, (4,))
+    assert report.parameters.set_index("module").loc["a", "timestamps"] == (2, 3)  # by the aux head and the logits
+    check = structure_check(model, (4,), report=report)
+    assert check.agrees.all() and len(check) == 4, check.to_string()

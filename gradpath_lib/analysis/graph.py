@@ -263,14 +263,14 @@ def _overlaps(a: torch.Tensor, b: torch.Tensor) -> bool:
     return bool(used.as_strided(b.shape, b.stride(), b.storage_offset()).any())
 
 
-def _tensors(value: Any) -> list[torch.Tensor]:
+def tensors_in(value: Any) -> list[torch.Tensor]:
     """Every tensor in a (nested) tuple, list or dict of outputs."""
     if isinstance(value, torch.Tensor):
         return [value]
     if isinstance(value, (tuple, list)):
-        return [t for v in value for t in _tensors(v)]
+        return [t for v in value for t in tensors_in(v)]
     if isinstance(value, dict):
-        return [t for v in value.values() for t in _tensors(v)]
+        return [t for v in value.values() for t in tensors_in(v)]
     return []
 
 
@@ -310,7 +310,7 @@ class _ChannelTracer(fx.Interpreter):
             self.shapes[n] = result.shape
         if n.op == "output":
             self._consume(LOSS, n.args[0], n)
-        elif not _tensors(result):
+        elif not tensors_in(result):
             self.values[n] = None
         else:
             try:
@@ -894,7 +894,7 @@ class _ChannelTracer(fx.Interpreter):
         for node, value in self.env.items():
             if value is x:
                 self.values[node] = new
-            elif traced and any(_overlaps(t, x) for t in _tensors(value)):
+            elif traced and any(_overlaps(t, x) for t in tensors_in(value)):
                 raise _unsupported(n, f"{what} into a tensor that {node.name!r}, still to be used, views "
                                       "(that tensor changes too)")
         self.layer_graph.assigns |= traced
@@ -1322,7 +1322,7 @@ def _autograd_run(model: nn.Module, x: torch.Tensor) -> tuple[dict[tuple[str, in
 
 def _reached_nodes(model: nn.Module, output: Any) -> set[Any]:
     """The autograd nodes reachable backward from `output`; a custom Function among them is an error."""
-    stack = [t.grad_fn for t in _tensors(output)]
+    stack = [t.grad_fn for t in tensors_in(output)]
     seen: set[Any] = set()
     while stack:
         node = stack.pop()
@@ -1354,8 +1354,8 @@ def _check_same_output(model: nn.Module, traced: Any, output: Any) -> None:
     """Raise unless the traced graph's output (`traced`) is the model's own (`output`), up to float
     rounding: the graph misses what changes a tensor under another name (`z = y; z += 1` is traced
     as `z = y + 1`, so later uses of y do not see it)."""
-    pairs = list(zip(_tensors(traced), _tensors(output)))
-    if len(pairs) != len(_tensors(output)) or not all(_close(a, b.detach()) for a, b in pairs):
+    pairs = list(zip(tensors_in(traced), tensors_in(output)))
+    if len(pairs) != len(tensors_in(output)) or not all(_close(a, b.detach()) for a, b in pairs):
         raise GradpathError(
             f"the graph traced from {type(model).__name__} computes another output than the model itself: "
             "it changes a tensor in place under another name (`z = y; z += 1` is traced as z = y + 1, so "

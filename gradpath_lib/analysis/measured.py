@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterator
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import pandas as pd
 import torch
@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import GradpathError
-from .graph import example_input
+from .graph import example_input, tensors_in
 from .layer_calls import Position, weighted_calls
 from .paths import GradientPathReport, analyze_model
 from .unroll import unfused_attention, unroll_modules
@@ -72,6 +72,11 @@ class Step(NamedTuple):
     exponent: int
 
 
+def _on(labels: Any, device: torch.device) -> Any:
+    """`labels` (a tensor, or a list of them) on `device`."""
+    return [_on(x, device) for x in labels] if isinstance(labels, (list, tuple)) else labels.to(device)
+
+
 def timestamp_steps(
     model: nn.Module, images: torch.Tensor, labels: torch.Tensor, loss_fn: LossFn = F.cross_entropy,
     steps: int | None = None, rescale: bool = False, copies: bool = False,
@@ -90,14 +95,17 @@ def timestamp_steps(
     model.eval()
     try:
         with _cut_at_weighted_inputs(model, copies) as (outputs, cuts):
-            logits = model(images.to(device))
-        if not isinstance(logits, torch.Tensor):
-            raise GradpathError("the measured spectrum needs a model returning one logits tensor")
-        first = logits.detach().to(torch.promote_types(logits.dtype, torch.float32)).requires_grad_()
-        (dlogits,) = torch.autograd.grad(loss_fn(first, labels.to(device)), first)
+            returned = model(images.to(device))
+        floats = [t for t in tensors_in(returned) if t.is_floating_point()]
+        firsts = [t.detach().to(torch.promote_types(t.dtype, torch.float32)).requires_grad_() for t in floats]
+        # one output: the loss of it; several (a tuple, a dict, a model output): the loss of their list
+        loss = loss_fn(firsts[0] if isinstance(returned, torch.Tensor) else firsts, _on(labels, device))
+        carried = [(t, g.to(t.dtype)) for t, g in zip(floats, torch.autograd.grad(loss, firsts)) if t.requires_grad]
+        if not carried:
+            raise GradpathError("the measured spectrum needs a model returning a tensor that carries gradient")
+        heads, incoming = [t for t, _ in carried], [g for _, g in carried]
         keys = list(outputs)
         targets = [outputs[k] for k in keys] + [copy for _, copy in cuts]
-        heads, incoming = [logits], [dlogits.to(logits.dtype)]
         step, exponent = 0, 0
         while heads and (steps is None or step < steps):
             grads = torch.autograd.grad(heads, targets, incoming, retain_graph=True, allow_unused=True)
@@ -241,11 +249,15 @@ def structure_check(model: nn.Module, input_shape: tuple[int, ...], input_dtype:
             except RuntimeError:  # a model that casts its own tensors to float32 runs in float32
                 if dtype == torch.float32:
                     raise
-        if not isinstance(outputs, torch.Tensor):
-            raise GradpathError(f"the measured check needs a model returning one tensor, not {type(outputs).__name__}")
-        weights = torch.randn(outputs.shape, generator=gen, dtype=torch.float64)
-        spectrum = measured_gradient_spectrum(model, inputs, weights, report=report,
-                                              loss_fn=lambda out, w: (out.double() * w).sum())
+        returned = [t for t in tensors_in(outputs) if t.is_floating_point()]
+        if not returned:
+            raise GradpathError(f"the measured check needs a model returning a float tensor, not {type(outputs).__name__}")
+        weights = [torch.randn(t.shape, generator=gen, dtype=torch.float64) for t in returned]
+
+        def loss_fn(out: Any, w: list[torch.Tensor]) -> torch.Tensor:  # a random linear function of every output
+            return sum((t.double() * wt).sum() for t, wt in zip(out if isinstance(out, list) else [out], w))
+
+        spectrum = measured_gradient_spectrum(model, inputs, weights, report=report, loss_fn=loss_fn)
     arrived = spectrum.log2_grad_norm > -math.inf
     measured = spectrum[arrived].groupby(["layer", "group_start"]).timestamp.apply(tuple).to_dict()
     rows = []
