@@ -118,3 +118,46 @@ def test_check_fails_and_names_the_groups_whose_gradient_differs(tmp_path, monke
                                  "timestamps; 2 get none at some timestamps of their paths")
     assert summary[0].endswith("These differ:") and "no path has" not in summary[0]
     assert summary[2].split() == ["proj", "0", "4", "2-3", "2"]  # structural 2-3, measured: none
+
+
+def test_figures_draw_the_measured_timestamps_and_mark_the_groups_that_differ(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import to_rgba
+
+    from gradpath_lib.analysis import analyze_model
+    from gradpath_lib.analysis.figures import timestamps_figure
+    from gradpath_lib.analysis.measured import structure_check
+
+    (tmp_path / "my_user_net.py").write_text(USER_MODULE)
+    monkeypatch.chdir(tmp_path)
+    status, _ = run_cli("analyze", "my_user_net:DeadGate", "--input", "3x8x8", "--check", "--figures", "figs")
+    assert status == 1  # the check still decides the exit status
+    assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == [
+        "my_user_net-DeadGate_path_lengths.png", "my_user_net-DeadGate_sources.png",
+        "my_user_net-DeadGate_timestamps.png"]
+
+    import my_user_net
+
+    model = my_user_net.DeadGate()
+    report = analyze_model(model, (3, 8, 8))
+    fig = timestamps_figure({"gate": report}, checks={"gate": structure_check(model, (3, 8, 8), report=report)})
+    red = {t.get_text() for t in fig.axes[0].get_yticklabels() if t.get_color() == "tab:red"}
+    assert red == {"proj", "mix"}  # the two groups the dead gate starves (see the test above)
+    rings = [c for c in fig.axes[0].collections if c.get_label() == "measured gradient"]
+    assert len(rings) == 1 and to_rgba("tab:orange") == tuple(rings[0].get_edgecolor()[0])
+    plt.close(fig)
+
+
+def test_figures_of_a_model_with_many_groups_label_every_kth_row():
+    import matplotlib.pyplot as plt
+
+    from gradpath_lib.analysis import analyze_model
+    from gradpath_lib.analysis.figures import MAX_LABELLED_ROWS, group_labels, timestamps_figure
+    from torch import nn
+
+    deep = nn.Sequential(*[nn.Linear(4, 4) for _ in range(2 * MAX_LABELLED_ROWS + 5)])
+    report = analyze_model(deep, (4,))
+    fig = timestamps_figure({"deep": report})
+    ticks = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert ticks == group_labels(report)[::3] and len(ticks) <= MAX_LABELLED_ROWS
+    plt.close(fig)

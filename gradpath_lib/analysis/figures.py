@@ -24,9 +24,10 @@ FIG9_MODELS = ("resnet-deep", "resnet-sg-identity", "resnet-sg-block", "plain-de
 SPECTRUM_MODELS = ("resnet", "prn", "plain", "csp-resnet", "elan", "vovnet-deep", "vovnet-deep-planned")
 SPECTRUM_BATCH = 64  # test images per measured spectrum (held in one forward pass)
 SMALL_SCALE = "smoke"  # Figs. 7 and 8 draw every layer: the smallest registry presets stay legible
-PANEL_WIDTH, ROW_HEIGHT = 4.0, 0.22  # inches per model panel and per drawn group row
+PANEL_WIDTH, ROW_HEIGHT = 4.0, 0.22  # inches per model panel (at least) and per drawn group row
 PANEL_COLUMNS = 2  # panels per row of a figure
 LABEL_SIZE = 7  # points, of the layer names on the axes
+MAX_LABELLED_ROWS = 60  # a panel with more group rows (or source columns) labels every k-th; it grows no taller
 PEAK_RTOL = 1e-6  # shares within this relative distance of the largest count as tied for a spectrum's peak
 
 
@@ -55,41 +56,74 @@ def group_labels(report: GradientPathReport) -> list[str]:
             for r, s in zip(layers.itertuples(), split)]
 
 
-def _panels(count: int, rows: int) -> tuple[Any, Any]:
+def _panels(count: int, rows: int, columns_drawn: int = 0) -> tuple[Any, Any]:
     """A figure of `count` panels, `PANEL_COLUMNS` a row (so that a page shows them large enough to
-    read), each tall enough for `rows` labelled rows; the unused panels are hidden."""
+    read), each tall enough for `rows` labelled rows and wide enough for `columns_drawn` labelled
+    columns; the unused panels are hidden."""
     import matplotlib.pyplot as plt
 
     columns = min(count, PANEL_COLUMNS)
     grid_rows = -(-count // columns)
-    height = max(3.0, ROW_HEIGHT * rows)
-    fig, axes = plt.subplots(grid_rows, columns, figsize=(PANEL_WIDTH * columns, height * grid_rows), squeeze=False)
+    height = max(3.0, ROW_HEIGHT * min(rows, MAX_LABELLED_ROWS))
+    width = max(PANEL_WIDTH, ROW_HEIGHT * min(columns_drawn, MAX_LABELLED_ROWS))
+    fig, axes = plt.subplots(grid_rows, columns, figsize=(width * columns, height * grid_rows), squeeze=False)
     for ax in axes.flat[count:]:
         ax.set_visible(False)
     return fig, axes.flat[:count]
 
 
-def timestamps_figure(reports: Mapping[str, GradientPathReport], out_dir: str | Path | None = None) -> Any:
-    """Fig. 7: which layer / channel group receives gradient at which backward step."""
+def _thinned(labels: list[str]) -> tuple[range, list[str]]:
+    """Tick positions and labels: all of them, or every k-th when there are more than
+    `MAX_LABELLED_ROWS` (a large model's hundreds of groups)."""
+    step = -(-len(labels) // MAX_LABELLED_ROWS)
+    return range(0, len(labels), step), labels[::step]
+
+
+def measured_timestamps(report: GradientPathReport, check: pd.DataFrame) -> pd.DataFrame:
+    """`check` (`measured.structure_check` of the model of `report`) in the order of the report's
+    group rows: columns measured and agrees."""
+    keys = report.layers[["layer", "group_start"]]
+    return keys.merge(check[["layer", "group_start", "measured", "agrees"]], how="left", on=["layer", "group_start"])
+
+
+def timestamps_figure(reports: Mapping[str, GradientPathReport], out_dir: str | Path | None = None, *,
+                      checks: Mapping[str, pd.DataFrame] | None = None,
+                      name: str = "fig7_gradient_timestamps") -> Any:
+    """Fig. 7: which layer / channel group receives gradient at which backward step. For a model
+    with a `structure_check` in `checks`, the measured timestamps are drawn as rings over the
+    structural dots, and the groups where they differ are labelled in red."""
     fig, axes = _panels(len(reports), max(len(r.groups) for r in reports.values()))
-    for ax, (name, report) in zip(axes, reports.items()):
+    for ax, (model, report) in zip(axes, reports.items()):
         labels = group_labels(report)
         for row, stamps in enumerate(report.layers.timestamps):
-            ax.scatter(stamps, [row] * len(stamps), s=18, color="tab:blue")
-        ax.set_yticks(range(len(labels)), labels, fontsize=LABEL_SIZE)
+            ax.scatter(stamps, [row] * len(stamps), s=18, color="tab:blue",
+                       label="structural (a path of that length)" if row == 0 else None)
+        ticks, tick_labels = _thinned(labels)
+        ax.set_yticks(ticks, tick_labels, fontsize=LABEL_SIZE)
+        if checks is not None and model in checks:
+            measured = measured_timestamps(report, checks[model])
+            for row, stamps in enumerate(measured.measured):
+                ax.scatter(stamps, [row] * len(stamps), s=60, facecolors="none", edgecolors="tab:orange",
+                           label="measured gradient" if row == 0 else None)
+            for tick, row in zip(ax.get_yticklabels(), ticks):
+                if not measured.agrees.iloc[row]:
+                    tick.set_color("tab:red")
+            ax.legend(fontsize=LABEL_SIZE, loc="lower right")
         ax.invert_yaxis()
         ax.set_xlabel("gradient timestamp (backward step)")
         ax.set_ylabel("layer [channel group]", fontsize=LABEL_SIZE + 1)
-        ax.set_title(name)
+        ax.set_title(model)
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    return _save(fig, out_dir, "fig7_gradient_timestamps")
+    return _save(fig, out_dir, name)
 
 
-def sources_figure(reports: Mapping[str, GradientPathReport], out_dir: str | Path | None = None) -> Any:
+def sources_figure(reports: Mapping[str, GradientPathReport], out_dir: str | Path | None = None,
+                   name: str = "fig8_gradient_sources") -> Any:
     """Fig. 8: the gradient sources of every group at its first timestamp (rows receive from columns)."""
-    fig, axes = _panels(len(reports), max(len(r.groups) for r in reports.values()))
-    for ax, (name, report) in zip(axes, reports.items()):
+    fig, axes = _panels(len(reports), max(len(r.groups) for r in reports.values()),
+                        max(len(r.graph.positions) + 1 for r in reports.values()))
+    for ax, (model, report) in zip(axes, reports.items()):
         labels = group_labels(report)
         columns = [p.name for p in report.graph.positions] + [LOSS_NAME]
         grid = torch.zeros(len(labels), len(columns))
@@ -97,14 +131,14 @@ def sources_figure(reports: Mapping[str, GradientPathReport], out_dir: str | Pat
             for source in sources:
                 grid[row, columns.index(source)] = 1
         ax.imshow(grid.numpy(), cmap="Greys", aspect="auto", interpolation="nearest")
-        ax.set_yticks(range(len(labels)), labels, fontsize=LABEL_SIZE)
-        ax.set_xticks(range(len(columns)), columns, fontsize=LABEL_SIZE, rotation=90)
+        ax.set_yticks(*_thinned(labels), fontsize=LABEL_SIZE)
+        ax.set_xticks(*_thinned(columns), fontsize=LABEL_SIZE, rotation=90)
         ax.set_ylabel("receiving group", fontsize=LABEL_SIZE + 1)
         ax.set_xlabel("gradient source", fontsize=LABEL_SIZE + 1)
-        ax.set_title(name)
+        ax.set_title(model)
     fig.suptitle("Gradient sources at each group's first timestamp (black: the row receives from the column)")
     fig.tight_layout()
-    return _save(fig, out_dir, "fig8_gradient_sources")
+    return _save(fig, out_dir, name)
 
 
 def layer_path_lengths(report: GradientPathReport) -> pd.DataFrame:

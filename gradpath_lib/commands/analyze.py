@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import re
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import torch
@@ -15,6 +17,9 @@ from torch import nn
 from ..errors import GradpathError
 from ..models.reference import REFERENCE_NETS
 from ..scales import SCALES
+
+if TYPE_CHECKING:
+    from ..analysis.paths import GradientPathReport
 
 FORMATS = ("table", "csv", "json")
 LIST_COLUMNS = ("timestamps", "sources_at_first")  # tuple cells, written space-separated in CSV
@@ -39,6 +44,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--check", action="store_true",
                         help="also measure where gradient arrives (a float64 spectrum on random inputs) and "
                              "check every channel group's timestamps against it; exit 1 if any differ")
+    parser.add_argument("--figures", metavar="DIR", type=Path, default=None,
+                        help="also draw the model's gradient timestamps (with the measured ones under "
+                             "--check), sources and path lengths as PNG files in DIR, as the book's Figs. 7-9")
     parser.set_defaults(func=run)
 
 
@@ -119,6 +127,9 @@ def run(args: argparse.Namespace) -> int:
         from ..analysis.measured import structure_check
 
         check = structure_check(build(), parse_shape(shape), torch.long if tokens else torch.float32, report=report)
+    if args.figures is not None:
+        written = write_figures(figure_stem(args.model), report, check, args.figures)
+        print("figures: " + ", ".join(map(str, written)), file=sys.stderr)
     layers = report.layers
     if args.format == "json":
         payload = {"model": args.model, "input": shape, "tokens": tokens, "network": report.network,
@@ -142,6 +153,33 @@ def run(args: argparse.Namespace) -> int:
     if args.format != "json":
         print(check_summary(check), file=sys.stderr if args.format == "csv" else sys.stdout)
     return 0 if check.agrees.all() else 1
+
+
+def figure_stem(spec: str) -> str:
+    """A file name stem for a model given as `spec` (`mypkg.mod:build` -> `mypkg.mod-build`)."""
+    return re.sub(r"[^\w.-]+", "-", spec).strip("-.") or "model"
+
+
+def write_figures(stem: str, report: GradientPathReport, check: pd.DataFrame | None, out_dir: Path) -> list[Path]:
+    """Draw one model's timestamps (with `check`'s measured ones), sources and path lengths into
+    `out_dir` as `<stem>_timestamps.png`, `<stem>_sources.png`, `<stem>_path_lengths.png`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..analysis.figures import path_lengths_figure, sources_figure, timestamps_figure
+
+    reports = {stem: report}
+    checks = None if check is None else {stem: check}
+    drawn = {"timestamps": lambda name: timestamps_figure(reports, out_dir, checks=checks, name=name),
+             "sources": lambda name: sources_figure(reports, out_dir, name),
+             "path_lengths": lambda name: path_lengths_figure(reports, out_dir, name)}
+    written = []
+    for kind, draw in drawn.items():
+        plt.close(draw(f"{stem}_{kind}"))
+        written.append(out_dir / f"{stem}_{kind}.png")
+    return written
 
 
 def check_summary(check: pd.DataFrame) -> str:
