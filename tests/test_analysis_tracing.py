@@ -4,6 +4,8 @@ is still refused, and nothing a model caches while traced stays behind."""
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -194,3 +196,47 @@ def test_a_module_made_in_forward_is_traced_through_when_it_holds_no_weights():
     assert_structure_is_measured(model, (3, 8, 8), report=report)
     with pytest.raises(GradpathError, match="a Linear with parameters or buffers made in forward"):
         analyze_model(MadeInForward(nn.Linear), (3, 8, 8))
+
+
+def _takes_any_arguments(forward):
+    """A decorator as Hugging Face's (`can_return_tuple`): `*args, **kwargs` hide forward's own."""
+
+    @functools.wraps(forward)
+    def wrapper(self, *args, **kwargs):
+        output = forward(self, *args, **kwargs)
+        return tuple(output.values()) if kwargs.get("return_dict") is False else output
+
+    return wrapper
+
+
+class KeyCache:
+    """A language model's key cache: starts as a 1-d empty tensor that `torch.cat` skips."""
+
+    def __init__(self) -> None:
+        self.keys = torch.tensor([])
+
+    def update(self, keys: torch.Tensor) -> torch.Tensor:
+        self.keys = torch.cat([self.keys, keys], dim=-2)
+        return self.keys
+
+
+class Decorated(nn.Module):
+    """Tokens × features in, a dict out holding the logits and a cache (not a tensor)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(C, C), nn.Linear(C, 3)
+
+    @_takes_any_arguments
+    def forward(self, x, mask=None, use_cache=True):
+        cache = KeyCache() if use_cache else None
+        keys = self.a(x) if cache is None else cache.update(self.a(x))
+        return {"logits": self.b(keys), "cache": cache}
+
+
+def test_a_forward_behind_a_decorator_taking_any_arguments_is_traced_as_it_runs():
+    model = Decorated().eval()
+    report = analyze_model(model, (5, C))
+    assert timestamps(report, "a") == [(2,)] and timestamps(report, "b") == [(1,)]
+    assert type(model) is Decorated and isinstance(model(torch.randn(1, 5, C))["cache"], KeyCache)
+    assert_structure_is_measured(model, (5, C), report=report)

@@ -801,7 +801,9 @@ class _ChannelTracer(fx.Interpreter):
     def _concat(self, n: fx.Node, result: torch.Tensor) -> ChannelMap:
         """torch.cat along the channels, or along another dim (see `_joined`)."""
         dim = _dim_arg(n, 1, 0) % result.ndim
-        return self._joined(n, list(self._value(n.args[0])), [self.shapes[t] for t in n.args[0]], dim)
+        parts = [(v, self.shapes[t]) for v, t in zip(self._value(n.args[0]), n.args[0])
+                 if self.shapes[t] != (0,) or result.ndim == 1]  # torch.cat skips a 1-d empty tensor (an empty cache)
+        return self._joined(n, [v for v, _ in parts], [shape for _, shape in parts], dim)
 
     def _joined(self, n: fx.Node, values: list[Any], shapes: list[tuple[int, ...]], dim: int) -> ChannelMap:
         """The map of `values` (maps, or constants: None or _Constant) of `shapes` joined along `dim`.

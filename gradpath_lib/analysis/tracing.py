@@ -152,16 +152,52 @@ def _attributes_kept(model: nn.Module) -> Iterator[None]:
             vars(m).update(attrs)
 
 
+def _recorded_outputs(value: Any) -> Any:
+    """The traced tensors of a model's output, kept in plain tuples and dicts; other objects (a
+    language model's key-value cache, a None) dropped: torch.fx records tensors only, and they
+    are the outputs a loss reads (as `graph.tensors_in` takes them from the model's own output)."""
+    if isinstance(value, (torch.Tensor, fx.Proxy)):
+        return value
+    if isinstance(value, (tuple, list)):
+        kept = (_recorded_outputs(v) for v in value)
+        return tuple(v for v in kept if v is not None) or None
+    if isinstance(value, dict):
+        kept = {k: _recorded_outputs(v) for k, v in value.items()}
+        return {k: v for k, v in kept.items() if v is not None} or None
+    return None
+
+
+@contextlib.contextmanager
+def _plain_forward(model: nn.Module) -> Iterator[None]:
+    """While tracing, give a model whose `forward` is wrapped by a decorator taking `*args,
+    **kwargs` (Hugging Face's `can_return_tuple`, `check_model_inputs`), which hides its parameters
+    from torch.fx, a one-input `forward` that calls it; the model is its class again afterwards."""
+    cls = type(model)
+    if not hasattr(cls.forward, "__wrapped__"):
+        yield
+        return
+
+    def forward(self: nn.Module, x: torch.Tensor) -> Any:
+        return _recorded_outputs(cls.forward(self, x))
+
+    model.__class__ = type(cls.__name__, (cls,), {"forward": forward, "__module__": cls.__module__,
+                                                  "__qualname__": cls.__qualname__})
+    try:
+        yield
+    finally:
+        model.__class__ = cls
+
+
 def symbolic_trace(model: nn.Module, example: torch.Tensor) -> fx.GraphModule:
     """The fx graph of `model` (in eval mode, as the analysis runs it) called on `example`."""
     name = type(model).__name__
     try:
-        with _attributes_kept(model):
+        with _attributes_kept(model), _plain_forward(model):
             return fx.GraphModule(model, _Tracer().trace(model, _defaults(model)), name)
     except Exception as err:  # fx raises many types; all mean "cannot be traced statically"
         symbolic_error = err
     try:
-        with torch.no_grad(), _attributes_kept(model):
+        with torch.no_grad(), _attributes_kept(model), _plain_forward(model):
             return fx.GraphModule(model, _ValueTracer((example,)).trace(model, _defaults(model)), name)
     except Exception as err:
         raise GradpathError(
