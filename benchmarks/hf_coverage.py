@@ -5,7 +5,8 @@
 Needs `transformers` (with `huggingface_hub` and `safetensors`), which this project does not
 depend on. Builds each architecture untrained from a tiny config (2 layers, 32 features, eager
 attention), wrapped so that it returns one tensor (its logits, or its last hidden state), and
-analyses it (`analyze_model`) on 8 token ids or a 3 x 32 x 32 image; with `--check` it also
+analyses it (`analyze_model`) on 8 token ids or a 3 x 32 x 32 image, then the model as it is, on
+the input alone (every tensor of its output counts: the `direct_*` columns); with `--check` it also
 compares every channel group's timestamps with the measured ones (`structure_check`). Each model
 runs in a process of its own (`timm_coverage.coverage_main`). Prints one row per model and writes
 them as CSV.
@@ -119,9 +120,13 @@ def _analysis(name: str) -> dict:
         net = analyze_model(model, shape, dtype).network
     except Exception as err:  # noqa: BLE001 - the message is the result
         return {"analysed": False, "error": str(err).split(";")[0][:200]}
-    return {"analysed": True, "weighted_layers": net["n_weighted_layers"], "groups": net["n_groups"],
-            "longest_shortest_path": net["longest_shortest_path"], "longest_path": net["longest_path"],
-            "seconds": round(time.time() - start, 1)}
+    row = {"analysed": True, "weighted_layers": net["n_weighted_layers"], "groups": net["n_groups"],
+           "longest_shortest_path": net["longest_shortest_path"], "longest_path": net["longest_path"],
+           "seconds": round(time.time() - start, 1)}
+    try:
+        return {**row, "direct_groups": analyze_model(model.model, shape, dtype).network["n_groups"]}
+    except Exception as err:  # noqa: BLE001
+        return {**row, "direct_error": str(err).split(";")[0][:200]}
 
 
 def _check(name: str) -> dict:
@@ -132,8 +137,12 @@ def _check(name: str) -> dict:
     warnings.filterwarnings("ignore")
     start = time.time()
     model, shape, dtype = _build(name)
-    result = structure_check(model, shape, dtype)
-    return {"groups_agreeing": int(result.agrees.sum()), "check_seconds": round(time.time() - start, 1)}
+    row = {"groups_agreeing": int(structure_check(model, shape, dtype).agrees.sum())}
+    try:
+        row["direct_groups_agreeing"] = int(structure_check(model.model, shape, dtype).agrees.sum())
+    except Exception:  # noqa: BLE001 - the analysis row already names why
+        pass
+    return row | {"check_seconds": round(time.time() - start, 1)}
 
 
 if __name__ == "__main__":

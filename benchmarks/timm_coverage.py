@@ -116,10 +116,11 @@ def coverage_main(description: str, models: list[str], analysis: Any, check: Any
     frame.to_csv(args.out, index=False)
     analysed = frame.get("analysed", pd.Series(False, index=frame.index)).fillna(False).astype(bool)
     print(f"analysed {int(analysed.sum())} of {len(frame)} models; wrote {args.out}")
-    if args.check and "groups_agreeing" in frame:
-        checked = frame.dropna(subset=["groups_agreeing"])
-        exact = checked[checked.groups_agreeing == checked.groups]
-        print(f"measured check: {len(exact)} of {len(checked)} checked models agree in every channel group")
+    for prefix, what in (("", "models"), ("direct_", "models as they are")):  # direct_: hf_coverage's unwrapped models
+        if args.check and f"{prefix}groups_agreeing" in frame:
+            checked = frame.dropna(subset=[f"{prefix}groups_agreeing"])
+            exact = checked[checked[f"{prefix}groups_agreeing"] == checked[f"{prefix}groups"]]
+            print(f"measured check: {len(exact)} of {len(checked)} checked {what} agree in every channel group")
 
 
 if __name__ == "__main__":
