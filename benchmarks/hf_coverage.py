@@ -7,7 +7,8 @@ depend on. Builds each architecture untrained from a tiny config (2 layers, 32 f
 attention), wrapped so that it returns one tensor (its logits, or its last hidden state), and
 analyses it (`analyze_model`) on 8 token ids or a 3 x 32 x 32 image, then the model as it is, on
 the input alone (every tensor of its output counts: the `direct_*` columns); with `--check` it also
-compares every channel group's timestamps with the measured ones (`structure_check`). Each model
+compares every channel group's timestamps with the measured ones (`structure_check`). BLOOM's
+custom autograd GELU is analysed with `trust_custom_backward` (the check measures its backward). Each model
 runs in a process of its own (`timm_coverage.coverage_main`). Prints one row per model and writes
 them as CSV.
 """
@@ -24,6 +25,7 @@ TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "in
 TEXT = {"vocab_size": 100, "max_position_embeddings": 32}
 EAGER = {"attn_implementation": "eager"}
 CAUSAL = {"use_cache": False}
+TRUSTED_BACKWARD = {"bloom"}  # its GELU is a custom autograd Function whose backward is GELU's derivative
 # name: (model class, config class, config kwargs, output field, input, extra forward kwargs)
 MODELS: dict[str, tuple[str, str, dict[str, Any], str, tuple[int, ...], dict[str, Any]]] = {
     "bert": ("BertForSequenceClassification", "BertConfig", {**TEXT, **TINY, **EAGER, "num_labels": 3},
@@ -108,23 +110,28 @@ def _build(name: str) -> tuple[Any, tuple[int, ...], Any]:
     return OneOutput().eval(), shape, torch.long if shape == TOKENS else torch.float32
 
 
+def _report(name: str, model: Any, shape: tuple[int, ...], dtype: Any) -> Any:
+    from gradpath_lib.analysis import analyze_model
+
+    return analyze_model(model, shape, dtype, trust_custom_backward=name in TRUSTED_BACKWARD)
+
+
 def _analysis(name: str) -> dict:
     import warnings
-
-    from gradpath_lib.analysis import analyze_model
 
     warnings.filterwarnings("ignore")
     start = time.time()
     model, shape, dtype = _build(name)
     try:
-        net = analyze_model(model, shape, dtype).network
+        net = _report(name, model, shape, dtype).network
     except Exception as err:  # noqa: BLE001 - the message is the result
         return {"analysed": False, "error": str(err).split(";")[0][:200]}
-    row = {"analysed": True, "weighted_layers": net["n_weighted_layers"], "groups": net["n_groups"],
+    row = {"analysed": True, "trusted_custom_backward": name in TRUSTED_BACKWARD,
+           "weighted_layers": net["n_weighted_layers"], "groups": net["n_groups"],
            "longest_shortest_path": net["longest_shortest_path"], "longest_path": net["longest_path"],
            "seconds": round(time.time() - start, 1)}
     try:
-        return {**row, "direct_groups": analyze_model(model.model, shape, dtype).network["n_groups"]}
+        return {**row, "direct_groups": _report(name, model.model, shape, dtype).network["n_groups"]}
     except Exception as err:  # noqa: BLE001
         return {**row, "direct_error": str(err).split(";")[0][:200]}
 
@@ -137,9 +144,11 @@ def _check(name: str) -> dict:
     warnings.filterwarnings("ignore")
     start = time.time()
     model, shape, dtype = _build(name)
-    row = {"groups_agreeing": int(structure_check(model, shape, dtype).agrees.sum())}
+    row = {"groups_agreeing": int(structure_check(model, shape, dtype, report=_report(name, model, shape, dtype))
+                                  .agrees.sum())}
     try:
-        row["direct_groups_agreeing"] = int(structure_check(model.model, shape, dtype).agrees.sum())
+        direct = structure_check(model.model, shape, dtype, report=_report(name, model.model, shape, dtype))
+        row["direct_groups_agreeing"] = int(direct.agrees.sum())
     except Exception:  # noqa: BLE001 - the analysis row already names why
         pass
     return row | {"check_seconds": round(time.time() - start, 1)}

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from gradpath_lib.analysis import analyze_model
+from gradpath_lib.analysis.measured import structure_check
 from gradpath_lib.errors import GradpathError
 
 C = 4  # channels of every hand-built layer
@@ -413,8 +414,20 @@ class NoGrad(nn.Module):
 
 
 def test_custom_autograd_function_is_an_error_naming_it():
-    with pytest.raises(GradpathError, match="custom autograd Function 'FlipGrad'"):
+    with pytest.raises(GradpathError, match="custom autograd Function 'FlipGrad'.*--trust-custom-backward"):
         analyze_model(CustomFunction(), (3, 4, 4))
+
+
+def test_a_trusted_custom_backward_follows_the_forward_and_the_check_catches_one_that_does_not():
+    model = CustomFunction()
+    report = analyze_model(model, (3, 4, 4), trust_custom_backward=True)
+    a = report.layers[report.layers.layer == "a"]
+    assert a.group_start.tolist() == [0, C // 2]  # the forward's paths: a's first half through b
+    assert a.timestamps.tolist() == [(3,), (2,)]  # through b and the head, or the head alone
+    check = structure_check(model, (3, 4, 4), report=report)
+    # the backward flips the channels: a's halves get each other's gradient
+    assert check[check.layer == "a"].measured.tolist() == [(2,), (3,)]
+    assert check[check.layer != "a"].agrees.all()
 
 
 @pytest.mark.parametrize("where", ["layer", "activation"])

@@ -1322,19 +1322,22 @@ def _autograd_run(model: nn.Module, x: torch.Tensor) -> tuple[dict[tuple[str, in
             p.requires_grad_(False)
 
 
-def _reached_nodes(model: nn.Module, output: Any) -> set[Any]:
-    """The autograd nodes reachable backward from `output`; a custom Function among them is an error."""
+def _reached_nodes(model: nn.Module, output: Any, trust_custom_backward: bool = False) -> set[Any]:
+    """The autograd nodes reachable backward from `output`; a custom Function among them is an
+    error unless `trust_custom_backward` (its backward is then taken to follow its forward's ops)."""
     stack = [t.grad_fn for t in tensors_in(output)]
     seen: set[Any] = set()
     while stack:
         node = stack.pop()
         if node is None or node in seen:
             continue
-        if isinstance(node, BackwardCFunction):
+        if isinstance(node, BackwardCFunction) and not trust_custom_backward:
             name = type(node).__name__.removesuffix("Backward")
             raise GradpathError(
                 f"gradient path analysis does not support the custom autograd Function {name!r} in "
-                f"{type(model).__name__}: torch.fx traces its forward but cannot see its backward"
+                f"{type(model).__name__}: torch.fx traces its forward but cannot see its backward. If its "
+                "backward is the derivative of its forward (a memory-saving activation), analyse with "
+                "`--trust-custom-backward` (`trust_custom_backward=True`), and `--check` measures whether it is"
             )
         seen.add(node)
         stack += [child for child, _ in node.next_functions]
@@ -1365,12 +1368,13 @@ def _check_same_output(model: nn.Module, traced: Any, output: Any) -> None:
             "state that changes from call to call")
 
 
-def _check_autograd(model: nn.Module, graph: LayerGraph, x: torch.Tensor, traced: Any) -> None:
+def _check_autograd(model: nn.Module, graph: LayerGraph, x: torch.Tensor, traced: Any,
+                    trust_custom_backward: bool = False) -> None:
     """Raise unless the model computes the traced graph's output `traced` on `x` and autograd
-    reaches every position the traced graph connects to the loss."""
+    reaches every position the traced graph connects to the loss (`_reached_nodes`)."""
     nodes, output = _autograd_run(model, x)
     _check_same_output(model, traced, output)
-    seen = _reached_nodes(model, output)
+    seen = _reached_nodes(model, output, trust_custom_backward)
     reaching = _reaching_loss(graph)
     cut = [p.name for p in graph.positions if p.id in reaching and nodes.get((p.module, p.call)) not in seen]
     if cut:
@@ -1409,9 +1413,11 @@ def _same_random_draws(x: torch.Tensor) -> Iterator[None]:
 
 
 def trace_layers(model: nn.Module, input_shape: tuple[int, ...] = (3, 32, 32),
-                 input_dtype: torch.dtype = torch.float32) -> LayerGraph:
+                 input_dtype: torch.dtype = torch.float32, *, trust_custom_backward: bool = False) -> LayerGraph:
     """The weighted-layer DAG of `model` for one input of shape `input_shape` (without batch) and
-    `input_dtype` (an integer type: token ids for the model's `nn.Embedding`)."""
+    `input_dtype` (an integer type: token ids for the model's `nn.Embedding`). A custom autograd
+    Function is refused unless `trust_custom_backward`: its backward is then taken to follow the
+    ops of its forward, which is what torch.fx traces."""
     model = unroll_modules(model)
     x = example_input(model, input_shape, input_dtype)
     modes = {m: m.training for m in model.modules()}
@@ -1424,7 +1430,7 @@ def trace_layers(model: nn.Module, input_shape: tuple[int, ...] = (3, 32, 32),
                 traced = tracer.run(x.clone())
             if tracer.layer_graph.positions:
                 with _same_random_draws(x):
-                    _check_autograd(model, tracer.layer_graph, x.clone(), traced)
+                    _check_autograd(model, tracer.layer_graph, x.clone(), traced, trust_custom_backward)
     except GradpathError:
         raise
     except Exception as err:  # the model itself rejects the input

@@ -297,7 +297,10 @@ def gradient_paths(graph: LayerGraph) -> GradientPathReport:
 
 
 def analyze_model(model: nn.Module, input_shape: tuple[int, ...] = (3, 32, 32),
-                  input_dtype: torch.dtype = torch.float32) -> GradientPathReport:
+                  input_dtype: torch.dtype = torch.float32, *,
+                  trust_custom_backward: bool = False) -> GradientPathReport:
     """Structural gradient path analysis of `model` for one input of `input_shape` (no batch);
-    an integer `input_dtype` makes the input token ids for the model's `nn.Embedding`."""
-    return gradient_paths(trace_layers(model, tuple(input_shape), input_dtype))
+    an integer `input_dtype` makes the input token ids for the model's `nn.Embedding`. A custom
+    autograd Function is refused unless `trust_custom_backward` (`graph.trace_layers`)."""
+    return gradient_paths(trace_layers(model, tuple(input_shape), input_dtype,
+                                       trust_custom_backward=trust_custom_backward))

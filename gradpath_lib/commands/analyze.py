@@ -44,6 +44,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--check", action="store_true",
                         help="also measure where gradient arrives (a float64 spectrum on random inputs) and "
                              "check every channel group's timestamps against it; exit 1 if any differ")
+    parser.add_argument("--trust-custom-backward", action="store_true",
+                        help="take a custom autograd Function's backward to follow the ops of its forward "
+                             "(refused otherwise, since torch.fx sees only the forward); --check measures it")
     parser.add_argument("--figures", metavar="DIR", type=Path, default=None,
                         help="also draw the model's gradient timestamps (with the measured ones under "
                              "--check), sources and path lengths as PNG files in DIR, as the book's Figs. 7-9")
@@ -121,7 +124,9 @@ def run(args: argparse.Namespace) -> int:
             raise GradpathError("--tokens needs --input, the shape of the token ids without batch, e.g. 128")
         shape, tokens = args.input or "3x32x32", args.tokens
         model = resolve_model(args.model, args.scale)
-        report, build = analyze_model(model, parse_shape(shape), torch.long if tokens else torch.float32), lambda: model
+        dtype = torch.long if tokens else torch.float32
+        report = analyze_model(model, parse_shape(shape), dtype, trust_custom_backward=args.trust_custom_backward)
+        build = lambda: model  # noqa: E731 - the model the check measures, as reference_net above
     check = None
     if args.check:
         from ..analysis.measured import structure_check
