@@ -413,6 +413,36 @@ class NoGrad(nn.Module):
         return self.head(self.b(y))
 
 
+class MemorySavingSwish(torch.autograd.Function):
+    """x * sigmoid(x), saving only x (as timm's `SwishAutoFn`): its backward is its derivative."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * torch.sigmoid(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        s = torch.sigmoid(x)
+        return grad * s * (1 + x * (1 - s))
+
+
+class SwishNet(CustomFunction):
+    def forward(self, x):
+        y = MemorySavingSwish.apply(self.a(x))
+        return self.head(torch.cat([self.b(y[:, : C // 2]), y[:, C // 2 :]], 1))
+
+
+def test_a_trusted_custom_backward_that_is_the_derivative_agrees_with_the_measured_gradient():
+    model = SwishNet()
+    with pytest.raises(GradpathError, match="'MemorySavingSwish'"):
+        analyze_model(model, (3, 4, 4))
+    report = analyze_model(model, (3, 4, 4), trust_custom_backward=True)
+    assert report.layers[report.layers.layer == "a"].timestamps.tolist() == [(3,), (2,)]
+    assert structure_check(model, (3, 4, 4), report=report).agrees.all()
+
+
 def test_custom_autograd_function_is_an_error_naming_it():
     with pytest.raises(GradpathError, match="custom autograd Function 'FlipGrad'.*--trust-custom-backward"):
         analyze_model(CustomFunction(), (3, 4, 4))
