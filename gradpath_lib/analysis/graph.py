@@ -66,11 +66,9 @@ a difference is refused (both runs draw the same random numbers: a VAE's `randn_
 `zeros_like` and `new_zeros`, is a constant). Anything else that may move gradient between channels raises
 `GradpathError` naming it.
 
-fx records neither autograd's grad mode nor custom backward passes: it traces through
-`torch.no_grad()` blocks and into the forward of a custom `torch.autograd.Function`. So after
-tracing, the model runs once more with gradients enabled and its autograd graph is walked from
-the output: a custom Function in it raises `GradpathError` naming the Function, and so does a
-position that the traced graph connects to the loss but autograd does not reach.
+fx records neither autograd's grad mode nor custom backward passes, so after tracing the model
+runs once more with gradients enabled and its autograd graph is checked against the traced one
+(`autograd_check`). The graph built is a `layer_graph.LayerGraph`.
 """
 
 from __future__ import annotations
@@ -80,15 +78,13 @@ import math
 import operator
 from collections.abc import Iterator
 from collections import Counter
-from dataclasses import dataclass, field, replace
-from typing import Any, NamedTuple
+from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
-
-from torch.autograd.function import BackwardCFunction
 
 from ..errors import GradpathError
 from .channels import (
@@ -170,62 +166,13 @@ from .op_tables import (
     UNBINDS,
     WEIGHTED_MODULES,
 )
-from .layer_calls import einsum_form, einsum_subscripts, functional_weight, weight_owners, weighted_calls
+from .autograd_check import check_autograd
+from .layer_calls import einsum_form, einsum_subscripts, functional_weight, weight_owners
+from .layer_graph import LOSS, Edge, LayerGraph, Position, tensors_in
 from .tracing import symbolic_trace
 from .unroll import unfused_attention, unroll_modules
 
-LOSS = -2  # consumer id of the model's output (the loss)
 TRACE_BATCH = 1  # batch size of the shape-propagation run (in eval mode, so BatchNorm accepts 1)
-
-@dataclass(frozen=True)
-class Position:
-    """One call of a weighted module: its id, module name, call index, output channels, module
-    type, the dimension of its output tensor that holds those channels, the name of the module
-    whose weight it uses (itself, unless the weight is tied to an earlier module's, as a language
-    model ties its output layer to its token embedding), the rank of its output, and how many
-    copies of its output channels the analysis tells apart (more than 1 when its input differs
-    along token positions or folded heads: copy j's channels are slots
-    [j * out_channels, (j + 1) * out_channels) of the edges)."""
-
-    id: int
-    module: str
-    call: int
-    out_channels: int
-    kind: str
-    axis: int = 1
-    parameter: str = ""
-    ndim: int = 4
-    copies: int = 1
-
-    @property
-    def name(self) -> str:
-        """`module` for its first call, `module@k` for its (k+1)-th call."""
-        return self.module if self.call == 0 else f"{self.module}@{self.call}"
-
-
-class Edge(NamedTuple):
-    """Position `consumer` takes channels [lo, hi) of `producer`, and they reach its output
-    channels [out_lo, out_hi): all of them, unless the consumer is a grouped convolution."""
-
-    consumer: int
-    producer: int
-    lo: int
-    hi: int
-    out_lo: int
-    out_hi: int
-
-
-@dataclass
-class LayerGraph:
-    """Weighted-layer positions, the channel ranges each consumer takes from each producer, the
-    distinct producers each position aggregates in its input (forward view), and whether the
-    model changes a traced tensor in place (x[...] = v, x.add_(y): the measured check then copies)."""
-
-    positions: list[Position] = field(default_factory=list)
-    edges: list[Edge] = field(default_factory=list)
-    aggregated: dict[int, int] = field(default_factory=dict)  # position id -> producers in its input
-    assigns: bool = False
-
 
 class _Constant:
     """A tensor that does not depend on the input (a buffer, a parameter used as a tensor);
@@ -261,17 +208,6 @@ def _overlaps(a: torch.Tensor, b: torch.Tensor) -> bool:
     used = torch.zeros(a.untyped_storage().nbytes() // a.element_size(), dtype=torch.bool, device=a.device)
     used.as_strided(a.shape, a.stride(), a.storage_offset()).fill_(True)
     return bool(used.as_strided(b.shape, b.stride(), b.storage_offset()).any())
-
-
-def tensors_in(value: Any) -> list[torch.Tensor]:
-    """Every tensor in a (nested) tuple, list or dict of outputs."""
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, (tuple, list)):
-        return [t for v in value for t in tensors_in(v)]
-    if isinstance(value, dict):
-        return [t for v in value.values() for t in tensors_in(v)]
-    return []
 
 
 def _dim_arg(node: fx.Node, index: int, default: Any) -> Any:
@@ -1292,99 +1228,6 @@ def _flatten_maps(value: Any) -> list[ChannelMap]:
     return []
 
 
-def _reaching_loss(graph: LayerGraph) -> set[int]:
-    """Ids of the positions whose output reaches the loss through live (not detached) edges."""
-    consumers: dict[int, set[int]] = {}
-    for edge in graph.edges:
-        consumers.setdefault(edge.producer, set()).add(edge.consumer)
-    reached = {LOSS}
-    for pos in reversed(graph.positions):  # consumers always come after their producers
-        if consumers.get(pos.id, set()) & reached:
-            reached.add(pos.id)
-    return reached - {LOSS}
-
-
-def _autograd_run(model: nn.Module, x: torch.Tensor) -> tuple[dict[tuple[str, int], Any], Any]:
-    """One forward of `model` with gradients on: each weighted position's output node, and the output."""
-    nodes: dict[tuple[str, int], Any] = {}
-
-    def keep(position: tuple[str, int], output: torch.Tensor) -> None:
-        nodes[position] = output.grad_fn  # taken now: a later in-place op replaces it
-
-    frozen = [p for p in model.parameters() if not p.requires_grad]
-    for p in frozen:  # every weighted output then has an autograd node unless grad mode is off
-        p.requires_grad_(True)
-    try:
-        with torch.enable_grad(), weighted_calls(model, keep):
-            return nodes, model(x)
-    finally:
-        for p in frozen:
-            p.requires_grad_(False)
-
-
-def _reached_nodes(model: nn.Module, output: Any, trust_custom_backward: bool = False) -> set[Any]:
-    """The autograd nodes reachable backward from `output`; a custom Function among them is an
-    error unless `trust_custom_backward` (its backward is then taken to follow its forward's ops)."""
-    stack = [t.grad_fn for t in tensors_in(output)]
-    seen: set[Any] = set()
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        if isinstance(node, BackwardCFunction) and not trust_custom_backward:
-            name = type(node).__name__.removesuffix("Backward")
-            raise GradpathError(
-                f"gradient path analysis does not support the custom autograd Function {name!r} in "
-                f"{type(model).__name__}: torch.fx traces its forward but cannot see its backward. If its "
-                "backward is the derivative of its forward (a memory-saving activation), analyse with "
-                "`--trust-custom-backward` (`trust_custom_backward=True`), and `--check` measures whether it is"
-            )
-        seen.add(node)
-        stack += [child for child, _ in node.next_functions]
-    return seen
-
-
-def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Whether `a` equals `b` up to float rounding (1e-4 of b's largest entry), NaNs alike."""
-    if a.shape != b.shape or a.dtype != b.dtype:
-        return False
-    if torch.equal(a, b) or not a.dtype.is_floating_point:
-        return torch.equal(a, b)
-    same_nan = torch.equal(a.isnan(), b.isnan())
-    a, b = a.nan_to_num(0.0, 0.0, 0.0), b.nan_to_num(0.0, 0.0, 0.0)
-    return same_nan and float((a - b).abs().max()) <= 1e-4 * (1 + float(b.abs().max()))
-
-
-def _check_same_output(model: nn.Module, traced: Any, output: Any) -> None:
-    """Raise unless the traced graph's output (`traced`) is the model's own (`output`), up to float
-    rounding: the graph misses what changes a tensor under another name (`z = y; z += 1` is traced
-    as `z = y + 1`, so later uses of y do not see it)."""
-    pairs = list(zip(tensors_in(traced), tensors_in(output)))
-    if len(pairs) != len(tensors_in(output)) or not all(_close(a, b.detach()) for a, b in pairs):
-        raise GradpathError(
-            f"the graph traced from {type(model).__name__} computes another output than the model itself: "
-            "it changes a tensor in place under another name (`z = y; z += 1` is traced as z = y + 1, so "
-            "later uses of y miss it; write `z = z + 1`, or y.add_(1) on the tensor itself), or it reads "
-            "state that changes from call to call")
-
-
-def _check_autograd(model: nn.Module, graph: LayerGraph, x: torch.Tensor, traced: Any,
-                    trust_custom_backward: bool = False) -> None:
-    """Raise unless the model computes the traced graph's output `traced` on `x` and autograd
-    reaches every position the traced graph connects to the loss (`_reached_nodes`)."""
-    nodes, output = _autograd_run(model, x)
-    _check_same_output(model, traced, output)
-    seen = _reached_nodes(model, output, trust_custom_backward)
-    reaching = _reaching_loss(graph)
-    cut = [p.name for p in graph.positions if p.id in reaching and nodes.get((p.module, p.call)) not in seen]
-    if cut:
-        raise GradpathError(
-            f"{type(model).__name__}: layer(s) {', '.join(repr(c) for c in cut)} receive gradient in the "
-            "traced graph but autograd does not reach them: gradient is cut somewhere the tracer cannot "
-            "see, e.g. torch.no_grad() or a custom Function"
-        )
-
-
 def example_input(model: nn.Module, input_shape: tuple[int, ...], dtype: torch.dtype = torch.float32,
                   batch: int = TRACE_BATCH, generator: torch.Generator | None = None) -> torch.Tensor:
     """A random input of `batch` x `input_shape` on the model's device: normal floats, or for an
@@ -1430,7 +1273,7 @@ def trace_layers(model: nn.Module, input_shape: tuple[int, ...] = (3, 32, 32),
                 traced = tracer.run(x.clone())
             if tracer.layer_graph.positions:
                 with _same_random_draws(x):
-                    _check_autograd(model, tracer.layer_graph, x.clone(), traced, trust_custom_backward)
+                    check_autograd(model, tracer.layer_graph, x.clone(), traced, trust_custom_backward)
     except GradpathError:
         raise
     except Exception as err:  # the model itself rejects the input

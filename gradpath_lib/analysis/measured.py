@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import GradpathError
-from .graph import example_input, tensors_in
+from .graph import example_input
+from .layer_graph import tensors_in
 from .layer_calls import Position, weighted_calls
 from .paths import GradientPathReport, analyze_model
 from .unroll import unfused_attention, unroll_modules

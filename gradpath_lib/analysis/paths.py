@@ -49,7 +49,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .graph import LOSS, Edge, LayerGraph, Position, trace_layers
+from .graph import trace_layers
+from .layer_graph import LOSS, Edge, LayerGraph, Position
 
 LOSS_NAME = "loss"
 

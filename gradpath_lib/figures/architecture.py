@@ -66,7 +66,8 @@ def first_stage(model_name: str, scale: str = "smoke") -> nn.Module:
 
 def layer_dag(module: nn.Module) -> dict[str, Any]:
     """Positions, data edges, forward depths and per-group timestamps of `module`'s weighted layers."""
-    from ..analysis.graph import LOSS, trace_layers
+    from ..analysis.graph import trace_layers
+    from ..analysis.layer_graph import LOSS
     from ..analysis.paths import gradient_paths
 
     graph = trace_layers(module, INPUT_SHAPE)
@@ -120,7 +121,7 @@ def draw_dag(dag: dict[str, Any], ax: Any, view: str, caption: str, top: int | N
     path the colours span (default: this DAG's)."""
     from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
-    from ..analysis.graph import LOSS
+    from ..analysis.layer_graph import LOSS
 
     check_choice("view", view, VIEWS)
     rows: dict[int, list[int]] = defaultdict(list)
