@@ -90,6 +90,9 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, monkeypatch, capsys):
     assert "3x32x32" in capsys.readouterr().err
     assert main(["analyze", "no_such_module_xyz:build"]) == 2
     assert "cannot import" in capsys.readouterr().err
+    (tmp_path / "taken").write_text("")
+    assert main(["analyze", "plain", "--scale", "smoke", "--figures", "taken"]) == 2
+    assert "--figures taken: cannot write the figures there" in capsys.readouterr().err
 
 
 def test_compact_timestamps():

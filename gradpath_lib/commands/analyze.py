@@ -182,7 +182,10 @@ def write_figures(stem: str, report: GradientPathReport, check: pd.DataFrame | N
              "path_lengths": lambda name: path_lengths_figure(reports, out_dir, name)}
     written = []
     for kind, draw in drawn.items():
-        plt.close(draw(f"{stem}_{kind}"))
+        try:
+            plt.close(draw(f"{stem}_{kind}"))
+        except OSError as err:
+            raise GradpathError(f"--figures {out_dir}: cannot write the figures there ({err})") from err
         written.append(out_dir / f"{stem}_{kind}.png")
     return written
 
