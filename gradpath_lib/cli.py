@@ -5,11 +5,23 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import pkgutil
 import sys
 
-from . import commands
+from . import __version__, commands
 from .errors import GradpathError
+
+PACKAGE = "gradpath"  # the distribution name in pyproject.toml
+INTERRUPTED_EXIT = 130  # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
+
+
+def package_version() -> str:
+    """The installed package's version (the source tree's `__version__` when it is not installed)."""
+    try:
+        return importlib.metadata.version(PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        return __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="gradpath",
         description="Gradient path analysis, training and the reproducible book of the PRN / CSPNet / ELAN paper.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
         importlib.import_module(f"{commands.__name__}.{info.name}").add_parser(sub)
@@ -25,13 +38,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; bad input exits with status 2 and one clear message."""
+    """Run the command line; bad input exits with status 2 and one clear message, Ctrl-C with 130."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except GradpathError as err:
         print(f"gradpath: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as err:  # its message, if any, says what was kept (runs.ensure_run)
+        print("gradpath: interrupted" + (f"; {err}" if str(err) else ""), file=sys.stderr)
+        return INTERRUPTED_EXIT
 
 
 if __name__ == "__main__":

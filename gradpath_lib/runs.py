@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from . import NUMERICS_VERSION
+from .data.paths import is_writable
 from .distributed import barrier, is_main
 from .errors import GradpathError, check_choice
 from .scales import check_scale
@@ -30,6 +31,7 @@ from .store import (
     record_path,
     run_id,
     set_aside,
+    weights_path,
     write_record,
 )
 
@@ -125,6 +127,16 @@ def cached_record(config: dict[str, Any], results_dir: str | Path = "results") -
     return record if record["status"] in ("ok", "diverged") else None
 
 
+def check_writable(results_dir: str | Path, folders: list[Path]) -> None:
+    """Raise a GradpathError before a run trains if any of its output `folders` cannot be written."""
+    for folder in folders:
+        if not is_writable(folder):
+            raise GradpathError(
+                f"results dir {results_dir} is not writable: cannot create files in {folder}; "
+                "give a writable one (--results-dir)"
+            )
+
+
 def ensure_run(
     config: dict[str, Any],
     *,
@@ -148,6 +160,8 @@ def ensure_run(
             return record
     if not allow_train:
         return None
+    ckpt = checkpoint_path(results_dir, config)
+    check_writable(results_dir, [path.parent, ckpt.parent, weights_path(results_dir, config).parent])
     main = is_main()
     if main and force and path.exists():
         try:
@@ -155,8 +169,7 @@ def ensure_run(
         except GradpathError:
             set_aside(path)
     dev = resolve_device(device)
-    ctx = TaskContext(device=dev, checkpoint=checkpoint_path(results_dir, config), progress=progress,
-                      results_dir=Path(results_dir))
+    ctx = TaskContext(device=dev, checkpoint=ckpt, progress=progress, results_dir=Path(results_dir))
     if main and force:
         ctx.checkpoint.unlink(missing_ok=True)
     barrier()  # no rank reads the checkpoint before rank 0 is done with it
@@ -165,6 +178,10 @@ def ensure_run(
         with fixed_cpu_threads(dev):
             prov = provenance(dev, None)
             result = _TASKS[config["task"]](config, ctx)
+    except KeyboardInterrupt:
+        if ckpt.exists():  # the CLI prints the message: where the run is kept and how to resume it
+            raise KeyboardInterrupt(f"checkpoint kept at {ckpt}; run the same command again to resume") from None
+        raise
     except GradpathError:
         raise
     except Exception as err:

@@ -14,6 +14,8 @@ import os
 import platform
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -56,19 +58,57 @@ def weights_path(results_dir: str | Path, config: dict[str, Any]) -> Path:
     return Path(results_dir) / config["scale"] / "weights" / f"{run_id(config)}.pt"
 
 
+class WriteError(GradpathError, OSError):
+    """A file could not be written: one line for the CLI, and still an OSError for callers that catch those."""
+
+
+# The permissions a new file gets before the umask, as open() gives them (mkstemp gives 0o600).
+NEW_FILE_MODE = 0o666
+PROC_STATUS = Path("/proc/self/status")  # Linux: has a `Umask:` line (kernel 4.7+)
+
+
+def current_umask() -> int:
+    """The process umask, read from /proc where it can be (without changing it), else set and restored."""
+    try:
+        for line in PROC_STATUS.read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+@contextmanager
+def atomic_target(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """A temporary file beside `path` for the body to fill; renamed onto `path` if the body ends
+    normally (with the umask's permissions, like any new file), removed in any case.
+
+    An OSError (an unwritable folder, a full disk) becomes a `WriteError` naming `path`.
+    """
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+        os.close(fd)
+        tmp = Path(name)
+        yield tmp
+        os.chmod(tmp, NEW_FILE_MODE & ~current_umask())
+        os.replace(tmp, path)
+    except OSError as err:
+        raise WriteError(f"cannot write {path}: {err}") from err
+    finally:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` through a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_target(path) as tmp, tmp.open("wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def write_record(path: Path, record: dict[str, Any]) -> None:
@@ -84,16 +124,31 @@ def load_record(path: str | Path) -> dict[str, Any]:
     try:
         record = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise GradpathError(
-            f"corrupted run record {path}: {err}. Move it away (it is kept, never overwritten "
-            "silently) or rerun with --force, which keeps it as <name>.corrupt"
-        ) from err
-    missing = set(RECORD_KEYS) - set(record) if isinstance(record, dict) else {"all keys"}
-    if missing:
-        raise GradpathError(f"corrupted run record {path}: missing {sorted(missing)}")
-    if record["status"] not in STATUSES:
-        raise GradpathError(f"corrupted run record {path}: status {record['status']!r} is not one of {STATUSES}")
+        raise corrupted_record_error(path, str(err)) from err
+    problem = _record_problem(record)
+    if problem:
+        raise corrupted_record_error(path, problem)
     return record
+
+
+def _record_problem(record: Any) -> str | None:
+    """What makes parsed JSON not a record (not an object, keys missing, unknown status), or None."""
+    if not isinstance(record, dict):
+        return "it is not a JSON object"
+    missing = set(RECORD_KEYS) - set(record)
+    if missing:
+        return f"missing {sorted(missing)}"
+    if record["status"] not in STATUSES:
+        return f"status {record['status']!r} is not one of {STATUSES}"
+    return None
+
+
+def corrupted_record_error(path: Path, problem: str) -> GradpathError:
+    """The error for an unusable record: what is wrong, and how to get the run trained again."""
+    return GradpathError(
+        f"corrupted run record {path}: {problem}. It is never overwritten: move it away (e.g. rename it to "
+        f"{path.name}.corrupt) and the run is trained again the next time it is needed"
+    )
 
 
 def set_aside(path: Path) -> Path:
@@ -115,15 +170,8 @@ def iter_records(results_dir: str | Path, scale: str) -> list[dict[str, Any]]:
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Atomically save a training state with torch.save."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_target(path) as tmp:
         torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_checkpoint(path: Path) -> dict[str, Any] | None:

@@ -215,7 +215,10 @@ def _difference_text(diff: float, margin: float, relative: bool) -> str:
 def output_dir(results_dir: str | Path, scale: str, kind: str) -> Path:
     """`<results_dir>/<scale>/<kind>/` (kind: tables, figures, notebooks), created if needed."""
     folder = Path(results_dir) / check_scale(scale) / kind
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise GradpathError(f"cannot create {folder} ({err.strerror or err}); give a writable --results-dir") from err
     return folder
 
 

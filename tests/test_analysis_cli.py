@@ -6,8 +6,10 @@ import io
 import json
 from contextlib import redirect_stdout
 
+import pytest
+
 from gradpath_lib.cli import main
-from gradpath_lib.commands.analyze import compact_timestamps
+from gradpath_lib.commands.analyze import TABLE_COLUMNS, compact_timestamps
 
 USER_MODULE = '''
 import torch
@@ -92,7 +94,120 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, monkeypatch, capsys):
     assert "cannot import" in capsys.readouterr().err
     (tmp_path / "taken").write_text("")
     assert main(["analyze", "plain", "--scale", "smoke", "--figures", "taken"]) == 2
-    assert "--figures taken: cannot write the figures there" in capsys.readouterr().err
+    assert "--figures taken is a file, not a folder" in capsys.readouterr().err
+
+
+BAD_USER_CODE = {  # module file -> its text, for the factory `f`
+    "raising": "def f():\n    raise RuntimeError('boom')\n",
+    "needs_arg": "def f(width):\n    pass\n",
+    "syntax_error": "def f(:\n",
+    "name_error": "undefined_name\n",
+}
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ("raising:f", "raising:f: the factory raised RuntimeError: boom, at "),
+    ("needs_arg:f", "needs_arg:f: the factory raised TypeError: f() missing 1 required positional argument: "
+                    "'width' (it is called with no arguments)"),
+    ("syntax_error:f", "syntax_error:f: importing syntax_error raised SyntaxError: "),
+    ("name_error:f", "name_error:f: importing name_error raised NameError: name 'undefined_name' is not defined"),
+    (":f", "MODEL ':f' names no module before ':'"),
+    ("absent_module:f", "No module named 'absent_module'; give a module on the Python path (run from its folder or "
+                        "set PYTHONPATH) or a path/to/file.py"),
+    ("absent.py:f", "MODEL 'absent.py:f': there is no file absent.py"),
+])
+def test_errors_of_the_users_code_are_one_line(spec, expected, tmp_path, monkeypatch, capsys):
+    for name, text in BAD_USER_CODE.items():
+        (tmp_path / f"{name}.py").write_text(text)
+    monkeypatch.chdir(tmp_path)
+    assert main(["analyze", spec]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gradpath: error: ") and expected in err and len(err.splitlines()) == 1
+
+
+def test_a_factory_given_by_file_path_imports_its_neighbours(tmp_path, monkeypatch):
+    folder = tmp_path / "elsewhere"
+    folder.mkdir()
+    (folder / "net_parts.py").write_text(USER_MODULE)
+    (folder / "path_net.py").write_text("from net_parts import Net\n\ndef build():\n    return Net()\n")
+    monkeypatch.chdir(tmp_path)
+    status, out = run_cli("analyze", str(folder / "path_net.py") + ":build", "--input", "3x8x8", "--format", "json")
+    assert status == 0 and json.loads(out)["network"]["n_weighted_layers"] == 3
+
+
+def test_figures_folder_is_checked_and_created_before_the_analysis(tmp_path, monkeypatch, capsys):
+    (tmp_path / "taken").write_text("")
+    monkeypatch.chdir(tmp_path)
+    assert main(["analyze", "absent_module:f", "--figures", "taken"]) == 2  # the folder is refused first
+    assert "--figures taken is a file, not a folder" in capsys.readouterr().err
+    assert main(["analyze", "absent_module:f", "--figures", "new/figs"]) == 2
+    assert (tmp_path / "new" / "figs").is_dir()
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["shufflenet-v2", "--scale", "paper"], "--scale sizes a registered model; shufflenet-v2 is a reference design"),
+    (["my_user_net:build", "--scale", "mini"], "my_user_net:build is built by its own factory: drop --scale"),
+    (["shufflenet-v2", "--trust-custom-backward"], "drop --trust-custom-backward"),
+])
+def test_flags_that_do_not_apply_are_refused(argv, expected, tmp_path, monkeypatch, capsys):
+    (tmp_path / "my_user_net.py").write_text(USER_MODULE)
+    monkeypatch.chdir(tmp_path)
+    assert main(["analyze", *argv]) == 2
+    assert expected in capsys.readouterr().err
+
+
+def test_a_detector_is_analysed_on_its_canvas_by_default():
+    from gradpath_lib.models.yolor import INPUT_SIZES
+
+    status, out = run_cli("analyze", "yolor-v3", "--scale", "smoke", "--format", "json")
+    side = INPUT_SIZES["smoke"]
+    assert status == 0 and json.loads(out)["input"] == f"3x{side}x{side}"
+
+
+def test_help_defines_every_column_and_network_metric(capsys):
+    from gradpath_lib.analysis import analyze_model
+    from torch import nn
+
+    with pytest.raises(SystemExit):
+        main(["analyze", "--help"])
+    help_text = capsys.readouterr().out
+    metrics = analyze_model(nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2)), (4,)).network
+    named = {m.replace("_max", "_mean") for m in metrics}  # "aggregated_features_mean, _max"
+    assert all(f"\n  {name}" in help_text or f", {name}" in help_text for name in [*TABLE_COLUMNS, *named])
+    words = " ".join(help_text.split())
+    assert "(default table)" in words and "(default mini)" in words and "called without arguments" in words
+
+
+UNSUPPORTED_MODULE = '''
+import torch
+from torch import nn
+
+class Fourier(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+
+    def forward(self, x):
+        return torch.fft.fft2(self.conv(x)).real.mean((2, 3))
+
+class Doubling(nn.Module):
+    def forward(self, x):
+        return x * 2
+'''
+MAX_ERROR_LINE = 400  # characters: the first clause and where the supported ops are listed
+
+
+@pytest.mark.parametrize("factory, clause", [
+    ("Fourier", "does not support the call function 'fft_fft2'"),
+    ("Doubling", "Doubling has no weighted layer"),
+])
+def test_unsupported_models_get_a_short_line_pointing_to_the_supported_ops(factory, clause, tmp_path, monkeypatch,
+                                                                           capsys):
+    (tmp_path / "unsupported_net.py").write_text(UNSUPPORTED_MODULE)
+    monkeypatch.chdir(tmp_path)
+    assert main(["analyze", f"unsupported_net:{factory}", "--input", "3x8x8"]) == 2
+    err = capsys.readouterr().err
+    assert clause in err and "gradpath_lib/analysis/op_tables.py" in err and len(err) < MAX_ERROR_LINE
 
 
 def test_compact_timestamps():

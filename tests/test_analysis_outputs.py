@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 
 import matplotlib
 import pandas as pd
@@ -98,3 +99,35 @@ def test_analysis_chapters_are_registered():
     spectra = chapter("measured_spectra").runs("mini", [0, 1, 2])
     assert chapter("measured_spectra").order == 110 and {c["seed"] for c in spectra} == {0} and len(spectra) == 7
     assert {c["task"] for c in spectra} == {"spectrum"} and all(c["target"]["task"] == "classify" for c in spectra)
+
+
+def test_path_lengths_name_the_layers_of_a_small_model_and_number_those_of_a_large_one():
+    import matplotlib.pyplot as plt
+    from torch import nn
+
+    from gradpath_lib.analysis import analyze_model
+    from gradpath_lib.analysis.figures import MAX_LABELLED_ROWS, path_lengths_figure
+
+    named_net = nn.Sequential(OrderedDict(hidden=nn.Linear(4, 4), head=nn.Linear(4, 2)))
+    small = {"small": analyze_model(named_net, (4,))}
+    fig = path_lengths_figure(small, layer_names=True)
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["hidden", "head"]
+    deep = {"deep": analyze_model(nn.Sequential(*[nn.Linear(4, 4) for _ in range(MAX_LABELLED_ROWS + 1)]), (4,))}
+    for reports, names in ((small, False), (deep, True)):  # the book's figures keep numbering the layers
+        numbered = path_lengths_figure(reports, layer_names=names)
+        numbered.canvas.draw()
+        assert all(t.get_text().lstrip("−").isdigit() for t in numbered.axes[0].get_xticklabels() if t.get_text())
+        plt.close(numbered)
+    plt.close(fig)
+
+
+def test_the_sources_title_is_no_wider_than_a_one_panel_figure():
+    import matplotlib.pyplot as plt
+    from torch import nn
+
+    from gradpath_lib.analysis import analyze_model
+
+    fig = sources_figure({"small": analyze_model(nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2)), (4,))})
+    fig.canvas.draw()
+    assert fig._suptitle.get_window_extent().width <= fig.bbox.width
+    plt.close(fig)

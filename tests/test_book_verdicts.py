@@ -124,3 +124,11 @@ def test_ours_over_paper_is_empty_where_the_paper_gives_no_number() -> None:
     verdicts = verdict_frame(paper.claims("table4"), runs_frame(runs, metrics={"top1": "test_acc"})).set_index("claim")
     params = verdicts.loc["vovnet-deep-planned-csp has fewer parameters than vovnet-deep-planned"]
     assert params["ours"] == "-40.0%" and math.isnan(params["ours / paper"])
+
+
+def test_an_output_folder_that_cannot_be_made_is_one_error_line(tmp_path):
+    from gradpath_lib.tables import output_dir
+
+    (tmp_path / "taken").write_text("")
+    with pytest.raises(GradpathError, match=r"cannot create .*taken/smoke/tables.*give a writable --results-dir"):
+        output_dir(tmp_path / "taken", "smoke", "tables")

@@ -287,6 +287,43 @@ def test_fetch_command_reports_a_bad_download_in_one_line(
     assert list(env.iterdir()) == []
 
 
+
+def test_a_malformed_url_is_one_error_line_and_nothing_is_written(env: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["data", "fetch", "cifar10", "--url", "notaurl"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "gradpath: error: cannot download 'notaurl': unknown url type: 'notaurl'; give a full URL such as "
+        "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
+    ]
+    assert list(env.iterdir()) == []
+
+
+def test_the_fetched_archive_honours_the_umask(tmp_path: Path) -> None:
+    source = tmp_path / "download.bin"
+    source.write_bytes(b"pretend archive")
+    old = os.umask(0o022)
+    try:
+        path = fetch_cifar10(source.as_uri(), md5=hashlib.md5(b"pretend archive").hexdigest(),
+                             directory=tmp_path / "data", progress=False)
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_gradpath_data_naming_a_file_or_a_missing_folder_is_said_so(
+    env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    archive = env / SHARED_ARCHIVE
+    archive.write_bytes(b"an archive")
+    monkeypatch.setenv("GRADPATH_DATA", str(archive))
+    assert main(["data", "check"]) == 2
+    assert capsys.readouterr().err == (
+        f"gradpath: error: GRADPATH_DATA names a file ({archive}); set it to the folder holding it ({env})\n"
+    )
+    missing = tmp_path / "missing"
+    monkeypatch.setenv("GRADPATH_DATA", str(missing))
+    assert main(["data", "check"]) == 1
+    assert f"data dir:  {missing} (does not exist; `gradpath data fetch cifar10` creates it)" in capsys.readouterr().out
+
 def test_smoke_data_is_deterministic_by_seed() -> None:
     a, b, other = make_smoke("train"), make_smoke("train"), make_smoke("train", seed=1)
     np.testing.assert_array_equal(a.images, b.images)

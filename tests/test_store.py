@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
 
 from gradpath_lib.errors import GradpathError
 from gradpath_lib.store import (
+    atomic_write_bytes,
     iter_records,
     load_checkpoint,
     load_record,
@@ -52,15 +54,26 @@ def test_invalid_status_is_refused_and_nothing_is_written(tmp_path):
     assert not path.exists()
 
 
-@pytest.mark.parametrize("content", ["{\"run_id\": ", "[1, 2]", json.dumps({"run_id": "x"}),
-                                     json.dumps({k: v for k, v in record_of(CONFIG).items() if k != "provenance"}),
-                                     json.dumps({**record_of(CONFIG), "status": "great"})])
-def test_damaged_record_names_the_file(tmp_path, content):
+@pytest.mark.parametrize(("content", "problem"), [
+    ("{\"run_id\": ", "Expecting value"),
+    ("[1, 2]", "it is not a JSON object"),
+    ("[]", "it is not a JSON object"),
+    ("{}", "missing \\['config', 'flops'"),
+    (json.dumps({"run_id": "x"}), "missing"),
+    (json.dumps({k: v for k, v in record_of(CONFIG).items() if k != "provenance"}), "missing \\['provenance'\\]"),
+    (json.dumps({**record_of(CONFIG), "status": "great"}), "status 'great' is not one of"),
+])
+def test_damaged_record_names_the_file_and_how_to_get_the_run_again(tmp_path, content, problem):
     path = record_path(tmp_path, CONFIG)
     path.parent.mkdir(parents=True)
     path.write_text(content)
-    with pytest.raises(GradpathError, match=f"corrupted run record .*{path.name}"):
+    with pytest.raises(GradpathError, match=f"corrupted run record .*{path.name}: {problem}") as err:
         load_record(path)
+    # every kind of damage gets the same hint, one that works for train, reproduce and book alike
+    assert str(err.value).endswith(f"move it away (e.g. rename it to {path.name}.corrupt) and the run "
+                                   "is trained again the next time it is needed")
+    assert "--force" not in str(err.value)
+    assert path.read_text() == content
     with pytest.raises(GradpathError, match=path.name):
         iter_records(tmp_path, "smoke")
 
@@ -76,3 +89,28 @@ def test_checkpoints_round_trip_and_damaged_ones_give_a_clear_error(tmp_path):
     path.write_bytes(path.read_bytes()[:20])
     with pytest.raises(GradpathError, match="corrupted checkpoint .*run.pt"):
         load_checkpoint(path)
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600)])
+def test_written_files_get_the_umask_permissions(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        atomic_write_bytes(tmp_path / "table.csv", b"a,b\n")
+        write_record(record_path(tmp_path, CONFIG), record_of(CONFIG))
+        save_checkpoint(tmp_path / "run.pt", {"weights": torch.zeros(2)})
+    finally:
+        os.umask(old)
+    for path in (tmp_path / "table.csv", record_path(tmp_path, CONFIG), tmp_path / "run.pt"):
+        assert path.stat().st_mode & 0o777 == mode, path
+
+
+def test_a_failed_write_is_one_error_naming_the_file_and_leaves_nothing(tmp_path):
+    blocker = tmp_path / "a-file"  # a folder root cannot write into either: one under a file
+    blocker.write_text("not a folder")
+    target = blocker / "runs" / "record.json"
+    with pytest.raises(GradpathError, match=f"cannot write {target}: .*Not a directory") as err:
+        atomic_write_bytes(target, b"{}")
+    assert isinstance(err.value, OSError)  # callers that catch OSError (the data caches) still do
+    with pytest.raises(GradpathError, match=f"cannot write {blocker / 'run.pt'}"):
+        save_checkpoint(blocker / "run.pt", {"weights": torch.zeros(2)})
+    assert [p.name for p in tmp_path.iterdir()] == ["a-file"]

@@ -28,6 +28,7 @@ PANEL_WIDTH, ROW_HEIGHT = 4.0, 0.22  # inches per model panel (at least) and per
 PANEL_COLUMNS = 2  # panels per row of a figure
 LABEL_SIZE = 7  # points, of the layer names on the axes
 MAX_LABELLED_ROWS = 60  # a panel with more group rows (or source columns) labels every k-th; it grows no taller
+CHAR_WIDTH = 0.6  # of the font size: the width of an average character, to make room for rotated labels
 PEAK_RTOL = 1e-6  # shares within this relative distance of the largest count as tied for a spectrum's peak
 
 
@@ -56,15 +57,15 @@ def group_labels(report: GradientPathReport) -> list[str]:
             for r, s in zip(layers.itertuples(), split)]
 
 
-def _panels(count: int, rows: int, columns_drawn: int = 0) -> tuple[Any, Any]:
+def _panels(count: int, rows: int, columns_drawn: int = 0, label_chars: int = 0) -> tuple[Any, Any]:
     """A figure of `count` panels, `PANEL_COLUMNS` a row (so that a page shows them large enough to
-    read), each tall enough for `rows` labelled rows and wide enough for `columns_drawn` labelled
-    columns; the unused panels are hidden."""
+    read), each tall enough for `rows` labelled rows (and for x labels of `label_chars` characters
+    drawn upright) and wide enough for `columns_drawn` labelled columns; the unused panels are hidden."""
     import matplotlib.pyplot as plt
 
     columns = min(count, PANEL_COLUMNS)
     grid_rows = -(-count // columns)
-    height = max(3.0, ROW_HEIGHT * min(rows, MAX_LABELLED_ROWS))
+    height = max(3.0, ROW_HEIGHT * min(rows, MAX_LABELLED_ROWS)) + label_chars * LABEL_SIZE * CHAR_WIDTH / 72
     width = max(PANEL_WIDTH, ROW_HEIGHT * min(columns_drawn, MAX_LABELLED_ROWS))
     fig, axes = plt.subplots(grid_rows, columns, figsize=(width * columns, height * grid_rows), squeeze=False)
     for ax in axes.flat[count:]:
@@ -122,7 +123,8 @@ def sources_figure(reports: Mapping[str, GradientPathReport], out_dir: str | Pat
                    name: str = "fig8_gradient_sources") -> Any:
     """Fig. 8: the gradient sources of every group at its first timestamp (rows receive from columns)."""
     fig, axes = _panels(len(reports), max(len(r.groups) for r in reports.values()),
-                        max(len(r.graph.positions) + 1 for r in reports.values()))
+                        max(len(r.graph.positions) + 1 for r in reports.values()),
+                        max(len(p.name) for r in reports.values() for p in r.graph.positions))
     for ax, (model, report) in zip(axes, reports.items()):
         labels = group_labels(report)
         columns = [p.name for p in report.graph.positions] + [LOSS_NAME]
@@ -134,9 +136,9 @@ def sources_figure(reports: Mapping[str, GradientPathReport], out_dir: str | Pat
         ax.set_yticks(*_thinned(labels), fontsize=LABEL_SIZE)
         ax.set_xticks(*_thinned(columns), fontsize=LABEL_SIZE, rotation=90)
         ax.set_ylabel("receiving group", fontsize=LABEL_SIZE + 1)
-        ax.set_xlabel("gradient source", fontsize=LABEL_SIZE + 1)
+        ax.set_xlabel("gradient source (black: the row receives from the column)", fontsize=LABEL_SIZE + 1)
         ax.set_title(model)
-    fig.suptitle("Gradient sources at each group's first timestamp (black: the row receives from the column)")
+    fig.suptitle("Gradient sources at the first timestamp")  # short: no wider than one panel
     fig.tight_layout()
     return _save(fig, out_dir, name)
 
@@ -153,15 +155,25 @@ def stop_gradient_figure(reports: Mapping[str, GradientPathReport], out_dir: str
 
 
 def path_lengths_figure(reports: Mapping[str, GradientPathReport], out_dir: str | Path | None = None,
-                        name: str = "path_lengths") -> Any:
-    """Per-layer shortest and longest gradient paths, one panel per model (saved as `name`)."""
-    fig, axes = _panels(len(reports), 0)
+                        name: str = "path_lengths", *, layer_names: bool = False) -> Any:
+    """Per-layer shortest and longest gradient paths, one panel per model (saved as `name`); the
+    layers are numbered in forward order, or named when `layer_names` and no panel has more than
+    `MAX_LABELLED_ROWS`."""
+    from matplotlib.ticker import MaxNLocator
+
+    tables = {model: layer_path_lengths(report) for model, report in reports.items()}
+    named = layer_names and max(map(len, tables.values())) <= MAX_LABELLED_ROWS
+    longest_name = max(len(layer) for paths in tables.values() for layer in paths.layer) if named else 0
+    fig, axes = _panels(len(reports), 0, max(map(len, tables.values())) if named else 0, longest_name)
     top = max(r.network["longest_path"] for r in reports.values())
-    for ax, (model, report) in zip(axes, reports.items()):
-        paths = layer_path_lengths(report)
+    for ax, (model, paths) in zip(axes, tables.items()):
         ax.plot(paths.index + 1, paths.longest, label="longest")
         ax.plot(paths.index + 1, paths.shortest, linestyle="--", label="shortest")
         ax.set_ylim(0, top + 1)
+        if named:
+            ax.set_xticks(paths.index + 1, paths.layer, fontsize=LABEL_SIZE, rotation=90)
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("weighted layer (forward order)")
         ax.set_title(model)
         ax.grid(alpha=0.3)

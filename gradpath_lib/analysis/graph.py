@@ -159,7 +159,6 @@ from .op_tables import (
     SOFTMAX_MODULES,
     SORTS,
     SPLITS,
-    SUPPORTED,
     TAKEN_ALONG,
     TOP_K,
     TRANSPOSES,
@@ -193,10 +192,13 @@ def _trained(value: Any) -> bool:
     return False
 
 
+SUPPORTED_AT = ("the ops it follows are listed in gradpath_lib/analysis/op_tables.py (SUPPORTED) and the book "
+                "chapter book/gradient_paths.md, \"Your own model\"")
+
+
 def _unsupported(node: fx.Node, what: str) -> GradpathError:
-    return GradpathError(
-        f"gradient path analysis does not support {what} (graph node {node.name!r}); supported: {SUPPORTED}"
-    )
+    """The error for an op the analysis cannot follow, pointing to the list of those it can."""
+    return GradpathError(f"gradient path analysis does not support {what} (graph node {node.name!r}); {SUPPORTED_AT}")
 
 
 def _overlaps(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -1286,5 +1288,6 @@ def trace_layers(model: nn.Module, input_shape: tuple[int, ...] = (3, 32, 32),
         for m, training in modes.items():
             m.training = training
     if not tracer.layer_graph.positions:
-        raise GradpathError(f"{type(model).__name__} has no weighted layer ({SUPPORTED})")
+        raise GradpathError(f"{type(model).__name__} has no weighted layer (a conv, Linear or Embedding, or x @ W "
+                            f"with W a 2-d Parameter); {SUPPORTED_AT}")
     return tracer.layer_graph

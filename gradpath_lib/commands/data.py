@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ..data.builders import BUILDERS
 from ..data.cifar10 import (
@@ -62,10 +63,18 @@ def _describe_source(source: CifarSource) -> list[str]:
     return lines
 
 
+def _folder_state(directory: Path) -> str:
+    """Whether the data dir is missing (and whether `data fetch` can create it), writable or read-only."""
+    writable = is_writable(directory)
+    if not directory.exists():
+        return "does not exist; `gradpath data fetch cifar10` creates it" if writable else "does not exist"
+    return "writable" if writable else "read-only"
+
+
 def run_check(args: argparse.Namespace) -> int:
     """Print what data is available; exit 1 if no CIFAR-10 source is found."""
     directory = data_dir()
-    print(f"data dir:  {directory} ({'writable' if is_writable(directory) else 'read-only'})")
+    print(f"data dir:  {directory} ({_folder_state(directory)})")
     print(f"cache dir: {cache_dir()}")
     sources = find_sources(directory)
     print("smoke: generated on the fly (" + ", ".join(f"{s} {n}" for s, n in SMOKE_SIZES.items()) + ")")

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import http.client
-import os
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -12,6 +10,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..errors import GradpathError
+from ..store import atomic_target
 from .checksums import CHUNK_BYTES, file_checksum
 from .cifar10 import BINARY_ARCHIVE
 from .paths import data_dir, is_writable
@@ -31,6 +30,14 @@ def _download(url: str, dest: Path, progress: bool) -> None:
                 bar.update(len(chunk))
 
 
+def check_url(url: str) -> None:
+    """Raise a GradpathError unless urllib can parse `url` (it needs a scheme such as https://)."""
+    try:
+        urllib.request.Request(url)
+    except ValueError as err:
+        raise GradpathError(f"cannot download {url!r}: {err}; give a full URL such as {CIFAR10_URL}") from err
+
+
 def fetch_cifar10(
     url: str = CIFAR10_URL, md5: str = CIFAR10_MD5, directory: Path | None = None, progress: bool = True
 ) -> Path:
@@ -39,17 +46,14 @@ def fetch_cifar10(
     The file appears only once complete and verified (temporary file + rename); a checksum
     mismatch or a network failure raises a GradpathError and leaves nothing behind.
     """
+    check_url(url)
     directory = data_dir() if directory is None else directory
     target = directory / BINARY_ARCHIVE
     if target.is_file() and file_checksum(target, "md5") == md5:
         return target
     if not is_writable(directory):
         raise GradpathError(f"data directory {directory} is not writable; set GRADPATH_DATA to a writable one")
-    directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=f".{BINARY_ARCHIVE}.", suffix=".part")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_target(target, suffix=".part") as tmp:
         try:
             _download(url, tmp, progress)
         except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
@@ -61,7 +65,4 @@ def fetch_cifar10(
         got = file_checksum(tmp, "md5")
         if got != md5:
             raise GradpathError(f"download of {url} has md5 {got}, expected {md5}; nothing was saved, try again")
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
     return target

@@ -6,6 +6,8 @@ import os
 import stat
 from pathlib import Path
 
+from ..errors import GradpathError
+
 DATA_ENV = "GRADPATH_DATA"
 CACHE_ENV = "GRADPATH_CACHE"
 USER_CACHE_DIR = "~/.cache/gradpath"
@@ -19,11 +21,18 @@ def user_cache_dir() -> Path:
 def data_dir() -> Path:
     """The directory holding source archives: `$GRADPATH_DATA`, else the user cache directory."""
     value = os.environ.get(DATA_ENV)
-    return Path(value) if value else user_cache_dir()
+    if not value:
+        return user_cache_dir()
+    path = Path(value)
+    if path.is_file():
+        raise GradpathError(
+            f"{DATA_ENV} names a file ({path}); set it to the folder holding it ({path.resolve().parent})"
+        )
+    return path
 
 
 def is_writable(path: Path) -> bool:
-    """Whether files can be created under `path` (its nearest existing ancestor must allow it).
+    """Whether files can be created under `path` (its nearest existing ancestor must be a folder that allows it).
 
     The owner-write bit is checked as well as `os.access`, so a folder marked read-only is
     respected even by root, for whom `os.access` always says yes.
@@ -34,7 +43,7 @@ def is_writable(path: Path) -> bool:
             return False
         existing = existing.parent
     mode = existing.stat().st_mode
-    return os.access(existing, os.W_OK) and bool(mode & stat.S_IWUSR)
+    return stat.S_ISDIR(mode) and os.access(existing, os.W_OK) and bool(mode & stat.S_IWUSR)
 
 
 def cache_dir() -> Path:
