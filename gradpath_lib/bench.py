@@ -5,7 +5,8 @@ Both loops train the same model at the same batch size on the same images:
   as uint8, augmentation on the device, bf16 autocast + channels-last + fused SGD on CUDA, one
   host sync per pass. `variants` adds the same loop compiled: "gradpath+compile"
   (`torch.compile`, mode "default") and "gradpath+cudagraphs" (mode "reduce-overhead": CUDA graphs).
-- "reference": `torch.utils.data.DataLoader` (4 workers by default, pinned memory on GPU) over
+- "reference": `torch.utils.data.DataLoader` (`REFERENCE_WORKERS` workers by default: 4, or fewer
+  on a machine with fewer CPU cores; pinned memory on GPU) over
   the uint8 arrays with per-image augmentation on the CPU (pad-crop + flip in numpy), fp32, NCHW,
   the default SGD, `loss.item()` every step. cuDNN autotuning, switched on for our loop, stays on
   for it (in its favour).
@@ -22,6 +23,7 @@ bf16 matmul on GPU, an fp32 one on CPU.
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -52,6 +54,7 @@ SYNTHETIC_CLASSES = 10
 IMAGE_SHAPE = (32, 32, 3)
 # Our loop's variants: name -> the recipe's torch.compile mode (recipes.COMPILE_MODES).
 VARIANTS = {"eager": "off", "compile": "default", "cudagraphs": "reduce-overhead"}
+REFERENCE_WORKERS = min(4, os.cpu_count() or 1)  # DataLoader workers: torch warns above the CPU count
 
 
 def timed(fn: Callable[[], Any], device: torch.device) -> float:
@@ -183,7 +186,7 @@ def steps_per_run(scale: str) -> int:
 
 def bench_recipe(scale: str, batch_size: int | None = None, compile: str = "off") -> Recipe:
     """The scale's training recipe with the bench's batch size and compile mode."""
-    overrides = {"compile": compile} | ({"batch_size": batch_size} if batch_size else {})
+    overrides = {"compile": compile} | ({"batch_size": batch_size} if batch_size is not None else {})
     return Recipe(**recipe_for(scale, **overrides))
 
 
@@ -206,6 +209,22 @@ def check_variants(variants: Sequence[str]) -> list[str]:
     return ["eager", *(v for v in dict.fromkeys(variants) if v != "eager")]
 
 
+def check_batch_size(batch_size: int | None) -> None:
+    """Raise GradpathError unless `batch_size` is None (the recipe's) or >= 1."""
+    if batch_size is not None and batch_size < 1:
+        raise GradpathError(f"bench batch size (--batch) must be >= 1, got {batch_size}")
+
+
+def check_bench_sizes(steps: int, repeats: int, batch_size: int | None, workers: int) -> None:
+    """Raise GradpathError naming the first of the bench's counts that is out of range."""
+    if steps < 1 or repeats < 1:
+        raise GradpathError(f"bench steps and repeats must be >= 1, got steps={steps}, repeats={repeats}")
+    check_batch_size(batch_size)
+    if workers < 0:
+        raise GradpathError(f"bench DataLoader workers (--workers) must be >= 0 (0: load in the main process), "
+                            f"got {workers}")
+
+
 def bench_train(
     model: str,
     scale: str = "mini",
@@ -215,13 +234,12 @@ def bench_train(
     repeats: int = 5,
     device: str = "auto",
     variants: Sequence[str] = ("eager",),
-    workers: int = 4,
+    workers: int = REFERENCE_WORKERS,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Time our training step (in each of `variants`) and the reference loop on `model`; returns
     the bench as a dict."""
-    if steps < 1 or repeats < 1:
-        raise GradpathError(f"bench steps and repeats must be >= 1, got steps={steps}, repeats={repeats}")
+    check_bench_sizes(steps, repeats, batch_size, workers)
     if get_entry(model).task != "classify":
         raise GradpathError(f"bench train times classifiers; {model!r} is a {get_entry(model).task!r} model")
     variants = check_variants(variants)

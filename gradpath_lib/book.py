@@ -47,6 +47,7 @@ ANNOUNCEMENTS = {
     "mini": "Numbers from the mini scale (CIFAR-10 / CIFAR-Det on one GPU); see Reproducing this book.",
     "paper": "Numbers from the paper scale (ImageNet / MS COCO settings); see Reproducing this book.",
 }
+SMOKE, SMOKE_DEVICE = "smoke", "cpu"  # the reproduction a book without mini results runs first
 API_MODULES = ("gradpath_lib",)  # the package whose public functions the API page lists
 
 
@@ -155,30 +156,37 @@ def build_config(scale: str, folder: Path) -> Path:
     return path
 
 
-def build_book(scale: str | None = None, *, results_dir: str | Path = "results", jobs: int = 1,
+def build_book(scale: str | None = None, *, results_dir: str | Path = "results", jobs: int | None = 1,
                output_dir: str | Path | None = None) -> int:
     """Build `<output_dir>/_build/html` (default: the repository root; see the module docstring); 0 when
-    the reproduction and the build succeeded."""
+    the reproduction and the build succeeded. `jobs` of the smoke reproduction: None for as many as the
+    recorded `gradpath bench jobs` of the CPU found best."""
     output_dir = REPO_ROOT if output_dir is None else Path(output_dir)
-    scale = choose_scale(results_dir, scale)
+    chosen = choose_scale(results_dir, scale)
     reproduced_ok = True
-    if scale == "smoke":
-        print("gradpath book: no mini-scale results; running the smoke reproduction first (CPU, minutes)")
-        reports = reproduce("smoke", jobs=jobs, device="cpu", results_dir=results_dir)
+    if chosen == SMOKE:
+        why = "" if scale == SMOKE else "no mini-scale results; "
+        print(f"gradpath book: {why}running the smoke reproduction first (CPU, minutes)")
+        if jobs is None:
+            from .bench_jobs import recommended_jobs
+
+            jobs, reason = recommended_jobs(results_dir, SMOKE, SMOKE_DEVICE)
+            print(f"gradpath book: --jobs auto = {jobs} ({reason})")
+        reports = reproduce(SMOKE, jobs=jobs, device=SMOKE_DEVICE, results_dir=results_dir)
         print(summary_frame(reports).to_string(index=False))
         reproduced_ok = succeeded(reports)
-    staged = stage_pages(results_dir, scale)
+    staged = stage_pages(results_dir, chosen)
     if not staged:
-        raise GradpathError(f"no executed notebooks in {Path(results_dir) / scale / 'notebooks'}; "
-                            f"run `gradpath reproduce --scale {scale}` first")
+        raise GradpathError(f"no executed notebooks in {Path(results_dir) / chosen / 'notebooks'}; "
+                            f"run `gradpath reproduce --scale {chosen}` first")
     generated = Path(output_dir) / "_build" / "gradpath"  # this build's toc and config
     generated.mkdir(parents=True, exist_ok=True)
     toc = generated / "_toc.yml"
     toc.write_text(toc_yaml(staged))
     command = [sys.executable, "-c", "from jupyter_book.cli.main import main; main()", "build", str(REPO_ROOT),
-               "--toc", str(toc), "--config", str(build_config(scale, generated)), "--path-output",
+               "--toc", str(toc), "--config", str(build_config(chosen, generated)), "--path-output",
                str(output_dir), "-W", "-n", "--keep-going", "--all"]
     built = subprocess.run(command, cwd=REPO_ROOT).returncode == 0
     print(f"gradpath book: {'built' if built else 'FAILED to build'} {Path(output_dir) / '_build' / 'html'} "
-          f"from the {scale} scale ({len(staged)} chapters)")
+          f"from the {chosen} scale ({len(staged)} chapters)")
     return 0 if built and reproduced_ok else 1

@@ -16,7 +16,8 @@
 `check_paper` is the dry run behind `gradpath check-paper`: every config is normalized, every model
 is built at its paper preset (its parameters counted, FLOPs on request), and the data layout is
 checked under the data directory (`GRADPATH_DATA`); a missing or malformed piece raises one error
-naming every problem found and the expected layout. Nothing is trained; the ImageNet configs train
+naming every problem found and the expected layout. The command prints the models it built before
+that error, so that a machine without the data still checks the builds. Nothing is trained; the ImageNet configs train
 with `gradpath train --model NAME --scale paper` (or `ensure_run`) once the data is in place.
 """
 
@@ -110,40 +111,28 @@ DATASET_CHECKS = {"imagenet": (IMAGENET_DIRNAME, imagenet_problems), "coco": (CO
 INPUT_SIZES = {"imagenet": CROP_SIZE, "coco": COCO_INPUT}
 
 
-def check_paper(
-    tables: Sequence[str] | None = None,
-    *,
-    models: Sequence[str] | None = None,
-    root: str | Path | None = None,
-    flops: bool = False,
-) -> list[dict[str, Any]]:
-    """Dry-run the paper-scale configs of `tables` (default: all), optionally only `models`.
-
-    Checks the data of every dataset they need under `root` (default: the data directory), then
-    builds every model; returns one row per model (table, model, dataset, params, FLOPs or None).
-    Raises GradpathError naming every missing or malformed piece of data.
-    """
+def paper_runs(tables: Sequence[str] | None = None,
+               models: Sequence[str] | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """(table, config) of every run of `tables` (default: all), only of `models` if given; raises
+    GradpathError for an unknown table or a model none of the tables trains, listing the valid ones."""
     names = list(tables or PAPER_TABLES)
     for name in names:
         check_choice("paper table", name, PAPER_TABLES)
-    root = data_dir() if root is None else Path(root)
-    configs = [(name, config) for name in names for config in paper_configs(name)
-               if models is None or config["model"] in models]
-    if not configs:
-        raise GradpathError(f"none of the models {list(models or [])} is in tables {names}")
-    problems = []
-    for dataset in sorted({PAPER_TABLES[name].dataset for name, _ in configs}):
-        dirname, problems_of = DATASET_CHECKS[dataset]
-        classes = {model_kwargs(c["model"], "paper", **c["model_kwargs"])["num_classes"]
-                   for name, c in configs if PAPER_TABLES[name].dataset == dataset}
-        problems += [f"{dataset}: {p}" for n in sorted(classes) for p in problems_of(root / dirname, n)]
-    if problems:
-        raise GradpathError(f"paper-scale data is not ready under {root} (set GRADPATH_DATA to the folder holding "
-                            f"{IMAGENET_DIRNAME}/ and {COCO_DIRNAME}/; see the book's scale-out section):\n  - "
-                            + "\n  - ".join(problems))
+    valid = list(dict.fromkeys(model for name in names for model in PAPER_TABLES[name].models))
+    unknown = [model for model in models or () if model not in valid]
+    if unknown:
+        raise GradpathError(f"model(s) {', '.join(unknown)} not in tables {', '.join(names)}; their models: "
+                            f"{', '.join(valid)}")
+    return [(name, config) for name in names for config in paper_configs(name)
+            if models is None or config["model"] in models]
+
+
+def model_rows(runs: Sequence[tuple[str, dict[str, Any]]], flops: bool = False) -> list[dict[str, Any]]:
+    """Build every model of `runs` at its paper preset: one row per run (table, model, dataset, params,
+    FLOPs at the paper input size with `flops`, else None)."""
     costs: dict[str, tuple[int, int | None]] = {}  # run id -> (params, FLOPs): a model shared by tables is built once
     rows = []
-    for name, config in configs:
+    for name, config in runs:
         dataset = PAPER_TABLES[name].dataset
         key = run_id(normalize_config(config))
         if key not in costs:
@@ -153,4 +142,39 @@ def check_paper(
         params, model_flops = costs[key]
         rows.append({"table": name, "model": config["model"], "dataset": dataset, "params": params,
                      "flops": model_flops})
+    return rows
+
+
+def check_data(runs: Sequence[tuple[str, dict[str, Any]]], root: str | Path | None = None) -> None:
+    """Raise GradpathError naming every missing or malformed piece of the data `runs` need under
+    `root` (default: the data directory)."""
+    root = data_dir() if root is None else Path(root)
+    problems = []
+    for dataset in sorted({PAPER_TABLES[name].dataset for name, _ in runs}):
+        dirname, problems_of = DATASET_CHECKS[dataset]
+        classes = {model_kwargs(c["model"], "paper", **c["model_kwargs"])["num_classes"]
+                   for name, c in runs if PAPER_TABLES[name].dataset == dataset}
+        problems += [f"{dataset}: {p}" for n in sorted(classes) for p in problems_of(root / dirname, n)]
+    if problems:
+        raise GradpathError(f"paper-scale data is not ready under {root} (set GRADPATH_DATA to the folder holding "
+                            f"{IMAGENET_DIRNAME}/ and {COCO_DIRNAME}/; see the book's scale-out section):\n  - "
+                            + "\n  - ".join(problems))
+
+
+def check_paper(
+    tables: Sequence[str] | None = None,
+    *,
+    models: Sequence[str] | None = None,
+    root: str | Path | None = None,
+    flops: bool = False,
+) -> list[dict[str, Any]]:
+    """Dry-run the paper-scale configs of `tables` (default: all), optionally only `models`.
+
+    Builds every model (`model_rows`), then checks the data of every dataset they need under `root`
+    (`check_data`); returns one row per model (table, model, dataset, params, FLOPs or None).
+    Raises GradpathError naming every missing or malformed piece of data.
+    """
+    runs = paper_runs(tables, models)
+    rows = model_rows(runs, flops)
+    check_data(runs, root)
     return rows

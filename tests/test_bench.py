@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -60,12 +61,24 @@ def test_bench_falls_back_to_synthetic_data_and_says_so(monkeypatch):
     assert note.startswith("synthetic") and "no CIFAR-10 found" in note
 
 
-def test_bench_rejects_bad_arguments():
+def test_bench_rejects_bad_arguments(capsys):
     with pytest.raises(GradpathError, match="steps"):
         bench.bench_train("tiny-bench-net", "smoke", steps=0, device="cpu")
+    with pytest.raises(GradpathError, match=r"--batch\) must be >= 1, got 0"):
+        bench.bench_train("tiny-bench-net", "smoke", batch_size=0, device="cpu")
+    assert main([*TINY, "--workers", "-1"]) == 2
+    assert "(--workers) must be >= 0" in capsys.readouterr().err
     detector = next(name for name in registry.model_names() if registry.get_entry(name).task == "detect")
     with pytest.raises(GradpathError, match="classifiers"):
         bench.bench_train(detector, "smoke", device="cpu")
+
+
+def test_reference_workers_default_to_at_most_the_cpu_cores():
+    from gradpath_lib.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "train", "--model", "resnet"])
+    assert args.workers == bench.REFERENCE_WORKERS == min(4, os.cpu_count() or 1)
+    assert bench.bench_recipe("smoke", 8).batch_size == 8
 
 
 def test_compiled_variants_are_timed_beside_eager_with_their_break_even(monkeypatch, capsys):

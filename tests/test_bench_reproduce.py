@@ -82,6 +82,12 @@ def test_estimate_uses_the_recorded_bench_and_extrapolates_the_rest(tmp_path, re
                                  for c in chapter(name).runs("smoke", [0])})
 
 
+def test_unmeasured_minutes_say_how_to_measure_them(tmp_path, capsys):
+    assert main(["bench", "reproduce", "--scale", "smoke", "--results-dir", str(tmp_path)]) == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert "gradpath bench train --model M --scale smoke --save" in last and "--measure" in last
+
+
 def test_measure_benches_every_classifier_and_records_it(tmp_path, resnet_bench):
     benched = []
 
@@ -121,6 +127,8 @@ def test_bench_jobs_runs_concurrent_processes(tmp_path, capsys):
 def test_bench_cli_rejects_bad_arguments(capsys):
     assert main(["bench", "jobs", "--model", "resnet", "--jobs", "0", "--device", "cpu"]) == 2
     assert "job counts >= 1" in capsys.readouterr().err
+    assert main(["bench", "jobs", "--model", "resnet", "--batch", "0", "--device", "cpu"]) == 2
+    assert "--batch) must be >= 1, got 0" in capsys.readouterr().err
     with pytest.raises(GradpathError, match="classifiers"):
         bench_jobs("yolor-v3", "smoke", [1], device="cpu")
     with pytest.raises(GradpathError, match="needs the `bench` function"):

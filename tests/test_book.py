@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from gradpath_lib.cli import main
+from gradpath_lib.errors import GradpathError
 from gradpath_lib.book import ANNOUNCEMENTS, api_markdown, choose_scale, full_toc_yaml, toc_yaml
 from gradpath_lib.runner import select_chapters
 from gradpath_lib.store import REPO_ROOT
@@ -37,6 +39,28 @@ def test_scale_is_mini_only_when_mini_pages_exist(tmp_path: Path) -> None:
     (tmp_path / "mini" / "notebooks").mkdir(parents=True)
     (tmp_path / "mini" / "notebooks" / "table2.ipynb").write_text("{}")
     assert choose_scale(tmp_path) == "mini" and choose_scale(tmp_path, "paper") == "paper"
+
+
+@pytest.mark.parametrize("scale, said", [("smoke", "running the smoke reproduction first"),
+                                         (None, "no mini-scale results; running the smoke reproduction")])
+def test_smoke_reproduction_is_announced_as_asked_and_jobs_auto_resolved(scale, said, tmp_path, monkeypatch,
+                                                                        capsys) -> None:
+    import gradpath_lib.book as book
+
+    jobs = []
+    monkeypatch.setattr(book, "reproduce", lambda *a, **kw: jobs.append(kw["jobs"]) or [])
+    monkeypatch.setattr(book, "stage_pages", lambda results_dir, scale: [])
+    with pytest.raises(GradpathError, match="no executed notebooks"):
+        book.build_book(scale, results_dir=tmp_path, jobs=None, output_dir=tmp_path)
+    out = capsys.readouterr().out
+    assert said in out and ("no mini-scale" in out) == (scale is None)
+    assert jobs == [1] and "--jobs auto = 1" in out
+
+
+@pytest.mark.parametrize("jobs", ["0", "-2", "many"])
+def test_book_jobs_are_checked_as_reproduce_checks_them(jobs, tmp_path, capsys) -> None:
+    assert main(["book", "--jobs", jobs, "--results-dir", str(tmp_path)]) == 2
+    assert f"--jobs must be a whole number >= 1 or auto, got {jobs!r}" in capsys.readouterr().err
 
 
 def test_api_page_lists_public_functions() -> None:

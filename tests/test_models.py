@@ -123,6 +123,16 @@ def test_models_command_prints_costs_and_ratios_to_the_base(capsys):
     assert int(rows["resnet"][3]) == count_params(create_model("resnet", "smoke"))
 
 
+def test_models_input_is_a_side_or_a_square_rgb_shape(capsys):
+    argv = ["models", "prn", "--scale", "smoke", "--format", "csv", "--input"]
+    assert main([*argv, "3x48x48"]) == 0
+    shaped = capsys.readouterr().out
+    assert main([*argv, "48"]) == 0
+    assert capsys.readouterr().out == shaped
+    assert main([*argv, "3x48x32"]) == 2
+    assert "give its side (32) or its shape (3x32x32)" in capsys.readouterr().err
+
+
 def test_models_command_rejects_an_unknown_scale_or_name(capsys):
     with pytest.raises(SystemExit):
         main(["models", "--scale", "huge"])

@@ -79,8 +79,15 @@ def test_dry_run_names_the_missing_data(tmp_path, capsys):
                     "coco/train2017", "coco/val2017"):
         assert missing in message
     assert main(["check-paper", "--tables", "table5", "--data-dir", str(tmp_path)]) == 2
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert "missing annotation file" in err and "imagenet/train" not in err, "only the data a table needs is checked"
+    assert "yolor-prn" in out and "yolor-v3" in out, "the models are built and listed without the data"
+
+
+def test_models_not_in_the_tables_are_named_with_the_valid_ones(tmp_path, capsys):
+    assert main(["check-paper", "--tables", "table5", "--models", "yolor-prn", "nosuch", "resnet"]) == 2
+    err = capsys.readouterr().err
+    assert "model(s) nosuch, resnet not in tables table5; their models: yolor-v3, yolor-prn" in err
 
 
 def test_dry_run_names_wrong_and_incomplete_layouts(tmp_path):

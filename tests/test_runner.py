@@ -14,8 +14,8 @@ import pytest
 
 from gradpath_lib.cli import main
 from gradpath_lib.experiments import chapter
-from gradpath_lib.runner import (DONE, FAILED_NB, UP_TO_DATE, executed_notebook, reproduce, succeeded,
-                                 summary_frame)
+from gradpath_lib.runner import (DONE, FAILED_NB, UP_TO_DATE, executed_notebook, reproduce, select_chapters,
+                                 succeeded, summary_frame)
 from gradpath_lib.store import REPO_ROOT
 
 from conftest import SMOKE_TIMEOUT_S
@@ -100,14 +100,26 @@ def test_a_time_limit_starts_no_run_after_it_and_the_next_call_finishes(tmp_path
 @pytest.mark.parametrize("argv, message", [
     (["--scale", "smoke", "--time-limit", "0"], "--time-limit must be > 0 seconds"),
     (["--scale", "smoke", "--runs-only", "--nproc", "2", "--time-limit", "60"], "--time-limit cannot be combined"),
-    (["--scale", "huge"], "unknown scale 'huge'; valid choices: smoke, mini, paper"),
     (["--scale", "smoke", "--only", "table99"], "unknown chapter 'table99'; valid choices: architecture"),
     (["--scale", "smoke", "--jobs", "0"], "--jobs must be a whole number >= 1 or auto, got '0'"),
     (["--scale", "smoke", "--jobs", "many"], "--jobs must be a whole number >= 1 or auto, got 'many'"),
 ])
 def test_bad_input_is_one_clear_error(argv, message, capsys) -> None:
     assert main(["reproduce", *argv]) == 2
-    assert message in capsys.readouterr().err
+    out, err = capsys.readouterr()
+    assert message in err and "--jobs auto" not in out
+
+
+def test_help_lists_the_scales_and_chapters(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["reproduce", "--scale", "huge"])
+    assert exit_.value.code == 2
+    assert "invalid choice: 'huge' (choose from 'smoke', 'mini', 'paper')" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["reproduce", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--scale {smoke,mini,paper}" in help_text
+    assert ", ".join(c.name for c in select_chapters()) in help_text
 
 
 def test_the_reproducing_chapter_is_stale_once_any_record_or_bench_changes(tmp_path: Path) -> None:

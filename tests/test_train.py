@@ -314,6 +314,19 @@ def test_train_command_prints_record_path_and_summary(tmp_path, capsys):
     assert "unknown model 'no-such-net'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("option, value", [("--epochs", "0"), ("--seed", "-1")])
+def test_train_command_names_the_option_out_of_range(option, value, tmp_path, capsys):
+    argv = ["train", "--model", "tiny-test-net", "--device", "cpu", "--results-dir", str(tmp_path), option, value]
+    assert main(argv) == 2
+    assert f"{option} must be >= " in capsys.readouterr().err and not (tmp_path / "smoke").exists()
+
+
+def test_progress_bar_stays_out_of_a_redirected_log(tmp_path, capsys):
+    config = classify_config("tiny-test-net", "smoke", 0, epochs=1)
+    ensure_run(config, results_dir=tmp_path, device="cpu", progress=True)  # stderr is captured: not a terminal
+    assert "epoch" not in capsys.readouterr().err
+
+
 def test_recipe_table_gives_every_field_its_value_per_scale_and_its_reason():
     table = recipes.recipe_table(recipes.RECIPES).set_index("field")
     assert list(table.index) == [f.name for f in dataclasses.fields(Recipe)]

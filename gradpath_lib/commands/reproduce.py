@@ -6,6 +6,7 @@ import argparse
 
 from ..errors import GradpathError
 from ..executors import EXECUTORS
+from ..runner import select_chapters
 from ..scales import SCALES
 
 AUTO_JOBS = 0  # --jobs auto, before it is resolved
@@ -20,24 +21,27 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "in dependency order into <results-dir>/<scale>/notebooks/. Resumable; a failing "
                     "notebook does not stop the others; exits 1 if any notebook or run failed, 3 if "
                     "--time-limit left runs of --runs-only unstarted.")
-    parser.add_argument("--scale", required=True, help=f"one of {', '.join(SCALES)}")
-    parser.add_argument("--only", nargs="+", metavar="NAME", help="these chapters (and what they depend on)")
+    parser.add_argument("--scale", required=True, choices=SCALES, help="size preset")
+    parser.add_argument("--only", nargs="+", metavar="NAME",
+                        help="these chapters (and what they depend on), of: "
+                             + ", ".join(c.name for c in select_chapters()) + " (default: all)")
     parser.add_argument("--jobs", default="auto",
                         help="runs trained / notebooks executed in parallel, or auto (the default): as many as the "
                              "recorded `gradpath bench jobs` of this device found best, else 1 (1 with --no-train)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
     parser.add_argument("--no-train", action="store_true", help="never train: render recorded runs only")
     parser.add_argument("--runs-only", action="store_true",
                         help="train the runs only, without Jupyter (render later with --no-train)")
-    parser.add_argument("--results-dir", default="results", help="where records, tables and pages go")
+    parser.add_argument("--results-dir", default="results",
+                        help="where records, tables and pages go (default: %(default)s)")
     parser.add_argument("--executor", default="local", choices=EXECUTORS,
                         help="local: --jobs processes here; ray: runs and notebooks as tasks of a Ray cluster "
-                             "(one GPU per run on CUDA; pip install 'gradpath[ray]')")
+                             "(one GPU per run on CUDA; pip install 'gradpath[ray]') (default: %(default)s)")
     parser.add_argument("--address", help="the Ray cluster to use (e.g. auto or ray://head:10001); "
                                           "default: start a local Ray instance")
     parser.add_argument("--nproc", type=int, default=1,
                         help="with --runs-only: train each run on this many data-parallel processes (one per "
-                             "GPU), relaunching the command under torchrun")
+                             "GPU), relaunching the command under torchrun (default: %(default)s)")
     parser.add_argument("--time-limit", type=float, metavar="SECONDS",
                         help="start no run after this many seconds (running ones finish; the others stay "
                              "missing for the next call): for machines lent for a fixed time")
@@ -70,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
     if args.time_limit is not None and data_parallel:
         raise GradpathError("--time-limit cannot be combined with --nproc or torchrun: each rank would judge "
                             "the limit on its own clock and the ranks could part ways")
+    select_chapters(args.only)  # an unknown chapter fails before anything is said or done
     args.jobs = jobs_count(args.jobs)
     if args.jobs == AUTO_JOBS:
         from ..bench_jobs import recommended_jobs

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..distributed import is_main, launch, launched_by_torchrun, process_group, relaunch_argv
+from ..errors import GradpathError
 from ..runs import cached_record, ensure_run
 from ..scales import SCALES
 from ..store import record_path
@@ -22,16 +23,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register `gradpath train`."""
     parser = subparsers.add_parser("train", help="train one run of a classifier or detector (cached if recorded)")
     parser.add_argument("--model", required=True, help="registered model name (see `gradpath models`)")
-    parser.add_argument("--scale", default="smoke", choices=SCALES)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--epochs", type=int, help="override the scale's recipe epochs")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--scale", default="smoke", choices=SCALES, help="size preset (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="the run's seed, >= 0 (default: %(default)s)")
+    parser.add_argument("--epochs", type=int, help="override the scale's recipe epochs (default: the recipe's)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: %(default)s)")
     parser.add_argument("--force", action="store_true", help="retrain even if a record exists")
-    parser.add_argument("--results-dir", default="results")
+    parser.add_argument("--results-dir", default="results",
+                        help="where records, weights and checkpoints go (default: %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--nproc", type=int, default=1,
                         help="data-parallel processes (one per GPU) for this run: relaunches the command "
-                             "under torchrun; the recipe's batch stays the global batch")
+                             "under torchrun; the recipe's batch stays the global batch (default: %(default)s)")
     parser.set_defaults(func=run)
 
 
@@ -48,9 +50,18 @@ def summary(record: dict) -> str:
     return line
 
 
+def check_counts(args: argparse.Namespace) -> None:
+    """Raise GradpathError for a negative --seed or an --epochs below 1, naming the option."""
+    if args.seed < 0:
+        raise GradpathError(f"--seed must be >= 0, got {args.seed}")
+    if args.epochs is not None and args.epochs < 1:
+        raise GradpathError(f"--epochs must be >= 1, got {args.epochs}")
+
+
 def run(args: argparse.Namespace) -> int:
     """Train (or look up) the run and print its record path and a summary line (a diverged run is
     a result, so it exits 0 too)."""
+    check_counts(args)
     if args.nproc != 1 and not launched_by_torchrun():
         return launch(args.nproc, relaunch_argv(args))
     overrides = {"epochs": args.epochs} if args.epochs is not None else {}

@@ -358,7 +358,8 @@ def fit(
     forward = data_parallel(model, ctx.device)
     forward = compiled(forward, recipe.compile)
     total_steps = data.steps_per_epoch * recipe.epochs
-    bar = tqdm(total=stop_epoch, initial=len(history), desc=desc, unit="epoch", disable=not ctx.progress)
+    bar = tqdm(total=stop_epoch, initial=len(history), desc=desc, unit="epoch",
+               disable=None if ctx.progress else True)  # None: off when stderr is not a terminal (a log)
     try:
         for epoch in range(len(history), stop_epoch):
             stats = train_epoch(model, forward, optimizer, data.train, recipe, epoch_generator(seed, epoch),

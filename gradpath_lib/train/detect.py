@@ -354,7 +354,8 @@ def fit_detector(
     forward = data_parallel(model, device)
     forward = compiled(forward, recipe.compile)
     status, extra = "ok", {}
-    bar = tqdm(total=recipe.epochs, initial=len(history), desc=desc, unit="epoch", disable=not progress)
+    bar = tqdm(total=recipe.epochs, initial=len(history), desc=desc, unit="epoch",
+               disable=None if progress else True)  # None: off when stderr is not a terminal (a log)
     for epoch in range(len(history), recipe.epochs):
         stats = train_epoch(model, forward, ema, optimizer, train_data, recipe, epoch_generator(seed, epoch),
                             epoch * steps_per_epoch, total_steps)
