@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.metadata
+import os
 import pkgutil
 import sys
 
@@ -14,6 +15,7 @@ from .errors import GradpathError
 
 PACKAGE = "gradpath"  # the distribution name in pyproject.toml
 INTERRUPTED_EXIT = 130  # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
+CLOSED_PIPE_EXIT = 141  # 128 + SIGPIPE: the reader of the output stopped early (`gradpath models | head`)
 
 
 def package_version() -> str:
@@ -38,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; bad input exits with status 2 and one clear message, Ctrl-C with 130."""
+    """Run the command line; bad input exits with status 2 and one clear message, Ctrl-C with 130, a
+    closed output pipe with 141 and no traceback."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
@@ -48,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as err:  # its message, if any, says what was kept (runs.ensure_run)
         print("gradpath: interrupted" + (f"; {err}" if str(err) else ""), file=sys.stderr)
         return INTERRUPTED_EXIT
+    except BrokenPipeError:  # quietly, as other command-line tools; stdout goes nowhere from here on
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return CLOSED_PIPE_EXIT
 
 
 if __name__ == "__main__":

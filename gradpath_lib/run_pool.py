@@ -54,7 +54,8 @@ def ensure_runs(
 ) -> list[RunOutcome]:
     """The outcome of every config, in order; duplicates are trained once.
 
-    Recorded runs (ok or diverged) are reused. Without `allow_train` the others are `missing`
+    Recorded runs (ok or diverged) are reused; a damaged record makes its run `failed` (the error
+    says how to repair it) and is never overwritten. Without `allow_train` the others are `missing`
     (or `failed`, with the failed record). With it they are trained, `jobs` at a time on this
     machine, or as Ray tasks with `executor="ray"` (on the cluster at `address`, see
     `gradpath_lib.executors`); a run that raises or whose worker dies is `failed` and the others go on.
@@ -66,7 +67,11 @@ def ensure_runs(
     outcomes: dict[str, RunOutcome] = {}
     to_train = []
     for key, config in unique.items():
-        record = recorded(config, results_dir)
+        try:
+            record = recorded(config, results_dir)
+        except GradpathError as err:  # a damaged record fails its run only, and is left as it is
+            outcomes[key] = RunOutcome(config, None, FAILED, str(err))
+            continue
         if record is not None and record["status"] in ("ok", "diverged"):
             outcomes[key] = RunOutcome(config, record, CACHED)
         elif allow_train:

@@ -39,7 +39,7 @@ from tqdm import tqdm
 from .errors import GradpathError
 from .executors import make_executor
 from .experiments import Chapter, chapter, chapters, default_seeds
-from .run_pool import CACHED, FAILED, MISSING, TRAINED, ensure_runs, weights_still_needed
+from .run_pool import CACHED, FAILED, MISSING, TRAINED, RunOutcome, ensure_runs, weights_still_needed
 from .runs import normalize_config
 from .scales import check_scale
 from .store import REPO_ROOT, atomic_write_bytes, record_path, run_id, runs_dir
@@ -48,6 +48,7 @@ from .tables import output_dir
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 LIBRARY_DIR = REPO_ROOT / "gradpath_lib"
 KERNEL = "python3"
+MAX_ERROR_CHARS = 160  # of a failed run's error in the summary table
 # The kernel logs only what is critical: otherwise every notebook prints ipykernel's warning about
 # its local TCP transport, and at times "KeyboardInterrupt caught in kernel" when papermill's
 # shutdown interrupts it once the notebook is done. A cell's error and a dead kernel still reach
@@ -124,14 +125,26 @@ def reproduce(
                            progress=progress, executor=executor, address=address, deadline=deadline)
     by_id = {_run_id(o.config): o for o in outcomes}
     for c in selected:
-        sources = [by_id[_run_id(cfg)].source for cfg in configs[c.name]]
+        chapter_outcomes = [by_id[_run_id(cfg)] for cfg in configs[c.name]]
+        sources = [o.source for o in chapter_outcomes]
         reports[c.name].runs = {s: sources.count(s) for s in (CACHED, TRAINED, MISSING, FAILED)}
+        reports[c.name].error = first_run_error(chapter_outcomes)
     if runs_only:
         for report in reports.values():
             report.status = RUNS_ONLY
     else:
         _execute_all(selected, scale, seeds, device, jobs, Path(results_dir), reports, progress, executor, address)
     return [reports[c.name] for c in selected]
+
+
+def first_run_error(outcomes: Sequence[RunOutcome]) -> str:
+    """'<run id>: <first line of its error>' of the first failed run (shortened), '' if none failed."""
+    failed = [o for o in outcomes if o.source == FAILED]
+    if not failed:
+        return ""
+    line = (failed[0].error or "no error recorded").strip().splitlines()[0]
+    text = f"{_run_id(failed[0].config)}: {line}"
+    return text if len(text) <= MAX_ERROR_CHARS else text[:MAX_ERROR_CHARS - 3] + "..."
 
 
 def training_order(configs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -208,7 +221,8 @@ def _execute_all(selected: list[Chapter], scale: str, seeds: list[int], device: 
     bar = tqdm(total=len(selected), desc="notebooks", unit="nb", disable=not progress)
 
     def finish(name: str, status: str, error: str = "", seconds: float = 0.0) -> None:
-        reports[name].status, reports[name].error, reports[name].seconds = status, error, seconds
+        reports[name].status, reports[name].seconds = status, seconds
+        reports[name].error = error or reports[name].error  # a notebook's error, else its first failed run's
         bar.update()
 
     pool, _ = make_executor(executor, jobs=jobs, device="cpu", address=address)  # notebooks never train

@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -184,6 +185,17 @@ def load_checkpoint(path: Path) -> dict[str, Any] | None:
         raise GradpathError(
             f"corrupted checkpoint {path}: {err}. Delete it to restart that run from scratch"
         ) from err
+
+
+def resume_state(path: Path | None) -> dict[str, Any] | None:
+    """`load_checkpoint(path)` for a run about to train (None when `path` is None); rank 0 says on
+    stderr that the run resumes and from how many finished epochs."""
+    state = None if path is None else load_checkpoint(path)
+    if state is not None and world().is_main:
+        phase = f" of its {state['phase']} phase" if "phase" in state else ""
+        print(f"gradpath: resuming {path.stem} from its checkpoint: {len(state['history'])} epoch(s){phase} done",
+              file=sys.stderr)
+    return state
 
 
 def git_commit() -> str:

@@ -53,7 +53,7 @@ def seen(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     return seen
 
 
-def test_classification_on_the_fast_path_learns_and_resumes_exactly(tmp_path, monkeypatch, seen):
+def test_classification_on_the_fast_path_learns_and_resumes_exactly(tmp_path, monkeypatch, seen, capsys):
     config = classify_config("csp-resnet", "smoke", 0, epochs=3)
     whole = ensure_run(config, results_dir=tmp_path / "whole", device="cpu", progress=False)
     assert seen["fused"] == [True] and seen["channels_last"] == [True]
@@ -67,8 +67,10 @@ def test_classification_on_the_fast_path_learns_and_resumes_exactly(tmp_path, mo
     with pytest.raises(KeyboardInterrupt):
         ensure_run(config, results_dir=tmp_path / "killed", device="cpu", progress=False)
     monkeypatch.setattr(classify, "fit", real_fit)
+    capsys.readouterr()
     resumed = ensure_run(config, results_dir=tmp_path / "killed", device="cpu", progress=False)
     assert strip_timing(resumed["metrics"]) == strip_timing(whole["metrics"])
+    assert f"resuming {resumed['run_id']} from its checkpoint: 1 epoch(s) done" in capsys.readouterr().err
 
 
 def test_detection_on_the_fast_path_evaluates_and_resumes_exactly(tmp_path, monkeypatch, seen):

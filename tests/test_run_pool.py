@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from gradpath_lib.run_pool import CACHED, TRAINED, ensure_runs, target_groups, weights_still_needed
+from gradpath_lib.run_pool import CACHED, FAILED, TRAINED, ensure_runs, target_groups, weights_still_needed
 from gradpath_lib.runs import normalize_config
-from gradpath_lib.store import run_id, weights_path
+from gradpath_lib.store import record_path, run_id, weights_path
 from gradpath_lib.train.classify import classify_config
 from gradpath_lib.train.probe import probe_config
 
@@ -46,3 +46,14 @@ def test_weights_still_needed_are_those_of_recorded_targets_with_missing_depende
     assert weights_still_needed([probe, other_probe], tmp_path) == expected
     ensure_runs([probe, other_probe], results_dir=tmp_path, allow_train=True, device="cpu", progress=False)
     assert weights_still_needed([probe, other_probe], tmp_path) == []
+
+
+def test_a_damaged_record_fails_its_run_only_and_is_kept(tmp_path):
+    damaged, fine = classify_config("plain", "smoke", 0, epochs=1), classify_config("plain", "smoke", 1, epochs=1)
+    path = record_path(tmp_path, normalize_config(damaged))
+    path.parent.mkdir(parents=True)
+    path.write_text('{"run_id": "trunc')
+    outcomes = ensure_runs([damaged, fine], results_dir=tmp_path, allow_train=True, device="cpu", progress=False)
+    assert [o.source for o in outcomes] == [FAILED, TRAINED]
+    assert "corrupted run record" in outcomes[0].error and path.name in outcomes[0].error
+    assert path.read_text() == '{"run_id": "trunc', "the damaged record is left for the user to repair"

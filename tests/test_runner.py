@@ -78,6 +78,19 @@ def test_failing_notebooks_name_their_cell_and_do_not_stop_the_batch(smoke_resul
         assert not executed_notebook(tmp_path, "smoke", report.name).exists()
 
 
+def test_a_damaged_record_fails_its_run_and_the_summary_names_it(smoke_results, tmp_path: Path) -> None:
+    results, _ = smoke_results
+    shutil.copytree(results / "smoke" / "runs", tmp_path / "smoke" / "runs")
+    vovnet = next((tmp_path / "smoke" / "runs").glob("vovnet-s0-*.json"))
+    vovnet.write_text("{")
+    reports = reproduce("smoke", only=["table2", "table4"], device="cpu", runs_only=True, results_dir=tmp_path,
+                        progress=False)
+    assert [(r.name, r.runs["failed"], r.runs["trained"]) for r in reports] == [("table2", 0, 0), ("table4", 1, 0)]
+    assert not succeeded(reports) and vovnet.read_text() == "{", "reported, not retrained over"
+    error = summary_frame(reports).set_index("chapter").loc["table4", "error"]
+    assert error.startswith(vovnet.stem + ": corrupted run record") and len(error) <= 160
+
+
 def test_runs_only_trains_without_jupyter(tmp_path: Path) -> None:
     code = ("import sys; sys.modules['papermill'] = None; sys.modules['nbclient'] = None; "
             "from gradpath_lib.cli import main; "

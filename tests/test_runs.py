@@ -1,15 +1,17 @@
-"""`runs.ensure_run` and `gradpath` itself: an unwritable results dir, Ctrl-C, --version."""
+"""`runs.ensure_run` and `gradpath` itself: an unwritable results dir, Ctrl-C, a closed pipe, --version."""
 
 from __future__ import annotations
 
 import importlib.metadata
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from gradpath_lib import runs
 from gradpath_lib.cli import main
-from gradpath_lib.store import checkpoint_path, record_path, save_checkpoint
+from gradpath_lib.store import REPO_ROOT, checkpoint_path, record_path, save_checkpoint
 from gradpath_lib.train.classify import classify_config
 
 CONFIG = classify_config("resnet", "smoke", 0)
@@ -70,3 +72,12 @@ def test_version_is_the_installed_package_version(capsys) -> None:
         main(["--version"])
     assert done.value.code == 0
     assert capsys.readouterr().out == f"gradpath {importlib.metadata.version('gradpath')}\n"
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly() -> None:
+    """`gradpath models | head -1`: the closed pipe is exit 141 (as SIGPIPE), without a traceback."""
+    command = [sys.executable, "-m", "gradpath_lib", "models", "--scale", "smoke"]
+    process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()  # before the command prints anything (it imports torch first)
+    error = process.stderr.read().decode()
+    assert process.wait() == 141 and error == ""

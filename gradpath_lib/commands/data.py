@@ -28,14 +28,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("data", help="fetch, check and decode datasets")
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     fetch = actions.add_parser("fetch", help="download the official CIFAR-10 archive into the data dir")
-    fetch.add_argument("name", choices=FETCHABLE)
+    fetch.add_argument("name", choices=FETCHABLE, help="the dataset")
     fetch.add_argument("--url", default=CIFAR10_URL, help="where to download from (default: the official site)")
     fetch.set_defaults(func=run_fetch)
     check = actions.add_parser("check", help="say which data is present, its checksums and decoded caches")
     check.set_defaults(func=run_check)
     build = actions.add_parser("build", help="decode or generate a dataset into the cache")
-    build.add_argument("name", choices=sorted(BUILDERS))
-    build.add_argument("--scale", choices=SCALES, default="mini")
+    build.add_argument("name", choices=sorted(BUILDERS), help="the dataset")
+    build.add_argument("--scale", choices=SCALES, default="mini",
+                       help="the scale whose version of it to build (default: %(default)s)")
     build.set_defaults(func=run_build)
 
 

@@ -42,7 +42,7 @@ from ..models.cost import count_flops, count_params
 from ..models.registry import create_model, get_entry
 from ..runs import TaskContext, TaskResult, register_task
 from ..scales import check_scale
-from ..store import load_checkpoint, save_checkpoint, weights_path
+from ..store import resume_state, save_checkpoint, weights_path
 from .batches import ClassificationData, DeviceImages, epoch_generator
 from .recipes import Recipe, lr_at, recipe_for, recipe_from_config
 
@@ -396,7 +396,7 @@ def train_classify(config: dict[str, Any], ctx: TaskContext) -> TaskResult:
     optimizer = make_optimizer(model, recipe, ctx.device)
 
     history: list[dict[str, Any]] = []
-    state = load_checkpoint(ctx.checkpoint)
+    state = resume_state(ctx.checkpoint)
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])

@@ -49,7 +49,7 @@ from ..models.cost import check_input, count_flops, count_params
 from ..models.registry import create_model, get_entry
 from ..runs import TaskContext, TaskResult, register_task
 from ..scales import check_scale
-from ..store import load_checkpoint, save_checkpoint, weights_path
+from ..store import resume_state, save_checkpoint, weights_path
 from .batches import epoch_generator
 from .boxes import anchor_points
 from .classify import autocast, compiled, fast_path, finite_or_none, prepare_model, rng_state, set_rng_state
@@ -344,7 +344,7 @@ def fit_detector(
     optimizer = make_optimizer(model, recipe, device)
     ema = ModelEMA(model, recipe.ema_decay, recipe.ema_tau)
     history: list[dict[str, Any]] = []
-    state = load_checkpoint(checkpoint) if checkpoint is not None else None
+    state = resume_state(checkpoint)
     if state is not None:
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])

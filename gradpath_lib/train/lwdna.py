@@ -44,7 +44,7 @@ from ..models.channel_graph import ChannelGraph, slice_network, trace_channels
 from ..models.cost import count_flops, count_params
 from ..models.registry import create_model
 from ..runs import TaskContext, TaskResult, register_task
-from ..store import load_checkpoint
+from ..store import resume_state
 from .batches import epoch_generator
 from .classify import (
     TrainingData,
@@ -168,7 +168,7 @@ def train_lwdna(config: dict[str, Any], ctx: TaskContext) -> TaskResult:
     torch.manual_seed(config["seed"])
     wide = create_model(name, scale, **widened_kwargs(name, scale, settings["widen"], **kwargs))
     graph = trace_channels(wide, (1, *data.image_shape))
-    state = load_checkpoint(ctx.checkpoint)
+    state = resume_state(ctx.checkpoint)
     history: list[dict[str, Any]] = []
 
     if state is None or state["phase"] == "search":
